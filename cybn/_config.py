@@ -1,0 +1,52 @@
+"""``cybn.show_config()``: what a bug report or a benchmark needs to know about this install."""
+import platform
+import sys
+
+import numpy as np
+from threadpoolctl import threadpool_info
+
+from ._kernels._openmp import openmp_enabled
+from ._threads import ENV_VAR, available_cores, get_num_threads, kernel_threads
+
+
+def config():
+    """The build and runtime configuration as a dict (versions, OpenMP, threads, BLAS)."""
+    from . import __version__
+
+    get_num_threads()  # make sure our BLAS limit is applied before it is reported
+    blas = [
+        {k: info.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "filepath")}
+        for info in threadpool_info() if info.get("user_api") == "blas"
+    ]
+    return {
+        "cybn": __version__,
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "openmp": openmp_enabled(),
+        "cores_available": available_cores(),
+        "num_threads": get_num_threads(),
+        "kernel_threads": kernel_threads(),
+        "blas": blas,
+    }
+
+
+def show_config(file=None):
+    """Print the version, OpenMP status, thread counts and the BLAS library/kernel in use."""
+    c = config()
+    out = file or sys.stdout
+    omp = "enabled" if c["openmp"] else "DISABLED (compiler had no OpenMP: kernels run serially)"
+    lines = [
+        f"cybn {c['cybn']}  (python {c['python']}, numpy {c['numpy']})",
+        f"platform: {c['platform']}",
+        f"OpenMP: {omp}",
+        f"threads: {c['num_threads']} (set_num_threads / {ENV_VAR}; kernels use {c['kernel_threads']}; "
+        f"{c['cores_available']} cores available)",
+    ]
+    if not c["blas"]:
+        lines.append("BLAS: none reported by threadpoolctl")
+    for b in c["blas"]:
+        lines.append(f"BLAS: {b['internal_api']} {b['version']}, kernel {b['architecture']}, "
+                     f"{b['num_threads']} threads ({b['filepath']})")
+    print("\n".join(lines), file=out)

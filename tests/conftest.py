@@ -1,0 +1,40 @@
+"""Shared fixtures: the NumPy oracle, random generators, the CIFAR-10 archives in ../shared/data."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cybn
+
+SHARED_DATA = Path(os.environ.get("CYBN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Run a test once with 1 and once with 2 kernel threads."""
+    with cybn.num_threads(request.param):
+        yield request.param
+
+
+def _shared_file(name):
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} not found (the shared CIFAR-10 archives are absent)")
+    return path
+
+
+@pytest.fixture
+def cifar_mini():
+    """Path to ../shared/data/cifar-10-mini.tar.gz; the test is skipped when it is absent."""
+    return _shared_file("cifar-10-mini.tar.gz")
+
+
+@pytest.fixture
+def cifar_full():
+    return _shared_file("cifar-10-python.tar.gz")

@@ -1,0 +1,68 @@
+import io
+import subprocess
+import sys
+
+import pytest
+from threadpoolctl import threadpool_info
+
+import cybn
+from cybn._kernels._openmp import openmp_enabled
+
+
+def blas_threads():
+    return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+def test_set_get_and_blas_follows():
+    before = cybn.get_num_threads()
+    try:
+        cybn.set_num_threads(1)
+        assert cybn.get_num_threads() == 1
+        assert blas_threads() <= {1}
+    finally:
+        cybn.set_num_threads(before)
+
+
+def test_context_manager_restores():
+    before = cybn.get_num_threads()
+    with cybn.num_threads(1) as n:
+        assert n == 1 and cybn.get_num_threads() == 1
+    assert cybn.get_num_threads() == before
+    with pytest.raises(RuntimeError):
+        with cybn.num_threads(1):
+            raise RuntimeError("boom")
+    assert cybn.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad,exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError), ("2", TypeError), (True, TypeError)])
+def test_bad_thread_counts(bad, exc):
+    with pytest.raises(exc, match="threads"):
+        cybn.set_num_threads(bad)
+
+
+def run_python(code, **env):
+    import os
+    full_env = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env)
+
+
+def test_environment_variable():
+    r = run_python("import cybn; print(cybn.get_num_threads())", CYBN_NUM_THREADS="1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "1"
+    r = run_python("import cybn; cybn.get_num_threads()", CYBN_NUM_THREADS="zero")
+    assert r.returncode != 0 and "CYBN_NUM_THREADS" in r.stderr
+
+
+def test_show_config_reports_everything():
+    buf = io.StringIO()
+    cybn.show_config(file=buf)
+    text = buf.getvalue()
+    assert cybn.__version__ in text
+    assert "OpenMP: " + ("enabled" if openmp_enabled() else "DISABLED") in text
+    assert "threads:" in text and "BLAS:" in text
+
+
+def test_cli_version_and_config():
+    r = subprocess.run([sys.executable, "-m", "cybn", "config"], capture_output=True, text=True)
+    assert r.returncode == 0 and "OpenMP" in r.stdout
