@@ -1,0 +1,207 @@
+"""The training loop: a model, a loss, an optimizer and a data iterator, nothing CIFAR- or BN-specific.
+
+``Trainer.fit`` runs epochs (or a step budget), evaluates, logs loss/accuracy/throughput per epoch
+to ``metrics.csv`` and ``history.json``, writes atomic checkpoints, guards against NaN/Inf and
+calls the callbacks' hooks, through which clients (the experiments) observe the run.
+"""
+import csv
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from ._progress import Progress
+from .checkpoint import load_checkpoint, save_checkpoint
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or a gradient became NaN/Inf; the message names the step and the parameter."""
+
+
+class Callback:
+    """Override any of these to observe a run; ``trainer.stop_training = True`` ends it early."""
+
+    def on_fit_start(self, trainer):
+        pass
+
+    def on_step_end(self, trainer, step, loss):
+        pass
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        pass
+
+    def on_fit_end(self, trainer):
+        pass
+
+
+def evaluate(model, loss_fn, loader):
+    """Mean loss and accuracy of ``model`` in eval mode over ``loader`` (restores the mode)."""
+    was_training = model.training
+    model.eval()
+    total_loss = 0.0
+    correct = 0
+    count = 0
+    try:
+        for x, y in loader:
+            logits = model.forward(x)
+            total_loss += loss_fn.forward(logits, y) * len(y)
+            correct += int(np.count_nonzero(logits.argmax(axis=1) == y))
+            count += len(y)
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("evaluate: the loader yielded no samples")
+    return {"loss": total_loss / count, "accuracy": correct / count}
+
+
+class Trainer:
+    """Runs ``model`` (a ``cybn.Sequential``) with ``loss_fn``, ``optimizer`` and an LR ``schedule``.
+
+    nan_policy: "stop" raises NonFiniteError at the first non-finite loss or gradient (no checkpoint
+    is written after it, so the last good one stays); "skip" drops that step's update and goes on.
+    """
+
+    def __init__(self, model, loss_fn, optimizer, schedule=None, callbacks=(), nan_policy="stop",
+                 progress=True, out_dir=None, checkpoint_every=None):
+        if nan_policy not in ("stop", "skip"):
+            raise ValueError(f"nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
+        if checkpoint_every is not None and checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1 step, got {checkpoint_every}")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.callbacks = list(callbacks)
+        self.nan_policy = nan_policy
+        self.progress = progress
+        self.out_dir = out_dir
+        self.checkpoint_every = checkpoint_every
+        self.step = 0
+        self.epoch = 0
+        self.skipped_steps = 0
+        self.history = []
+        self.stop_training = False
+
+    # ----------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self):
+        return None if self.out_dir is None else os.path.join(self.out_dir, "checkpoint.npz")
+
+    def save_checkpoint(self, loader, path=None):
+        """Model, optimizer buffers, BN statistics, data-order state, epoch/step and history."""
+        path = path or self.checkpoint_path
+        arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        arrays.update({f"optim/{k}": v for k, v in self.optimizer.state_dict().items()})
+        meta = {"epoch": self.epoch, "step": self.step, "skipped_steps": self.skipped_steps,
+                "history": self.history, "loader": loader.state_dict()}
+        save_checkpoint(path, arrays, meta)
+
+    def load_checkpoint(self, loader, path=None):
+        """Restore everything ``save_checkpoint`` wrote, so training continues bit-identically."""
+        path = path or self.checkpoint_path
+        arrays, meta = load_checkpoint(path)
+        model = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+        optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+        self.model.load_state_dict(model)
+        self.optimizer.load_state_dict(optim)
+        loader.load_state_dict(meta["loader"])
+        self.epoch = meta["epoch"]
+        self.step = meta["step"]
+        self.skipped_steps = meta["skipped_steps"]
+        self.history = meta["history"]
+
+    # ----------------------------------------------------------------- the loop
+    def _check_finite(self, loss):
+        if not math.isfinite(loss):
+            return f"step {self.step}: the loss is {loss}"
+        for name, _, grad, _ in self.model.named_parameters():
+            if not np.isfinite(grad).all():
+                return f"step {self.step}: the gradient of parameter {name!r} has NaN/Inf values"
+        return None
+
+    def train_step(self, x, y):
+        """One SGD step; returns (loss, logits) (the update is skipped or raised on NaN/Inf)."""
+        if self.schedule is not None:
+            self.optimizer.lr = self.schedule.lr_at(self.step)
+        logits = self.model.forward(x)
+        loss = self.loss_fn.forward(logits, y)
+        self.model.backward(self.loss_fn.backward())
+        problem = self._check_finite(loss)
+        if problem is None:
+            self.optimizer.step()
+        elif self.nan_policy == "stop":
+            raise NonFiniteError(problem)
+        else:
+            self.skipped_steps += 1
+        self.step += 1
+        return loss, logits
+
+    def fit(self, train_loader, epochs=1, eval_loader=None, max_steps=None, resume=False):
+        """Train for ``epochs`` epochs (or until ``max_steps`` steps); returns the history.
+
+        The history holds one dict per epoch: train loss and accuracy, test loss and accuracy
+        (when ``eval_loader`` is given), images/s, wall time and the learning rate.
+        """
+        if resume:
+            self.load_checkpoint(train_loader)
+        if self.out_dir is not None:
+            os.makedirs(self.out_dir, exist_ok=True)
+        self.stop_training = False
+        self.model.train()
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        while self.epoch < epochs and not self.stop_training:
+            if max_steps is not None and self.step >= max_steps:
+                break
+            metrics = self._run_epoch(train_loader, max_steps)
+            if eval_loader is not None:
+                test = evaluate(self.model, self.loss_fn, eval_loader)
+                metrics.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
+            self.history.append(metrics)
+            self.epoch += 1
+            self._write_logs()
+            if self.out_dir is not None:
+                self.save_checkpoint(train_loader)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, self.epoch - 1, metrics)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return self.history
+
+    def _run_epoch(self, loader, max_steps):
+        total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+        bar = Progress(len(loader) - loader.position, desc=f"epoch {self.epoch + 1}", unit="batch",
+                       enabled=self.progress)
+        with bar:
+            for x, y in loader:
+                loss, logits = self.train_step(x, y)
+                total_loss += loss * len(y)
+                correct += int(np.count_nonzero(logits.argmax(axis=1) == y))
+                seen += len(y)
+                bar.update(postfix=f"loss {loss:.4f}")
+                for cb in self.callbacks:
+                    cb.on_step_end(self, self.step, loss)
+                if self.checkpoint_every and self.out_dir and self.step % self.checkpoint_every == 0:
+                    self.save_checkpoint(loader)
+                if self.stop_training or (max_steps is not None and self.step >= max_steps):
+                    break
+        elapsed = time.perf_counter() - start
+        return {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.lr,
+                "train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+                "images_per_s": seen / elapsed if elapsed > 0 else 0.0, "seconds": elapsed,
+                "skipped_steps": self.skipped_steps}
+
+    def _write_logs(self):
+        if self.out_dir is None or not self.history:
+            return
+        fields = list(self.history[-1])
+        for row in self.history:
+            fields += [k for k in row if k not in fields]
+        with open(os.path.join(self.out_dir, "metrics.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(self.history)
+        with open(os.path.join(self.out_dir, "history.json"), "w") as f:
+            json.dump(self.history, f, indent=1)
