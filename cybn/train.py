@@ -16,6 +16,10 @@ from ._progress import Progress
 from .checkpoint import load_checkpoint, save_checkpoint
 
 
+def _new_running():
+    return {"loss_sum": 0.0, "correct": 0, "seen": 0, "train_seconds": 0.0}
+
+
 class NonFiniteError(FloatingPointError):
     """The loss or a gradient became NaN/Inf; the message names the step and the parameter."""
 
@@ -82,6 +86,7 @@ class Trainer:
         self.epoch = 0
         self.skipped_steps = 0
         self.history = []
+        self._running = _new_running()
         self.stop_training = False
 
     # ----------------------------------------------------------------- checkpoints
@@ -95,7 +100,7 @@ class Trainer:
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         arrays.update({f"optim/{k}": v for k, v in self.optimizer.state_dict().items()})
         meta = {"epoch": self.epoch, "step": self.step, "skipped_steps": self.skipped_steps,
-                "history": self.history, "loader": loader.state_dict()}
+                "history": self.history, "running": self._running, "loader": loader.state_dict()}
         save_checkpoint(path, arrays, meta)
 
     def load_checkpoint(self, loader, path=None):
@@ -111,6 +116,7 @@ class Trainer:
         self.step = meta["step"]
         self.skipped_steps = meta["skipped_steps"]
         self.history = meta["history"]
+        self._running = meta["running"]
 
     # ----------------------------------------------------------------- the loop
     def _check_finite(self, loss):
@@ -125,15 +131,19 @@ class Trainer:
         """One SGD step; returns (loss, logits) (the update is skipped or raised on NaN/Inf)."""
         if self.schedule is not None:
             self.optimizer.lr = self.schedule.lr_at(self.step)
+        # Buffers (BN running statistics) are tiny: keep a copy so a bad batch cannot poison them.
+        saved = [(m.buffers, k, np.copy(v)) for _, m in self.model.named_modules() for k, v in m.buffers.items()]
         logits = self.model.forward(x)
         loss = self.loss_fn.forward(logits, y)
         self.model.backward(self.loss_fn.backward())
         problem = self._check_finite(loss)
         if problem is None:
             self.optimizer.step()
-        elif self.nan_policy == "stop":
-            raise NonFiniteError(problem)
         else:
+            for buffers, k, v in saved:
+                buffers[k][...] = v
+            if self.nan_policy == "stop":
+                raise NonFiniteError(problem)
             self.skipped_steps += 1
         self.step += 1
         return loss, logits
@@ -142,7 +152,8 @@ class Trainer:
         """Train for ``epochs`` epochs (or until ``max_steps`` steps); returns the history.
 
         The history holds one dict per epoch: train loss and accuracy, test loss and accuracy
-        (when ``eval_loader`` is given), images/s, wall time and the learning rate.
+        (when ``eval_loader`` is given), images/s, wall time and the learning rate. An epoch cut
+        short by ``max_steps`` is logged with ``"partial": True`` and continues on resume.
         """
         if resume:
             self.load_checkpoint(train_loader)
@@ -160,38 +171,48 @@ class Trainer:
                 test = evaluate(self.model, self.loss_fn, eval_loader)
                 metrics.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
             self.history.append(metrics)
-            self.epoch += 1
+            if not metrics["partial"]:
+                self.epoch += 1
+                self._running = _new_running()
             self._write_logs()
             if self.out_dir is not None:
                 self.save_checkpoint(train_loader)
             for cb in self.callbacks:
-                cb.on_epoch_end(self, self.epoch - 1, metrics)
+                cb.on_epoch_end(self, metrics["epoch"] - 1, metrics)
         for cb in self.callbacks:
             cb.on_fit_end(self)
         return self.history
 
     def _run_epoch(self, loader, max_steps):
-        total_loss, correct, seen, start = 0.0, 0, 0, time.perf_counter()
+        """Run the rest of the current epoch; its running sums live in ``self._running`` so a
+        checkpoint taken mid-epoch resumes with the same epoch figures."""
+        run = self._running
         bar = Progress(len(loader) - loader.position, desc=f"epoch {self.epoch + 1}", unit="batch",
                        enabled=self.progress)
+        partial = False
         with bar:
+            step_start = time.perf_counter()
             for x, y in loader:
                 loss, logits = self.train_step(x, y)
-                total_loss += loss * len(y)
-                correct += int(np.count_nonzero(logits.argmax(axis=1) == y))
-                seen += len(y)
+                run["loss_sum"] += loss * len(y)
+                run["correct"] += int(np.count_nonzero(logits.argmax(axis=1) == y))
+                run["seen"] += len(y)
+                run["train_seconds"] += time.perf_counter() - step_start
                 bar.update(postfix=f"loss {loss:.4f}")
+                # Callbacks and checkpoints are excluded from the throughput figure.
                 for cb in self.callbacks:
                     cb.on_step_end(self, self.step, loss)
                 if self.checkpoint_every and self.out_dir and self.step % self.checkpoint_every == 0:
                     self.save_checkpoint(loader)
+                step_start = time.perf_counter()
                 if self.stop_training or (max_steps is not None and self.step >= max_steps):
+                    partial = loader.position < len(loader)
                     break
-        elapsed = time.perf_counter() - start
+        seen, seconds = max(run["seen"], 1), run["train_seconds"]
         return {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.lr,
-                "train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
-                "images_per_s": seen / elapsed if elapsed > 0 else 0.0, "seconds": elapsed,
-                "skipped_steps": self.skipped_steps}
+                "train_loss": run["loss_sum"] / seen, "train_accuracy": run["correct"] / seen,
+                "images_per_s": run["seen"] / seconds if seconds > 0 else 0.0, "train_seconds": seconds,
+                "skipped_steps": self.skipped_steps, "partial": partial}
 
     def _write_logs(self):
         if self.out_dir is None or not self.history:

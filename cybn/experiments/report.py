@@ -1,0 +1,177 @@
+"""Write an experiment's results: results.json (every figure), report.md (tables) and PNG plots.
+
+Plots need matplotlib (``pip install "cybn[plot]"``); without it the report says so and the
+tables are still written.
+"""
+import json
+import math
+import os
+
+CHANCE = math.log(10.0)
+
+
+def _fmt(v, spec=".3g"):
+    if v is None:
+        return "—"
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return format(v, spec)
+
+
+def _pct(v):
+    return "—" if v is None else f"{100 * v:.1f} %"
+
+
+def _table(headers, rows):
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _last_layer(preact):
+    """The scale of the network's last pre-activation (before any BN): fc2's output."""
+    return preact.get("fc2", {}).get("std")
+
+
+def main_table(runs):
+    rows = []
+    for key, r in runs.items():
+        last = r["history"][-1] if r["history"] else {}
+        best = max((h.get("test_accuracy") or 0 for h in r["history"]), default=None)
+        rows.append([r["label"], r["outcome"], _fmt(last.get("train_loss"), ".4f"),
+                     _pct(last.get("train_accuracy")), _pct(last.get("test_accuracy")), _pct(best),
+                     _fmt(_last_layer(r["preact_at_init"]), ".2e"),
+                     f"{r['seconds']:.0f} s", _fmt(r.get("images_per_s"), ".0f")])
+    return _table(["configuration", "outcome", "final train loss", "train acc", "test acc", "best test acc",
+                   "last-layer pre-activation std at init", "wall time", "images/s"], rows)
+
+
+def preact_table(runs):
+    names = []
+    for r in runs.values():
+        names += [n for n in r["preact_at_init"] if n not in names]
+    rows = [[r["label"]] + [_fmt(r["preact_at_init"].get(n, {}).get("std"), ".1e") for n in names]
+            for r in runs.values()]
+    return _table(["std at init"] + names, rows)
+
+
+def write_report(results, out_dir, plots=True):
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=float)
+    plot_note = write_plots(results, out_dir) if plots else "Plots were not requested."
+    parts = ["# Small-initialization experiment: results", "",
+             f"Total wall time: {results.get('total_seconds', 0):.0f} s. {results.get('machine', '')}", ""]
+    runs = results.get("runs", {})
+    if runs:
+        parts += ["## Configurations", "", main_table(runs), "",
+                  "## Per-layer pre-activation scale at initialization (std of each layer's output)", "",
+                  preact_table(runs), ""]
+    ratio = results.get("steps_to_control_best")
+    if ratio:
+        parts += ["## Steps to the control's best test accuracy", "",
+                  f"The control (d) reached its best test accuracy {_pct(ratio['control_best_accuracy'])} "
+                  f"at step {ratio['control_steps']}; BN everywhere (b) reached it at step "
+                  f"{_fmt(ratio['bn_steps'])}: ratio {_fmt(ratio['ratio'], '.2f')}×.", ""]
+    if results.get("eps_sweep"):
+        rows = [[_fmt(r["lr"], "g"), _fmt(r["eps"], ".0e"), _fmt(r["last_layer_var_at_init"], ".2e"),
+                 _fmt(r["xhat_scale_at_init"], ".2e"), _fmt(r["bn_gain_at_init"], ".2e"), r["outcome"],
+                 _fmt(r["final_loss"], ".4f")] for r in results["eps_sweep"]]
+        parts += ["## BN epsilon sweep, configuration (c)", "",
+                  _table(["lr", "ε", "last-layer batch variance at init", "std of x̂ = √(σ²/(σ²+ε))",
+                          "BN gain 1/√(σ²+ε)", "outcome", "final loss"], rows), ""]
+    lr = results.get("lr_sweep")
+    if lr:
+        rows = [[r["bn"], _fmt(r["lr"], "g"), f"×{r['multiplier']}", r["outcome"], _fmt(r["final_loss"], ".4f"),
+                 _pct(r["test_accuracy"])] for r in lr["rows"]]
+        parts += ["## Learning-rate sweep (He init; BN everywhere vs no BN)", "",
+                  _table(["BN", "lr", "× base", "outcome", "final loss", "test acc"], rows), "",
+                  f"Largest rate that trains: with BN {_fmt(lr['largest_lr_that_trains'].get('all'), 'g')}, "
+                  f"without {_fmt(lr['largest_lr_that_trains'].get('none'), 'g')}.", ""]
+    if results.get("scale_invariance"):
+        rows = [[r["init"], _fmt(r["k"], "g"), _fmt(r["conv_output_var"], ".2e"), _fmt(r["bn_eps"], ".0e"),
+                 _fmt(r["output_rel_change"], ".2e"), _fmt(r["grad_ratio"], ".6g"), _fmt(1 / r["k"], ".6g"),
+                 _fmt(r["grad_rel_error"], ".2e")] for r in results["scale_invariance"]]
+        parts += ["## Scale invariance: conv2's weights × k, BN after it", "",
+                  _table(["init", "k", "conv2 output variance", "ε", "BN output rel. change",
+                          "dW ratio", "ideal 1/k", "rel. error of k·dW vs dW"], rows), ""]
+    parts += ["## Plots", "", plot_note, ""]
+    with open(os.path.join(out_dir, "report.md"), "w") as f:
+        f.write("\n".join(parts))
+    return os.path.join(out_dir, "report.md")
+
+
+def write_plots(results, out_dir):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return 'matplotlib is not installed, so no plots were drawn: `pip install "cybn[plot]"` and rerun.'
+    made = []
+    runs = results.get("runs", {})
+    if runs:
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for r in runs.values():
+            names = list(r["preact_at_init"])
+            stds = [r["preact_at_init"][n]["std"] for n in names]
+            ax.semilogy(range(len(names)), stds, "o-", label=r["label"])
+            ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
+        ax.set_ylabel("std of layer output at init")
+        ax.set_title("Pre-activation scale at initialization")
+        ax.legend(fontsize=7)
+        made.append(_save(fig, out_dir, "preactivations_init.png"))
+
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
+        for r in runs.values():
+            if r["losses"]:
+                s, v = zip(*r["losses"])
+                ax1.plot(s, v, label=r["label"], lw=0.8)
+            if r["test_points"]:
+                s, acc, _ = zip(*r["test_points"])
+                ax2.plot(s, [100 * a for a in acc], "o-", ms=2, label=r["label"])
+        ax1.axhline(CHANCE, color="gray", ls=":", lw=0.8)
+        ax1.set_xlabel("step")
+        ax1.set_ylabel("training loss")
+        ax2.set_xlabel("step")
+        ax2.set_ylabel("test accuracy (%)")
+        ax2.legend(fontsize=7)
+        made.append(_save(fig, out_dir, "curves.png"))
+    if results.get("eps_sweep"):
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        rows = results["eps_sweep"]
+        for lr in sorted({r["lr"] for r in rows}):
+            pts = [(r["eps"], r["final_loss"] if r["outcome"] != "diverged" else float("nan"))
+                   for r in rows if r["lr"] == lr]
+            ax.semilogx(*zip(*pts), "o-", label=f"lr {lr:g}")
+            for r in rows:
+                if r["lr"] == lr and r["outcome"] == "diverged":
+                    ax.plot(r["eps"], 1.5 * CHANCE, "x", color="red")
+        var = [r["last_layer_var_at_init"] for r in rows if r["last_layer_var_at_init"]]
+        if var:
+            ax.axvline(min(var), color="gray", ls="--", lw=0.8, label="last-layer variance at init")
+        ax.axhline(CHANCE, color="gray", ls=":", lw=0.8)
+        ax.set_xlabel("BN ε")
+        ax.set_ylabel("final training loss (x = diverged)")
+        ax.set_title("(c) BN on last layer only: ε sweep")
+        ax.legend(fontsize=7)
+        made.append(_save(fig, out_dir, "eps_sweep.png"))
+    if results.get("lr_sweep"):
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        rows = results["lr_sweep"]["rows"]
+        for bn, label in (("all", "BN everywhere"), ("none", "no BN")):
+            pts = [(r["lr"], 100 * (r["test_accuracy"] or 0)) for r in rows if r["bn"] == bn]
+            ax.semilogx(*zip(*pts), "o-", label=label)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("test accuracy after the sweep budget (%)")
+        ax.legend(fontsize=7)
+        made.append(_save(fig, out_dir, "lr_sweep.png"))
+    return "\n".join(f"![{name}]({name})" for name in made)
+
+
+def _save(fig, out_dir, name):
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, name), dpi=80)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return name

@@ -1,0 +1,144 @@
+"""Trainer: learning, logs, exact resume from checkpoints, repeatability, the NaN guard."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import cybn
+from cybn.data import DataLoader
+from cybn.nn import (SGD, BatchNorm2D, Conv2D, Flatten, Linear, MaxPool2D, ReLU, Sequential,
+                     SoftmaxCrossEntropy, schedule_from_spec)
+from cybn.train import Callback, NonFiniteError, Trainer, evaluate
+
+
+def toy_data(n=96, seed=0):
+    """Images whose class is written in their mean colour, so a tiny CNN learns it fast."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    images = rng.integers(0, 100, (n, 3, 8, 8)) + 40 * labels[:, None, None, None]
+    return images.astype(np.uint8), labels
+
+
+def toy_model(seed=0):
+    return Sequential(Conv2D(3, 6, 3, padding=1, rng=seed), BatchNorm2D(6), ReLU(), MaxPool2D(2),
+                      Flatten(), Linear(6 * 4 * 4, 4, rng=seed + 1))
+
+
+def make_trainer(out_dir=None, seed=0, checkpoint_every=None, nan_policy="stop", lr=0.05):
+    model = toy_model(seed)
+    opt = SGD(model, lr=lr, momentum=0.9, weight_decay=1e-4)
+    return Trainer(model, SoftmaxCrossEntropy(), opt, schedule=schedule_from_spec("cosine", lr, 40),
+                   progress=False, out_dir=out_dir, checkpoint_every=checkpoint_every, nan_policy=nan_policy)
+
+
+def make_loader(seed=0):
+    x, y = toy_data()
+    return DataLoader(x, y, batch_size=10, augment=True, padding=1, seed=seed)
+
+
+def weights(model):
+    return {k: v.copy() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_learns_and_logs(tmp_path):
+    trainer = make_trainer(out_dir=tmp_path)
+    loader = make_loader()
+    history = trainer.fit(loader, epochs=4, eval_loader=make_loader())
+    assert len(history) == 4 and trainer.step == 40
+    assert history[-1]["train_loss"] < 0.7 * math.log(4)
+    assert history[-1]["test_accuracy"] > 0.6
+    assert all(h["images_per_s"] > 0 for h in history)
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("epoch,")
+    assert json.loads((tmp_path / "history.json").read_text()) == history
+    assert (tmp_path / "checkpoint.npz").exists()
+
+
+def test_same_seed_same_threads_is_bit_identical():
+    runs = []
+    for _ in range(2):
+        trainer = make_trainer()
+        trainer.fit(make_loader(), epochs=2)
+        runs.append(weights(trainer.model))
+    assert_same_weights(*runs)
+
+
+@pytest.mark.parametrize("stop_at", [7, 10, 13])  # mid-epoch, exactly at an epoch end, mid-epoch
+def test_resume_is_bit_identical(tmp_path, stop_at):
+    full = make_trainer()
+    full.fit(make_loader(), epochs=3)
+
+    first = make_trainer(out_dir=tmp_path, checkpoint_every=1)
+    first.fit(make_loader(), epochs=3, max_steps=stop_at)
+    resumed = make_trainer(out_dir=tmp_path, seed=99)  # different init: all must come from the checkpoint
+    resumed.fit(make_loader(seed=5), epochs=3, resume=True)
+    assert resumed.step == full.step == 30
+    assert_same_weights(weights(resumed.model), weights(full.model))
+    assert [h["train_loss"] for h in resumed.history if not h["partial"]] == \
+        pytest.approx([h["train_loss"] for h in full.history], rel=1e-12)
+
+
+def test_nan_stops_with_step_and_parameter(tmp_path):
+    trainer = make_trainer(out_dir=tmp_path)
+    loader = make_loader()
+    trainer.fit(loader, epochs=1)
+    good = weights(trainer.model)
+    bad = loader.images.copy()
+    x, y = next(iter(DataLoader(bad, loader.labels, 10, seed=0)))
+    x[0, 0, 0, 0] = np.nan
+    with pytest.raises(NonFiniteError, match="step 10"):
+        trainer.train_step(x, y)
+    assert_same_weights(weights(trainer.model), good)
+
+
+def test_nan_skip_policy_keeps_going():
+    trainer = make_trainer(nan_policy="skip")
+    x, y = next(iter(make_loader()))
+    before = weights(trainer.model)
+    x = x.copy()
+    x[0] = np.inf
+    trainer.train_step(x, y)
+    assert trainer.skipped_steps == 1 and trainer.step == 1
+    # Neither the parameters nor BN's running statistics keep anything of the bad batch.
+    assert_same_weights(weights(trainer.model), before)
+
+
+def test_callbacks_and_evaluate():
+    events = []
+
+    class Spy(Callback):
+        def on_fit_start(self, trainer):
+            events.append("start")
+
+        def on_step_end(self, trainer, step, loss):
+            events.append(step)
+            if step == 12:
+                trainer.stop_training = True
+
+        def on_epoch_end(self, trainer, epoch, metrics):
+            events.append(("epoch", epoch))
+
+        def on_fit_end(self, trainer):
+            events.append("end")
+
+    trainer = make_trainer()
+    trainer.callbacks.append(Spy())
+    trainer.fit(make_loader(), epochs=5)
+    assert events == ["start"] + list(range(1, 11)) + [("epoch", 0), 11, 12, ("epoch", 1), "end"]
+    assert trainer.model.training
+    m = evaluate(trainer.model, trainer.loss_fn, make_loader())
+    assert 0 <= m["accuracy"] <= 1 and m["loss"] > 0 and trainer.model.training
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="nan_policy"):
+        make_trainer(nan_policy="ignore")
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        make_trainer(checkpoint_every=0)
