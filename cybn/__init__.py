@@ -9,6 +9,9 @@ __version__ = "0.1.0"
 from ._threads import get_num_threads, num_threads, set_num_threads
 from ._config import show_config
 from . import functional, reference
+from . import nn
+from .nn import *  # noqa: F401,F403  (layers, Sequential, SGD, schedules, cnn7)
 
 __all__ = ["__version__", "get_num_threads", "set_num_threads", "num_threads", "show_config",
            "functional", "reference"]
+__all__ += ["nn"] + nn.__all__

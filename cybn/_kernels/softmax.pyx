@@ -1,0 +1,264 @@
+"""Row-wise softmax, log-softmax and fused softmax cross-entropy kernels.
+
+Every row is reduced by exactly one thread (prange over rows, static schedule), so the result
+does not depend on the thread count. Per row: max, exp(x - max) written straight into the
+output (the row stays in L1 for the following passes), sum of the exps in double with four
+fixed accumulators, then one scaling pass. Cross-entropy keeps the per-row losses in a double
+buffer and sums them serially in row order (deterministic mean).
+
+exp is a branch-free inline C function (Cody-Waite range reduction + polynomial, ~1-2 ulp,
+no -ffast-math) so GCC can vectorise the exp loop; libm's exp is a scalar call and was the
+whole cost. The row primitives are small C functions in the block below (one per dtype, also
+cloned for AVX2+FMA on x86-64 Linux); Cython keeps the prange over rows and the dispatch.
+The inputs of exp are always x - rowmax <= 0; results below the smallest normal number are
+returned as 0. Kernels trust their inputs: call them only through ``cybn.functional``.
+"""
+from cython.parallel cimport prange
+from libc.math cimport log
+from libc.stdint cimport int64_t
+from libc.stdlib cimport malloc, free
+
+ctypedef fused floating:
+    float
+    double
+
+cdef extern from *:
+    """
+    #include <string.h>
+    #include <stdint.h>
+    /* -fno-trapping-math for these functions only: it lets GCC if-convert the clamps below
+       into vector selects (with trapping math a compare "may trap", so the loop keeps its
+       branches and stays scalar). It changes no result, only whether FP exception *flags*
+       are treated as side effects; it is not -ffast-math (no reassociation, no FTZ). */
+    #define CYBN_VEC __attribute__((optimize("no-trapping-math")))
+    /* On x86-64 Linux/GCC the row functions are also compiled for AVX2+FMA (x86-64-v3) and
+       picked at load time (ifunc): the exp loop runs ~2x faster than on baseline SSE2. Each
+       machine always takes the same clone, so results stay deterministic there (FMA
+       contraction may change the last bit between machines, well inside the tests' bounds).
+       Build with CFLAGS=-DCYBN_NO_CLONES to get the baseline code only. */
+    #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) \
+        && defined(__linux__) && !defined(CYBN_NO_CLONES)
+    #define CYBN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+    #else
+    #define CYBN_CLONES
+    #endif
+
+    /* exp(x) for x <= 0 in float: k = round(x/ln2) by the 1.5*2^23 trick (pure arithmetic,
+       vectorises on plain SSE2), r = x - k ln2 in two parts (k*ln2_hi exact), cephes
+       degree-6 polynomial on |r| <= ln2/2, scaled by 2^k built from exponent bits.
+       x < -87 -> 0 (true value < 1.7e-38 ~ FLT_MIN); NaN -> NaN. */
+    static inline CYBN_VEC float cybn_expf(float x) {
+        float xc = x < -87.0f ? -87.0f : x;
+        float kf = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+        float r = xc - kf * 0.693359375f;
+        r = r - kf * -2.12194440e-4f;
+        float p = 1.9875691500e-4f;
+        p = p * r + 1.3981999507e-3f;
+        p = p * r + 8.3334519073e-3f;
+        p = p * r + 4.1665795894e-2f;
+        p = p * r + 1.6666665459e-1f;
+        p = p * r + 5.0000001201e-1f;
+        float y = (p * r) * r + r + 1.0f;
+        int32_t bits = ((int32_t)kf + 127) << 23;
+        float s;
+        memcpy(&s, &bits, sizeof s);
+        y = y * s;
+        return x < -87.0f ? 0.0f : y;
+    }
+    /* The same in double: Taylor to degree 13 on |r| <= ln2/2 (truncation < 5e-18 relative);
+       x < -708 -> 0 (true value < 3.3e-308 ~ DBL_MIN). */
+    static inline CYBN_VEC double cybn_expd(double x) {
+        double xc = x < -708.0 ? -708.0 : x;
+        double kf = (xc * 1.4426950408889634074 + 6755399441055744.0) - 6755399441055744.0;
+        double r = xc - kf * 6.93145751953125e-1;
+        r = r - kf * 1.42860682030941723212e-6;
+        double p = 1.0 / 6227020800.0;
+        p = p * r + 1.0 / 479001600.0;
+        p = p * r + 1.0 / 39916800.0;
+        p = p * r + 1.0 / 3628800.0;
+        p = p * r + 1.0 / 362880.0;
+        p = p * r + 1.0 / 40320.0;
+        p = p * r + 1.0 / 5040.0;
+        p = p * r + 1.0 / 720.0;
+        p = p * r + 1.0 / 120.0;
+        p = p * r + 1.0 / 24.0;
+        p = p * r + 1.0 / 6.0;
+        p = p * r + 0.5;
+        double y = (p * r) * r + r + 1.0;
+        int64_t bits = ((int64_t)kf + 1023) << 52;
+        double s;
+        memcpy(&s, &bits, sizeof s);
+        y = y * s;
+        return x < -708.0 ? 0.0 : y;
+    }
+
+    /* Row primitives, one copy per dtype. Four fixed accumulators (combined in a fixed
+       order) let the reductions vectorise without reassociating anything. */
+    #define CYBN_ROW_KERNELS(T, S, EXP)                                                      \
+    static CYBN_CLONES CYBN_VEC T cybn_rowmax_##S(const T *x, Py_ssize_t c) {               \
+        T m[8];                                                                             \
+        Py_ssize_t j = 0, k;                                                                \
+        for (k = 0; k < 8; k++) m[k] = x[0];                                                \
+        for (; j + 8 <= c; j += 8)  /* 8 lanes: becomes packed max */                       \
+            for (k = 0; k < 8; k++) m[k] = x[j + k] > m[k] ? x[j + k] : m[k];               \
+        for (; j < c; j++) m[0] = x[j] > m[0] ? x[j] : m[0];                                \
+        for (k = 1; k < 8; k++) m[0] = m[k] > m[0] ? m[k] : m[0];                           \
+        return m[0];                                                                        \
+    }                                                                                       \
+    /* e[j] = exp(x[j] - m); returns the sum of e in double */                              \
+    static CYBN_CLONES CYBN_VEC double cybn_expsum_##S(const T *restrict x, T *restrict e, T m,         \
+                                           Py_ssize_t c) {                                  \
+        Py_ssize_t j;                                                                       \
+        for (j = 0; j < c; j++) e[j] = EXP(x[j] - m);                                       \
+        double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;                                      \
+        for (j = 0; j + 4 <= c; j += 4) {                                                   \
+            a0 += e[j]; a1 += e[j + 1]; a2 += e[j + 2]; a3 += e[j + 3];                     \
+        }                                                                                   \
+        for (; j < c; j++) a0 += e[j];                                                      \
+        return (a0 + a1) + (a2 + a3);                                                       \
+    }                                                                                       \
+    /* y[j] = x[j] * a (product in double) */                                               \
+    static CYBN_CLONES CYBN_VEC void cybn_scale_##S(const T *restrict x, T *restrict y, double a,       \
+                                        Py_ssize_t c) {                                     \
+        for (Py_ssize_t j = 0; j < c; j++) y[j] = (T)(x[j] * a);                            \
+    }                                                                                       \
+    /* e[j] *= a in place (product in double) */                                             \
+    static CYBN_CLONES CYBN_VEC void cybn_scale_inplace_##S(T *e, double a, Py_ssize_t c) {             \
+        for (Py_ssize_t j = 0; j < c; j++) e[j] = (T)(e[j] * a);                            \
+    }                                                                                       \
+    /* out[j] = (x[j] - m) - ls */                                                          \
+    static CYBN_CLONES CYBN_VEC void cybn_logsm_##S(const T *restrict x, T *restrict out, T m,          \
+                                        double ls, Py_ssize_t c) {                          \
+        for (Py_ssize_t j = 0; j < c; j++) out[j] = (T)((double)(x[j] - m) - ls);           \
+    }
+
+    CYBN_ROW_KERNELS(float, f, cybn_expf)
+    CYBN_ROW_KERNELS(double, d, cybn_expd)
+    """
+    float cybn_rowmax_f(const float* x, Py_ssize_t c) noexcept nogil
+    double cybn_rowmax_d(const double* x, Py_ssize_t c) noexcept nogil
+    double cybn_expsum_f(const float* x, float* e, float m, Py_ssize_t c) noexcept nogil
+    double cybn_expsum_d(const double* x, double* e, double m, Py_ssize_t c) noexcept nogil
+    void cybn_scale_f(const float* x, float* y, double a, Py_ssize_t c) noexcept nogil
+    void cybn_scale_d(const double* x, double* y, double a, Py_ssize_t c) noexcept nogil
+    void cybn_scale_inplace_f(float* e, double a, Py_ssize_t c) noexcept nogil
+    void cybn_scale_inplace_d(double* e, double a, Py_ssize_t c) noexcept nogil
+    void cybn_logsm_f(const float* x, float* out, float m, double ls, Py_ssize_t c) noexcept nogil
+    void cybn_logsm_d(const double* x, double* out, double m, double ls, Py_ssize_t c) noexcept nogil
+
+# Below this many elements the rows run on one thread: waking and joining the OpenMP team
+# costs several us, comparable to the whole (128, 10) problem (~5 us), and on a busy
+# machine one late thread stalls the call. Results do not depend on it (rows are independent).
+cdef enum:
+    PARALLEL_MIN_ELEMENTS = 32768
+
+
+cdef inline int _threads_for(Py_ssize_t n, Py_ssize_t c, int num_threads) noexcept nogil:
+    if n * c < PARALLEL_MIN_ELEMENTS or n < 2:
+        return 1
+    return num_threads if num_threads < n else <int>n
+
+
+cdef inline floating _row_max(const floating* x, Py_ssize_t c) noexcept nogil:
+    if floating is float:
+        return cybn_rowmax_f(x, c)
+    else:
+        return cybn_rowmax_d(x, c)
+
+
+cdef inline double _row_exp_sum(const floating* x, floating* e, floating m, Py_ssize_t c) noexcept nogil:
+    if floating is float:
+        return cybn_expsum_f(x, e, m, c)
+    else:
+        return cybn_expsum_d(x, e, m, c)
+
+
+cdef inline void _row_scale(const floating* x, floating* y, double a, Py_ssize_t c) noexcept nogil:
+    """y = x * a; x and y must not overlap (restrict in C)."""
+    if floating is float:
+        cybn_scale_f(x, y, a, c)
+    else:
+        cybn_scale_d(x, y, a, c)
+
+
+cdef inline void _row_scale_inplace(floating* e, double a, Py_ssize_t c) noexcept nogil:
+    if floating is float:
+        cybn_scale_inplace_f(e, a, c)
+    else:
+        cybn_scale_inplace_d(e, a, c)
+
+
+def softmax_rows(const floating[:, ::1] x, floating[:, ::1] out, int num_threads):
+    """out = softmax(x) row-wise."""
+    cdef Py_ssize_t n = x.shape[0], c = x.shape[1], i
+    cdef int nt = _threads_for(n, c, num_threads)
+    cdef double s
+    with nogil:
+        for i in prange(n, num_threads=nt, schedule='static'):
+            s = _row_exp_sum(&x[i, 0], &out[i, 0], _row_max(&x[i, 0], c), c)
+            _row_scale_inplace(&out[i, 0], 1.0 / s, c)
+
+
+def log_softmax_rows(const floating[:, ::1] x, floating[:, ::1] out, int num_threads):
+    """out = (x - max) - log(sum exp(x - max)) row-wise (the exps go to ``out`` as scratch)."""
+    cdef Py_ssize_t n = x.shape[0], c = x.shape[1], i
+    cdef int nt = _threads_for(n, c, num_threads)
+    cdef floating m
+    cdef double ls
+    with nogil:
+        for i in prange(n, num_threads=nt, schedule='static'):
+            m = _row_max(&x[i, 0], c)
+            ls = log(_row_exp_sum(&x[i, 0], &out[i, 0], m, c))
+            # subtracting log(s) from the exact-ish (x - m) keeps precision for large logits
+            if floating is float:
+                cybn_logsm_f(&x[i, 0], &out[i, 0], m, ls, c)
+            else:
+                cybn_logsm_d(&x[i, 0], &out[i, 0], m, ls, c)
+
+
+def xent_forward(const floating[:, ::1] logits, const int64_t[::1] labels,
+                 floating[:, ::1] probs, int num_threads):
+    """probs = softmax(logits); returns mean_i (log sum_j exp(z_ij) - z_i,label_i) as a double."""
+    cdef Py_ssize_t n = logits.shape[0], c = logits.shape[1], i
+    cdef int nt = _threads_for(n, c, num_threads)
+    cdef floating m
+    cdef double s, total = 0.0
+    cdef double* row_loss = <double*>malloc(n * sizeof(double))
+    if row_loss == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for i in prange(n, num_threads=nt, schedule='static'):
+                m = _row_max(&logits[i, 0], c)
+                s = _row_exp_sum(&logits[i, 0], &probs[i, 0], m, c)
+                _row_scale_inplace(&probs[i, 0], 1.0 / s, c)
+                # loss_i = lse - z_label = log(s) - (z_label - m): no large cancellation
+                row_loss[i] = log(s) - (<double>logits[i, labels[i]] - m)
+            for i in range(n):  # fixed order: the same sum for any thread count
+                total += row_loss[i]
+    finally:
+        free(row_loss)
+    return total / n
+
+
+def xent_backward(const floating[:, ::1] probs, const int64_t[::1] labels,
+                  floating[:, ::1] dx, double scale, int num_threads):
+    """dx = scale * (probs - onehot(labels)), scale = grad / N."""
+    cdef Py_ssize_t n = probs.shape[0], c = probs.shape[1], i, k
+    cdef int nt = _threads_for(n, c, num_threads)
+    with nogil:
+        for i in prange(n, num_threads=nt, schedule='static'):
+            _row_scale(&probs[i, 0], &dx[i, 0], scale, c)
+            k = labels[i]
+            dx[i, k] = <floating>((<double>probs[i, k] - 1.0) * scale)
+
+
+def first_bad_label(const int64_t[::1] labels, int64_t num_classes):
+    """Index of the first label outside [0, num_classes), or -1 (one pass, no temporaries)."""
+    cdef Py_ssize_t i, n = labels.shape[0], bad = -1
+    with nogil:
+        for i in range(n):
+            if labels[i] < 0 or labels[i] >= num_classes:
+                bad = i
+                break
+    return bad

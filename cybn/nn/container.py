@@ -1,0 +1,214 @@
+"""``Sequential``: a chain of layers with backward, prediction, state I/O and forward hooks."""
+import os
+
+import numpy as np
+
+from .module import Module
+
+__all__ = ["Sequential", "HookHandle"]
+
+
+class HookHandle:
+    """Returned by ``register_forward_hook``; ``remove()`` unregisters the hook (idempotent)."""
+
+    def __init__(self, hooks, key):
+        self._hooks, self._key = hooks, key
+
+    def remove(self):
+        self._hooks.pop(self._key, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+class Sequential(Module):
+    """Layers applied in order; ``backward`` runs them in reverse.
+
+    ``input_grad`` (default False): whether ``backward`` returns the gradient with respect to the
+    input. When False the first layer is told (``needs_input_grad = False``) so a first Conv2D
+    skips its most expensive backward product, and ``backward`` returns None.
+    """
+
+    def __init__(self, *layers, input_grad=False):
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential layer {i} must be a cybn.nn Module, got {type(layer).__name__}")
+        self.layers = list(layers)
+        self._hooks = {}
+        self._next_hook = 0
+        self.needs_input_grad = bool(input_grad)
+
+    # needs_input_grad is forwarded to the first layer (the only one whose input gradient is optional)
+    @property
+    def needs_input_grad(self):
+        return self._needs_input_grad
+
+    @needs_input_grad.setter
+    def needs_input_grad(self, value):
+        self._needs_input_grad = bool(value)
+        if getattr(self, "layers", None):
+            self.layers[0].needs_input_grad = self._needs_input_grad
+
+    def children(self):
+        return self.layers
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            layers = self.layers[i]
+            # a view sharing the layers: keep the first layer's flag as it is (no mutation)
+            return Sequential(*layers, input_grad=layers[0].needs_input_grad if layers else False)
+        return self.layers[i]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def append(self, layer):
+        if not isinstance(layer, Module):
+            raise TypeError(f"Sequential layers must be cybn.nn Modules, got {type(layer).__name__}")
+        self.layers.append(layer)
+        if len(self.layers) == 1:
+            layer.needs_input_grad = self._needs_input_grad
+        return self
+
+    @property
+    def dtype(self):
+        """dtype of the first layer that has one (None for a model without parameters)."""
+        for layer in self.layers:
+            dt = getattr(layer, "dtype", None)
+            if dt is not None:
+                return dt
+        return None
+
+    # ---- mode --------------------------------------------------------------------------------
+    def train(self, mode=True):
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def clear_cache(self):
+        for layer in self.layers:
+            layer.clear_cache()
+
+    # ---- computation -------------------------------------------------------------------------
+    def forward(self, x):
+        hooks = list(self._hooks.values())
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            for fn in hooks:
+                fn(i, layer, x)
+        return x
+
+    def backward(self, dy):
+        """Back-propagate ``dy`` (gradient w.r.t. the output) through every layer in reverse.
+
+        Overwrites every layer's ``grads``. Returns the input gradient, or None when
+        ``needs_input_grad`` is False.
+        """
+        for i in range(len(self.layers) - 1, -1, -1):
+            dy = self.layers[i].backward(dy)
+            if dy is None and i > 0:
+                raise RuntimeError(f"layer {i} ({self.layers[i]!r}) returned no input gradient but "
+                                   "is not the first layer")
+        return dy
+
+    def predict_logits(self, x, batch_size=256):
+        """Outputs for ``x`` in eval mode, ``batch_size`` rows at a time; the previous mode is
+        restored afterwards and cached activations are discarded (do not call between a training
+        forward and its backward)."""
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        was_training = self.training
+        modes = [layer.training for layer in self.layers]
+        self.eval()
+        try:
+            outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        finally:
+            for layer, mode in zip(self.layers, modes):
+                layer.train(mode)
+            self.training = was_training
+            self.clear_cache()
+        if not outs:
+            raise ValueError("predict needs at least one sample, got an empty input")
+        return np.concatenate(outs)
+
+    def predict(self, x, batch_size=256):
+        """Predicted class labels (int64 argmax of the outputs), computed in eval mode."""
+        return self.predict_logits(x, batch_size).argmax(axis=1).astype(np.int64)
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def register_forward_hook(self, fn):
+        """Call ``fn(index, layer, output)`` after each layer's forward (every forward, in train
+        and eval mode, including ``predict``). The return value of ``fn`` is ignored; ``output``
+        is the live array passed to the next layer — copy it if you keep it, never modify it.
+        Returns a handle whose ``remove()`` unregisters the hook."""
+        if not callable(fn):
+            raise TypeError(f"hook must be callable, got {type(fn).__name__}")
+        key = self._next_hook
+        self._next_hook += 1
+        self._hooks[key] = fn
+        return HookHandle(self._hooks, key)
+
+    # ---- persistence -------------------------------------------------------------------------
+    def save(self, path):
+        """Write ``state_dict()`` to an uncompressed ``.npz`` (atomically: temp file + rename).
+        The path is used exactly as given (no ``.npz`` appended)."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "wb") as f:
+            np.savez(f, **self.state_dict())
+        os.replace(tmp, path)
+
+    def load(self, path, strict=True):
+        """Load a file written by ``save`` (read with ``allow_pickle=False``)."""
+        with np.load(os.fspath(path), allow_pickle=False) as data:
+            state = {k: data[k] for k in data.files}
+        return self.load_state_dict(state, strict=strict)
+
+    # ---- description -------------------------------------------------------------------------
+    def __repr__(self):
+        if not self.layers:
+            return "Sequential()"
+        lines = []
+        for i, layer in enumerate(self.layers):
+            sub = repr(layer).replace("\n", "\n  ")
+            lines.append(f"  ({i}): {sub}")
+        return "Sequential(\n" + "\n".join(lines) + "\n)"
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for layer in self.layers:
+            shape = layer.output_shape(shape)
+        return shape
+
+    def summary(self, input_shape=None):
+        """A text table: index, layer, output shape (when ``input_shape`` is given, e.g.
+        ``(1, 3, 32, 32)`` or ``(3, 32, 32)``), parameter count; and the total."""
+        if input_shape is not None:
+            shape = tuple(int(s) for s in input_shape)
+            if self.layers and isinstance(self.layers[0], Module) and len(shape) in (1, 3):
+                shape = (1,) + shape  # batch axis omitted
+        rows = []
+        for i, layer in enumerate(self.layers):
+            out = ""
+            if input_shape is not None:
+                shape = layer.output_shape(shape)
+                out = "(N, " + ", ".join(str(s) for s in shape[1:]) + ")"
+            rows.append((str(i), repr(layer).split("\n")[0], out, f"{layer.num_parameters():,}"))
+        total = self.num_parameters()
+        headers = ("#", "layer", "output shape" if input_shape is not None else "", "params")
+        widths = [max(len(h), *(len(r[j]) for r in rows)) if rows else len(h) for j, h in enumerate(headers)]
+        def fmt(r):
+            return "  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+        sep = "-" * len(fmt(headers))
+        lines = [fmt(headers), sep] + [fmt(r) for r in rows] + [sep, f"total parameters: {total:,}"]
+        return "\n".join(line.rstrip() for line in lines)

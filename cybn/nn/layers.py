@@ -1,0 +1,357 @@
+"""Layers: thin stateful wrappers around ``cybn.functional`` ops (see ``module.py`` for conventions).
+
+Every layer computes through ``cybn.functional`` only; gradients are **overwritten** by ``backward``.
+"""
+import numbers
+
+import numpy as np
+
+from .. import functional as F
+from . import init as _init
+from .module import Module, as_generator, float_dtype
+
+__all__ = ["Conv2D", "Linear", "BatchNorm1D", "BatchNorm2D", "ReLU", "MaxPool2D", "Flatten", "Dropout",
+           "SoftmaxCrossEntropy"]
+
+
+def _pair(v, name, minimum=1):
+    vals = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(vals) != 2:
+        raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
+    for a in vals:
+        if isinstance(a, bool) or not isinstance(a, numbers.Integral):
+            raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
+        if a < minimum:
+            raise ValueError(f"{name} must be >= {minimum}, got {v!r}")
+    return int(vals[0]), int(vals[1])
+
+
+def _positive(v, name):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {v!r}")
+    if v < 1:
+        raise ValueError(f"{name} must be >= 1, got {v}")
+    return int(v)
+
+
+class _Affine(Module):
+    """Shared by Conv2D and Linear: weight from an initializer, optional bias, overwrite-grads."""
+
+    def _init_params(self, shape, bias, dtype, rng, init):
+        self.dtype = float_dtype(dtype)
+        rng = as_generator(rng)
+        initializer = _init.init_from_spec(init)
+        self.init = initializer
+        w = np.ascontiguousarray(initializer(shape, rng, self.dtype), dtype=self.dtype)
+        if w.shape != tuple(shape):
+            raise ValueError(f"initializer {initializer!r} returned shape {w.shape}, expected {tuple(shape)}")
+        self.params["weight"] = w
+        if bias:
+            fan_in = _init.fans(shape)[0]
+            self.params["bias"] = np.ascontiguousarray(
+                initializer.bias((shape[0],), fan_in, rng, self.dtype), dtype=self.dtype)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def _store_grads(self, dw, db):
+        np.copyto(self.grads["weight"], dw)
+        if "bias" in self.params:
+            np.copyto(self.grads["bias"], db)
+
+
+class Conv2D(_Affine):
+    """2-D convolution (cross-correlation, like PyTorch). weight (C_out, C_in, kh, kw), bias (C_out,).
+
+    ``needs_input_grad = False`` makes ``backward`` skip the input gradient and return None
+    (``Sequential`` sets it on its first layer: the data needs no gradient).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 dtype=np.float32, rng=None, init="he"):
+        super().__init__()
+        self.in_channels = _positive(in_channels, "in_channels")
+        self.out_channels = _positive(out_channels, "out_channels")
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.padding = _pair(padding, "padding", minimum=0)
+        self._init_params((self.out_channels, self.in_channels) + self.kernel_size, bias, dtype, rng, init)
+
+    def forward(self, x):
+        self._check_input(x, 4)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"Conv2D expects {self.in_channels} input channels, got input shape {x.shape}")
+        y = F.conv2d(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding)
+        self._cache = x
+        return y
+
+    def backward(self, dy):
+        x = self._pop_cache()
+        dx, dw, db = F.conv2d_backward(dy, x, self.params["weight"], self.stride, self.padding,
+                                       compute_dx=self.needs_input_grad)
+        self._store_grads(dw, db)
+        return dx
+
+    def output_shape(self, input_shape):
+        n, _, h, w = input_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (n, self.out_channels, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if "bias" not in self.params:
+            s += ", bias=False"
+        return s
+
+
+class Linear(_Affine):
+    """Fully connected layer y = x @ weight.T + bias; weight (out_features, in_features)."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None, init="he"):
+        super().__init__()
+        self.in_features = _positive(in_features, "in_features")
+        self.out_features = _positive(out_features, "out_features")
+        self._init_params((self.out_features, self.in_features), bias, dtype, rng, init)
+
+    def forward(self, x):
+        self._check_input(x, 2)
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"Linear expects {self.in_features} input features, got input shape {x.shape}")
+        y = F.linear(x, self.params["weight"], self.params.get("bias"))
+        self._cache = x
+        return y
+
+    def backward(self, dy):
+        x = self._pop_cache()
+        dx, dw, db = F.linear_backward(dy, x, self.params["weight"])
+        self._store_grads(dw, db)
+        return dx
+
+    def output_shape(self, input_shape):
+        return (input_shape[0], self.out_features)
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={'bias' in self.params}")
+
+
+class _BatchNorm(Module):
+    """Batch Normalization (Ioffe & Szegedy, 2015) with PyTorch's running-statistics semantics.
+
+    Training: normalize with the batch mean / biased variance, then update the running stats
+    ``r = (1 - momentum) * r + momentum * batch`` with the *unbiased* batch variance
+    (``momentum=None``: cumulative average, ``momentum = 1 / num_batches_tracked``).
+    Eval: normalize with the running stats. ``affine=False``: no weight/bias parameters.
+    """
+    _ndim = None
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32):
+        super().__init__()
+        self.num_features = _positive(num_features, "num_features")
+        self.eps = float(eps)
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine = bool(affine)
+        self.dtype = float_dtype(dtype)
+        c = self.num_features
+        if self.affine:
+            self.params = {"weight": np.ones(c, self.dtype), "bias": np.zeros(c, self.dtype)}
+            self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.buffers = {"running_mean": np.zeros(c, self.dtype), "running_var": np.ones(c, self.dtype),
+                        "num_batches_tracked": np.zeros((), np.int64)}
+
+    @property
+    def running_mean(self):
+        return self.buffers["running_mean"]
+
+    @property
+    def running_var(self):
+        return self.buffers["running_var"]
+
+    @property
+    def num_batches_tracked(self):
+        return int(self.buffers["num_batches_tracked"])
+
+    def forward(self, x):
+        self._check_input(x, self._ndim)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__} expects {self.num_features} channels, "
+                             f"got input shape {x.shape}")
+        w, b = self.params.get("weight"), self.params.get("bias")
+        if self.training:
+            y, mean, var = F.batch_norm_train(x, w, b, self.eps)
+            self.buffers["num_batches_tracked"] += 1
+            momentum = self.momentum
+            if momentum is None:
+                momentum = 1.0 / int(self.buffers["num_batches_tracked"])
+            F.update_running_stats(self.buffers["running_mean"], self.buffers["running_var"], mean, var,
+                                   x.size // x.shape[1], momentum)
+            self._cache = ("train", x, mean, var)
+        else:
+            y = F.batch_norm_eval(x, w, b, self.buffers["running_mean"], self.buffers["running_var"],
+                                  self.eps)
+            self._cache = ("eval", x)
+        return y
+
+    def backward(self, dy):
+        cache = self._pop_cache()
+        w = self.params.get("weight")
+        if cache[0] == "train":
+            _, x, mean, var = cache
+            dx, dw, db = F.batch_norm_backward(dy, x, w, mean, var, self.eps)
+        else:
+            # Eval-mode BN is a fixed per-channel affine map: dx = dy * weight / sqrt(running_var + eps).
+            # (Only needed for input-gradient analysis of a frozen model, so plain NumPy is enough.)
+            x = cache[1]
+            shape = (1, -1) + (1,) * (dy.ndim - 2)
+            axes = (0,) + tuple(range(2, dy.ndim))
+            inv = 1.0 / np.sqrt(self.buffers["running_var"].astype(np.float64) + self.eps)
+            scale = inv if w is None else inv * w
+            dx = (dy * scale.reshape(shape)).astype(self.dtype)
+            db = dy.sum(axes, dtype=np.float64)
+            xhat = (x - self.buffers["running_mean"].reshape(shape)) * inv.reshape(shape)
+            dw = (dy * xhat).sum(axes)
+        if self.affine:
+            np.copyto(self.grads["weight"], dw, casting="unsafe")
+            np.copyto(self.grads["bias"], db, casting="unsafe")
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+
+
+class BatchNorm2D(_BatchNorm):
+    """Batch Normalization over (N, C, H, W): per-channel statistics over N*H*W values."""
+    _ndim = 4
+
+
+class BatchNorm1D(_BatchNorm):
+    """Batch Normalization over (N, C): per-feature statistics over the batch."""
+    _ndim = 2
+
+
+class ReLU(Module):
+    def forward(self, x):
+        y = F.relu(x)
+        self._cache = y
+        return y
+
+    def backward(self, dy):
+        return F.relu_backward(dy, self._pop_cache())
+
+
+class MaxPool2D(Module):
+    """Max pooling; ``stride=None`` means ``stride = kernel_size`` (PyTorch)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
+        self.padding = _pair(padding, "padding", minimum=0)
+        self._orig = (kernel_size, stride if stride is not None else kernel_size, padding)
+
+    def forward(self, x):
+        y, indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        self._cache = (indices, x.shape)
+        return y
+
+    def backward(self, dy):
+        indices, shape = self._pop_cache()
+        return F.max_pool2d_backward(dy, indices, shape)
+
+    def output_shape(self, input_shape):
+        n, c, h, w = input_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return (n, c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+
+    def extra_repr(self):
+        k, s, p = self._orig
+        return f"kernel_size={k}, stride={s}, padding={p}"
+
+
+class Flatten(Module):
+    """(N, ...) -> (N, prod(...)), C-order like ``torch.nn.Flatten`` (channels vary slowest)."""
+
+    def forward(self, x):
+        if not isinstance(x, np.ndarray) or x.ndim < 1:
+            raise TypeError(f"Flatten expects a numpy.ndarray with a batch axis, got {type(x).__name__}")
+        self._cache = x.shape
+        return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._pop_cache())
+
+    def output_shape(self, input_shape):
+        return (input_shape[0], int(np.prod(input_shape[1:])))
+
+
+class Dropout(Module):
+    """Inverted dropout: in training zero each value with probability ``p`` and scale the rest by
+    ``1/(1-p)``; identity in eval. ``rng``: Generator or int seed (reproducible masks)."""
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        p = float(p)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
+        self.p = p
+        self.rng = as_generator(rng)
+
+    def forward(self, x):
+        if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"Dropout expects a float32/float64 numpy.ndarray, got "
+                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        if not self.training or self.p == 0.0:
+            self._cache = ("identity",)
+            return x
+        if self.p == 1.0:
+            keep = np.zeros(x.shape, bool)
+            scale = 0.0
+        else:
+            keep = self.rng.random(x.shape, dtype=x.dtype.type) >= self.p
+            scale = 1.0 / (1.0 - self.p)
+        self._cache = ("mask", keep, scale)
+        y = np.multiply(x, keep)
+        y *= x.dtype.type(scale)
+        return y
+
+    def backward(self, dy):
+        cache = self._pop_cache()
+        if cache[0] == "identity":
+            return dy
+        _, keep, scale = cache
+        dx = np.multiply(dy, keep)
+        dx *= dy.dtype.type(scale)
+        return dx
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class SoftmaxCrossEntropy:
+    """Mean softmax cross-entropy loss. ``forward(logits, labels)`` -> Python float;
+    ``backward(grad=1.0)`` -> dlogits (overwrites nothing: it returns a new array).
+    ``probs`` holds the last softmax output (for accuracy / predictions)."""
+
+    def __init__(self):
+        self.probs = None
+        self._labels = None
+
+    def forward(self, logits, labels):
+        loss, probs = F.softmax_cross_entropy(logits, labels)
+        self.probs, self._labels = probs, labels
+        return loss
+
+    __call__ = forward
+
+    def backward(self, grad=1.0):
+        if self.probs is None:
+            raise RuntimeError("SoftmaxCrossEntropy.backward() called before forward()")
+        return F.softmax_cross_entropy_backward(self.probs, self._labels, grad)
+
+    def __repr__(self):
+        return "SoftmaxCrossEntropy()"

@@ -1,0 +1,223 @@
+"""The ``Module`` base class shared by every layer and by ``Sequential``.
+
+Conventions (the same for all layers):
+
+- ``params`` / ``grads``: dicts name -> ndarray with PyTorch's names (``weight``, ``bias``).
+  ``grads[k]`` always has ``params[k]``'s shape and dtype and is allocated once, at construction.
+- **Gradients are overwritten, not accumulated**: ``backward(dy)`` writes the gradient of the
+  current batch into ``grads`` *in place* (``np.copyto``), so one forward/backward per step needs no
+  ``zero_grad()``; call ``zero_grad()`` only if you want zeros. PyTorch accumulates instead; we do
+  not, because SGD consumes one batch per step and accumulating would cost a pass over every grad.
+  Because params and grads are only ever updated in place, an optimizer can keep references to them
+  (and ``load_state_dict`` copies into them) without ever going stale.
+- ``buffers``: non-trained state (BatchNorm's running statistics, ``num_batches_tracked``).
+- ``forward(x)`` keeps what ``backward`` needs in a cache; ``backward(dy)`` consumes it (and frees
+  it), so calling ``backward`` before ``forward`` (or twice) raises ``RuntimeError``.
+- a layer with parameters has a ``dtype`` (float32 default, float64 for gradient checks) kept by
+  params, grads and float buffers; an input of another dtype raises ``TypeError`` naming both.
+"""
+import numpy as np
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_dtype(dtype):
+    """``dtype`` as a numpy dtype, restricted to float32/float64 (TypeError otherwise)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in _FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def as_generator(rng):
+    """A ``numpy.random.Generator`` from a Generator, an int seed or None (fresh OS entropy)."""
+    if isinstance(rng, np.random.Generator):
+        return rng
+    if rng is None or (isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)):
+        return np.random.default_rng(rng)
+    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
+
+
+def generator_state(rng):
+    """The state of a PCG64 ``Generator`` as a uint64 array of 6 words (fits an .npz without pickle;
+    e.g. to checkpoint a Dropout layer's ``rng`` so a resumed run draws the same masks)."""
+    st = rng.bit_generator.state
+    if st.get("bit_generator") != "PCG64":
+        raise TypeError(f"only PCG64 generators are supported, got {st.get('bit_generator')}")
+    m = (1 << 64) - 1
+    s, inc = st["state"]["state"], st["state"]["inc"]
+    return np.array([s >> 64, s & m, inc >> 64, inc & m, st["has_uint32"], st["uinteger"]], dtype=np.uint64)
+
+
+def set_generator_state(rng, words):
+    """Restore a state produced by ``generator_state`` into the PCG64 ``Generator`` ``rng``."""
+    w = [int(v) for v in np.asarray(words, dtype=np.uint64).reshape(-1)]
+    if len(w) != 6:
+        raise ValueError(f"a generator state has 6 uint64 words, got {len(w)}")
+    rng.bit_generator.state = {"bit_generator": "PCG64",
+                               "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
+                               "has_uint32": w[4], "uinteger": w[5]}
+
+
+class Module:
+    """Base class: a differentiable layer with ``forward``/``backward`` and named state."""
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self.buffers = {}
+        self.training = True
+        # False: backward may skip the input gradient (Sequential sets it for its first layer).
+        self.needs_input_grad = True
+        self._cache = None
+
+    # ---- mode -------------------------------------------------------------------------------
+    def train(self, mode=True):
+        """Training mode (BatchNorm uses batch statistics, Dropout drops). Returns self."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Inference mode (BatchNorm uses running statistics, Dropout is the identity). Returns self."""
+        return self.train(False)
+
+    # ---- computation --------------------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def _pop_cache(self):
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called before forward() "
+                               "(no cached activations: run forward on the batch first; "
+                               "backward consumes the cache, so it cannot run twice)")
+        self._cache = None
+        return cache
+
+    def clear_cache(self):
+        """Drop the activations kept for backward (frees memory after inference)."""
+        self._cache = None
+
+    def _check_input(self, x, ndim=None):
+        """TypeError unless ``x`` is an ndarray of this layer's dtype; ValueError on a wrong rank."""
+        name = type(self).__name__
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{name} expects a numpy.ndarray input, got {type(x).__name__}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"{name} has dtype {self.dtype} but its input has dtype {x.dtype} "
+                            f"(convert the input with .astype(np.{self.dtype}) or build the layer "
+                            f"with dtype=np.{x.dtype})")
+        if ndim is not None:
+            allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+            if x.ndim not in allowed:
+                want = " or ".join(str(a) for a in allowed)
+                raise ValueError(f"{name} expects a {want}-d input, got shape {x.shape}")
+        return x
+
+    # ---- parameters / state -------------------------------------------------------------------
+    def children(self):
+        """Sub-modules (``Sequential`` has some; plain layers none)."""
+        return []
+
+    def named_modules(self, prefix=""):
+        """(qualified prefix, module) for this module and every descendant."""
+        yield prefix, self
+        for i, child in enumerate(self.children()):
+            yield from child.named_modules(f"{prefix}{i}.")
+
+    def named_parameters(self, prefix=""):
+        """Iterator of (qualified name, param, grad, layer) — e.g. ("0.weight", w, dw, conv)."""
+        for module_prefix, module in self.named_modules(prefix):
+            for name, p in module.params.items():
+                yield module_prefix + name, p, module.grads[name], module
+
+    def parameters(self):
+        """Iterator of the parameter arrays."""
+        for _, p, _, _ in self.named_parameters():
+            yield p
+
+    def num_parameters(self):
+        return int(sum(p.size for p in self.parameters()))
+
+    def zero_grad(self):
+        """Fill every gradient with zeros (not needed between steps: backward overwrites)."""
+        for _, module in self.named_modules():
+            for g in module.grads.values():
+                g.fill(0)
+
+    def state_dict(self):
+        """Copies of params then buffers under PyTorch's keys ("0.weight", "1.running_var", ...)."""
+        state = {}
+        for prefix, module in self.named_modules():
+            for name, p in module.params.items():
+                state[prefix + name] = p.copy()
+            for name, b in module.buffers.items():
+                state[prefix + name] = np.array(b, copy=True)
+        return state
+
+    def _state_targets(self):
+        targets = {}
+        for prefix, module in self.named_modules():
+            for name, p in module.params.items():
+                targets[prefix + name] = p
+            for name, b in module.buffers.items():
+                targets[prefix + name] = b
+        return targets
+
+    def load_state_dict(self, state, strict=True):
+        """Copy ``state`` (a mapping key -> array-like) into params and buffers, in place.
+
+        Every value must have the target's shape and dtype (float tensors exactly; integer buffers
+        such as ``num_batches_tracked`` accept any integer dtype) — no silent casts. ``strict``:
+        missing or unexpected keys raise ``KeyError`` listing them all. Nothing is modified unless
+        every check passes. Returns ``(missing_keys, unexpected_keys)``.
+        """
+        targets = self._state_targets()
+        missing = [k for k in targets if k not in state]
+        unexpected = [k for k in state if k not in targets]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append(f"missing key(s) {missing}")
+            if unexpected:
+                parts.append(f"unexpected key(s) {unexpected}")
+            raise KeyError(f"error loading state_dict into {type(self).__name__}: " + "; ".join(parts))
+        checked = []
+        for key, target in targets.items():
+            if key not in state:
+                continue
+            value = np.asarray(state[key])
+            if value.shape != target.shape:
+                raise ValueError(f"state_dict[{key!r}] has shape {value.shape}, "
+                                 f"the model expects {target.shape}")
+            if target.dtype.kind == "f":
+                ok = value.dtype == target.dtype
+            else:
+                ok = value.dtype.kind in "iu"
+            if not ok:
+                raise TypeError(f"state_dict[{key!r}] has dtype {value.dtype}, "
+                                f"the model expects {target.dtype}")
+            checked.append((target, value))
+        for target, value in checked:
+            np.copyto(target, value, casting="unsafe")
+        return missing, unexpected
+
+    # ---- description --------------------------------------------------------------------------
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def output_shape(self, input_shape):
+        """Shape of the output for an input of ``input_shape`` (shape-preserving by default)."""
+        return tuple(input_shape)

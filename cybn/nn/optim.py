@@ -1,0 +1,287 @@
+"""SGD with PyTorch's exact update rule, and learning-rate schedules that are pure functions of the step.
+
+``SGD.step()`` per parameter p with gradient g (all in place, into preallocated buffers):
+
+    d = g + weight_decay * p                      (if weight_decay != 0 and p is decayed)
+    b = d                  on the first step      (if momentum != 0)
+    b = momentum * b + (1 - dampening) * d        afterwards
+    d = d + momentum * b   if nesterov else  d = b
+    p = p - lr * d
+
+Schedules answer ``lr_at(step)`` (step = 0-based index of the update about to be made), so a run
+resumed at step k gets exactly the learning rates of an uninterrupted run; the trainer sets
+``opt.lr = schedule.lr_at(step)`` before each ``opt.step()``.
+"""
+import math
+
+import numpy as np
+
+__all__ = ["SGD", "LRSchedule", "ConstantLR", "StepLR", "CosineLR", "WarmupLR", "schedule_from_spec",
+           "SCHEDULE_FORMS"]
+
+
+def _nonneg(v, name):
+    v = float(v)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+    return v
+
+
+def _is_bn(layer):
+    from .layers import _BatchNorm
+    return isinstance(layer, _BatchNorm)
+
+
+class SGD:
+    """Stochastic gradient descent with momentum / Nesterov / weight decay (``torch.optim.SGD`` semantics).
+
+    ``params``: a model (anything with ``named_parameters()``) or an iterable of
+    ``(name, param, grad)`` or ``(name, param, grad, layer)`` tuples. Params and grads are used by
+    reference and must be updated in place by their owners (cybn layers do).
+    ``decay_bn_and_bias=False`` exempts BatchNorm parameters and every ``*bias`` from weight decay.
+    """
+
+    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0,
+                 decay_bn_and_bias=True):
+        if hasattr(params, "named_parameters"):
+            params = params.named_parameters()
+        self.lr = _nonneg(lr, "lr")
+        self.momentum = _nonneg(momentum, "momentum")
+        self.weight_decay = _nonneg(weight_decay, "weight_decay")
+        self.dampening = _nonneg(dampening, "dampening")
+        self.nesterov = bool(nesterov)
+        self.decay_bn_and_bias = bool(decay_bn_and_bias)
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
+        self._params = []  # (name, p, g, decay?)
+        seen = set()
+        for item in params:
+            if len(item) == 4:
+                name, p, g, layer = item
+            elif len(item) == 3:
+                (name, p, g), layer = item, None
+            else:
+                raise ValueError("params must yield (name, param, grad) or (name, param, grad, layer) tuples")
+            if name in seen:
+                raise ValueError(f"duplicate parameter name {name!r}")
+            seen.add(name)
+            if not (isinstance(p, np.ndarray) and isinstance(g, np.ndarray)):
+                raise TypeError(f"parameter {name!r}: param and grad must be numpy arrays")
+            if p.shape != g.shape or p.dtype != g.dtype:
+                raise ValueError(f"parameter {name!r}: grad {g.shape} {g.dtype} does not match "
+                                 f"param {p.shape} {p.dtype}")
+            decay = self.decay_bn_and_bias or not (name.split(".")[-1] == "bias" or _is_bn(layer))
+            self._params.append((name, p, g, decay))
+        if not self._params:
+            raise ValueError("SGD got an empty parameter list")
+        self._buffers = {}  # name -> momentum buffer (created at the first step, like PyTorch)
+        self._scratch = {}  # name -> work array (no allocation after the first step)
+
+    @property
+    def param_names(self):
+        return [name for name, _, _, _ in self._params]
+
+    def zero_grad(self):
+        for _, _, g, _ in self._params:
+            g.fill(0)
+
+    def step(self):
+        lr, mu, wd = self.lr, self.momentum, self.weight_decay
+        for name, p, g, decay in self._params:
+            tmp = self._work(name, p)
+            d = g
+            if wd != 0 and decay:
+                np.multiply(p, wd, out=tmp)
+                np.add(g, tmp, out=tmp)
+                d = tmp
+            if mu != 0:
+                buf = self._buffers.get(name)
+                if buf is None:
+                    buf = self._buffers[name] = d.copy()
+                else:
+                    buf *= mu
+                    if self.dampening != 0:
+                        work = self._work(name + "#work2", p)
+                        np.multiply(d, 1.0 - self.dampening, out=work)
+                        buf += work
+                    else:
+                        buf += d
+                if self.nesterov:
+                    # d + mu * b; d may already live in tmp, so mu * b goes to a second work array
+                    work = self._work(name + "#work2", p)
+                    np.multiply(buf, mu, out=work)
+                    np.add(d, work, out=tmp)
+                    d = tmp
+                else:
+                    d = buf
+            np.multiply(d, lr, out=tmp)
+            p -= tmp
+
+    def _work(self, key, p):
+        w = self._scratch.get(key)
+        if w is None:
+            w = self._scratch[key] = np.empty_like(p)
+        return w
+
+    def state_dict(self):
+        """Momentum buffers (copies), keyed by parameter name (absent before the first step)."""
+        return {name: buf.copy() for name, buf in self._buffers.items()}
+
+    def load_state_dict(self, state):
+        """Restore momentum buffers; unknown names or shape/dtype mismatches raise."""
+        by_name = {name: p for name, p, _, _ in self._params}
+        unknown = [k for k in state if k not in by_name]
+        if unknown:
+            raise KeyError(f"optimizer state has momentum buffers for unknown parameter(s) {unknown}")
+        new = {}
+        for name, value in state.items():
+            value = np.asarray(value)
+            p = by_name[name]
+            if value.shape != p.shape or value.dtype != p.dtype:
+                raise ValueError(f"momentum buffer {name!r} is {value.shape} {value.dtype}, "
+                                 f"parameter is {p.shape} {p.dtype}")
+            new[name] = np.array(value, copy=True)
+        self._buffers = new
+
+    def __repr__(self):
+        return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
+                f"weight_decay={self.weight_decay}, decay_bn_and_bias={self.decay_bn_and_bias})")
+
+
+# ---- learning-rate schedules ----------------------------------------------------------------------
+
+def _step(step):
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"step must be an integer >= 0, got {step!r}")
+    return int(step)
+
+
+class LRSchedule:
+    """Base of the schedules: ``lr_at(step)`` is a pure function of the 0-based step."""
+
+    def lr_at(self, step):
+        raise NotImplementedError
+
+    def __call__(self, step):
+        return self.lr_at(step)
+
+    @staticmethod
+    def from_spec(spec, lr, total_steps=None):
+        """See ``schedule_from_spec``."""
+        return schedule_from_spec(spec, lr, total_steps)
+
+
+class ConstantLR(LRSchedule):
+    def __init__(self, lr):
+        self.lr = _nonneg(lr, "lr")
+
+    def lr_at(self, step):
+        _step(step)
+        return self.lr
+
+    def __repr__(self):
+        return f"ConstantLR(lr={self.lr})"
+
+
+class StepLR(LRSchedule):
+    """lr * gamma ** (step // step_size)."""
+
+    def __init__(self, lr, step_size, gamma=0.1):
+        self.lr = _nonneg(lr, "lr")
+        if int(step_size) < 1:
+            raise ValueError(f"step_size must be >= 1, got {step_size}")
+        self.step_size = int(step_size)
+        self.gamma = _nonneg(gamma, "gamma")
+
+    def lr_at(self, step):
+        return self.lr * self.gamma ** (_step(step) // self.step_size)
+
+    def __repr__(self):
+        return f"StepLR(lr={self.lr}, step_size={self.step_size}, gamma={self.gamma})"
+
+
+class CosineLR(LRSchedule):
+    """min_lr + (lr - min_lr) * (1 + cos(pi * step / total_steps)) / 2; min_lr after total_steps."""
+
+    def __init__(self, lr, total_steps, min_lr=0.0):
+        self.lr = _nonneg(lr, "lr")
+        if int(total_steps) < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+        self.total_steps = int(total_steps)
+        self.min_lr = _nonneg(min_lr, "min_lr")
+
+    def lr_at(self, step):
+        t = min(_step(step), self.total_steps) / self.total_steps
+        return self.min_lr + (self.lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def __repr__(self):
+        return f"CosineLR(lr={self.lr}, total_steps={self.total_steps}, min_lr={self.min_lr})"
+
+
+class WarmupLR(LRSchedule):
+    """Linear warm-up over the first ``warmup_steps`` updates: ``schedule.lr_at(step) * (step + 1) /
+    warmup_steps`` (the inner schedule is not shifted), then ``schedule.lr_at(step)``."""
+
+    def __init__(self, schedule, warmup_steps):
+        if int(warmup_steps) < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.schedule = schedule
+        self.warmup_steps = int(warmup_steps)
+
+    @property
+    def lr(self):
+        return self.schedule.lr
+
+    def lr_at(self, step):
+        step = _step(step)
+        lr = self.schedule.lr_at(step)
+        if step < self.warmup_steps:
+            lr *= (step + 1) / self.warmup_steps
+        return lr
+
+    def __repr__(self):
+        return f"WarmupLR({self.schedule!r}, warmup_steps={self.warmup_steps})"
+
+
+SCHEDULE_FORMS = ("constant", "step:STEP_SIZE[:GAMMA] (gamma 0.1)", "cosine[:MIN_LR] (needs total_steps)",
+                  "warmup:N+<one of the above>")
+
+
+def schedule_from_spec(spec, lr, total_steps=None):
+    """Build a schedule from a CLI string: "constant", "step:10000:0.1", "cosine", "cosine:1e-4",
+    "warmup:500+cosine". Steps count optimizer updates. ValueError names the allowed forms."""
+    def bad(why):
+        return ValueError(f"bad lr schedule {spec!r} ({why}); allowed forms: " + ", ".join(SCHEDULE_FORMS))
+
+    if not isinstance(spec, str):
+        raise bad(f"expected a string, got {type(spec).__name__}")
+    text = spec.strip().lower()
+    warmup = 0
+    if text.startswith("warmup:"):
+        head, plus, text = text.partition("+")
+        if not plus:
+            raise bad("warmup needs a schedule after '+', e.g. warmup:500+cosine")
+        try:
+            warmup = int(head.split(":", 1)[1])
+        except ValueError:
+            raise bad(f"{head.split(':', 1)[1]!r} is not an integer number of steps") from None
+        if warmup < 0:
+            raise bad("warmup steps must be >= 0")
+    kind, *args = text.split(":")
+    try:
+        nums = [float(a) for a in args]
+    except ValueError:
+        raise bad(f"arguments {args} are not numbers") from None
+    if kind == "constant" and not nums:
+        sched = ConstantLR(lr)
+    elif kind == "step" and len(nums) in (1, 2):
+        if nums[0] != int(nums[0]) or nums[0] < 1:
+            raise bad("step size must be an integer >= 1")
+        sched = StepLR(lr, int(nums[0]), nums[1] if len(nums) == 2 else 0.1)
+    elif kind == "cosine" and len(nums) <= 1:
+        if total_steps is None:
+            raise bad("cosine needs total_steps")
+        sched = CosineLR(lr, total_steps, nums[0] if nums else 0.0)
+    else:
+        raise bad(f"unknown schedule or wrong number of arguments: {text!r}")
+    return WarmupLR(sched, warmup) if warmup else sched
