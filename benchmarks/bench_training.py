@@ -20,7 +20,6 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
-import cybn  # noqa: E402
 from cybn.data import DataLoader  # noqa: E402
 from cybn.nn import SGD, SoftmaxCrossEntropy, cnn7  # noqa: E402
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from ._progress import Progress
 from .checkpoint import load_checkpoint, save_checkpoint
+from .nn import generator_state, set_generator_state
 
 
 def _new_running():
@@ -99,9 +100,14 @@ class Trainer:
         path = path or self.checkpoint_path
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         arrays.update({f"optim/{k}": v for k, v in self.optimizer.state_dict().items()})
+        # Layers that draw random numbers (Dropout) resume with the same stream.
+        arrays.update({f"rng/{name}": generator_state(m.rng) for name, m in self._random_layers()})
         meta = {"epoch": self.epoch, "step": self.step, "skipped_steps": self.skipped_steps,
                 "history": self.history, "running": self._running, "loader": loader.state_dict()}
         save_checkpoint(path, arrays, meta)
+
+    def _random_layers(self):
+        return [(name, m) for name, m in self.model.named_modules() if getattr(m, "rng", None) is not None]
 
     def load_checkpoint(self, loader, path=None):
         """Restore everything ``save_checkpoint`` wrote, so training continues bit-identically."""
@@ -111,6 +117,8 @@ class Trainer:
         optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
         self.model.load_state_dict(model)
         self.optimizer.load_state_dict(optim)
+        for name, m in self._random_layers():
+            set_generator_state(m.rng, arrays[f"rng/{name}"])
         loader.load_state_dict(meta["loader"])
         self.epoch = meta["epoch"]
         self.step = meta["step"]

@@ -5,9 +5,8 @@ import math
 import numpy as np
 import pytest
 
-import cybn
 from cybn.data import DataLoader
-from cybn.nn import (SGD, BatchNorm2D, Conv2D, Flatten, Linear, MaxPool2D, ReLU, Sequential,
+from cybn.nn import (SGD, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU, Sequential,
                      SoftmaxCrossEntropy, schedule_from_spec)
 from cybn.train import Callback, NonFiniteError, Trainer, evaluate
 
@@ -20,13 +19,13 @@ def toy_data(n=96, seed=0):
     return images.astype(np.uint8), labels
 
 
-def toy_model(seed=0):
+def toy_model(seed=0, dropout=0.0):
     return Sequential(Conv2D(3, 6, 3, padding=1, rng=seed), BatchNorm2D(6), ReLU(), MaxPool2D(2),
-                      Flatten(), Linear(6 * 4 * 4, 4, rng=seed + 1))
+                      Flatten(), Dropout(dropout, rng=seed + 2), Linear(6 * 4 * 4, 4, rng=seed + 1))
 
 
-def make_trainer(out_dir=None, seed=0, checkpoint_every=None, nan_policy="stop", lr=0.05):
-    model = toy_model(seed)
+def make_trainer(out_dir=None, seed=0, checkpoint_every=None, nan_policy="stop", lr=0.05, dropout=0.0):
+    model = toy_model(seed, dropout)
     opt = SGD(model, lr=lr, momentum=0.9, weight_decay=1e-4)
     return Trainer(model, SoftmaxCrossEntropy(), opt, schedule=schedule_from_spec("cosine", lr, 40),
                    progress=False, out_dir=out_dir, checkpoint_every=checkpoint_every, nan_policy=nan_policy)
@@ -70,14 +69,15 @@ def test_same_seed_same_threads_is_bit_identical():
     assert_same_weights(*runs)
 
 
-@pytest.mark.parametrize("stop_at", [7, 10, 13])  # mid-epoch, exactly at an epoch end, mid-epoch
-def test_resume_is_bit_identical(tmp_path, stop_at):
-    full = make_trainer()
+@pytest.mark.parametrize("stop_at,dropout", [(7, 0.0), (10, 0.0), (13, 0.3)])  # mid-epoch, at an epoch end
+def test_resume_is_bit_identical(tmp_path, stop_at, dropout):
+    full = make_trainer(dropout=dropout)
     full.fit(make_loader(), epochs=3)
 
-    first = make_trainer(out_dir=tmp_path, checkpoint_every=1)
+    first = make_trainer(out_dir=tmp_path, checkpoint_every=1, dropout=dropout)
     first.fit(make_loader(), epochs=3, max_steps=stop_at)
-    resumed = make_trainer(out_dir=tmp_path, seed=99)  # different init: all must come from the checkpoint
+    # A different init and data seed: everything must come from the checkpoint.
+    resumed = make_trainer(out_dir=tmp_path, seed=99, dropout=dropout)
     resumed.fit(make_loader(seed=5), epochs=3, resume=True)
     assert resumed.step == full.step == 30
     assert_same_weights(weights(resumed.model), weights(full.model))

@@ -9,10 +9,11 @@ import hashlib
 import http.client
 import os
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from .._progress import Progress
 
 __all__ = ["CIFAR10_URL", "CIFAR10_MD5", "CIFAR10_SIZE", "CIFAR10_FILENAME", "DownloadError",
            "ChecksumError", "default_cache_dir", "download", "download_cifar10"]
@@ -46,61 +47,6 @@ def default_cache_dir():
 
 def _mib(n):
     return f"{n / 2**20:.1f} MiB"
-
-
-class _ByteProgress:
-    """Byte-count progress on stderr: redrawn in place on a terminal, ~10 lines otherwise (logs)."""
-
-    def __init__(self, name, total, done, quiet, stream=None):
-        self.name, self.total, self.done, self.quiet = name, total, done, quiet
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start_done = done
-        self.t0 = time.perf_counter()
-        self.last_draw = 0.0
-        self.last_decile = -1
-        self.printed_done = None
-
-    def update(self, n):
-        self.done += n
-        if self.quiet:
-            return
-        now = time.perf_counter()
-        if self.tty:
-            if now - self.last_draw >= 0.1:
-                self.last_draw = now
-                self.stream.write("\r" + self._line(now))
-                self.stream.flush()
-        elif self.total:
-            decile = min(10, int(10 * self.done / self.total))
-            if decile != self.last_decile:
-                self.last_decile = decile
-                self._write_line(now)
-
-    def _line(self, now):
-        elapsed = now - self.t0
-        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
-        if self.total:
-            frac = min(self.done / self.total, 1.0)
-            bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-            eta = (self.total - self.done) / rate if rate > 0 else 0.0
-            return (f"{self.name} {100 * frac:3.0f}% [{bar}] {_mib(self.done)}/{_mib(self.total)} "
-                    f"{_mib(rate)}/s eta {eta:.0f}s")
-        return f"{self.name} {_mib(self.done)} {_mib(rate)}/s"
-
-    def _write_line(self, now):
-        self.printed_done = self.done
-        self.stream.write(self._line(now) + "\n")
-        self.stream.flush()
-
-    def close(self):
-        if self.quiet:
-            return
-        if self.tty:
-            self.stream.write("\r" + self._line(time.perf_counter()) + "\n")
-            self.stream.flush()
-        elif self.printed_done != self.done:
-            self._write_line(time.perf_counter())
 
 
 def _md5_of_file(path, hasher):
@@ -163,7 +109,8 @@ def download(url, dest, md5=None, size=None, quiet=False, timeout=60.0):
                 total = _total_from(response, start, resumed) or size
                 if resumed:
                     _md5_of_file(part, hasher)
-                progress = _ByteProgress(dest.name, total, start, quiet)
+                progress = Progress(total, desc=dest.name, unit="MiB", scale=2**20, enabled=not quiet,
+                                    initial=start)
                 if not quiet:
                     how = f"resuming at {_mib(start)}" if resumed else "downloading"
                     sys.stderr.write(f"cybn: {how} {url} -> {dest}\n")

@@ -2,7 +2,6 @@
 import argparse
 import dataclasses
 import json
-import os
 import platform
 import time
 
