@@ -1,1 +1,188 @@
-__all__ = []
+"""Batch normalization (training forward, backward, evaluation, running statistics), validated.
+
+Same maths and signatures as ``cybn.reference.batchnorm`` (see its docstrings). Kernels in
+``cybn._kernels.batchnorm``; passes over memory per call:
+
+* ``batch_norm_train``: 1 read of x for mean+variance (one-pass shifted sums over blocks of
+  <= 16384 values, merged pairwise: stable, accumulated in double), then 1 read of x + 1 write of y.
+* ``batch_norm_backward``: 1 fused read of dy and x for sum(dy) and sum(dy*(x-mean)) (which give
+  dbias and dweight), then 1 read of dy, x + 1 write of dx.
+* ``batch_norm_eval``: 1 read + 1 write.
+
+Determinism: reductions are split into chunks of rows chosen from the input shape only, each
+chunk reduced by one thread in a fixed order, partials merged in a fixed order: results are
+bit-identical for any thread count.
+
+Dtypes: x, dy, weight, bias share one dtype (float32 or float64). The statistics (mean, var,
+running_mean, running_var) may be float32 or float64 independently of x; batch mean/var are
+returned as float64. ``weight``/``bias`` None means gamma = 1 / beta = 0 (affine=False);
+``batch_norm_backward`` still returns dweight/dbias (for the implicit gamma=1, beta=0).
+"""
+import numbers
+
+import numpy as np
+
+from .._kernels import batchnorm as _k
+from .._threads import kernel_threads
+from ._checks import FLOAT_DTYPES, finite_float, float_array, positive_int, shape_is
+
+__all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "update_running_stats"]
+
+
+def _input(x, name="x"):
+    x = float_array(x, name, ndim=(2, 4))
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} must have at least one channel (axis 1), got shape {x.shape}")
+    return x
+
+
+def _as3(a):
+    """(N, C) or (N, C, H, W) -> (N, C, H*W) view (a is C-contiguous)."""
+    return a.reshape(a.shape[0], a.shape[1], a.shape[2] * a.shape[3] if a.ndim == 4 else 1)
+
+
+def _count(x):
+    return x.shape[0] * (x.shape[2] * x.shape[3] if x.ndim == 4 else 1)
+
+
+def _param(v, name, x):
+    """weight/bias: None or an array of x's dtype and shape (C,)."""
+    if v is None:
+        return None
+    v = float_array(v, name, ndim=1, dtype=x.dtype)
+    return shape_is(v, (x.shape[1],), f"{name} (one value per channel of x {x.shape})")
+
+
+def _stat(v, name, C, nonnegative=False):
+    """mean/var/running stats: float32 or float64 array of shape (C,), returned as float64."""
+    v = float_array(v, name, ndim=1)
+    shape_is(v, (C,), f"{name} (one value per channel)")
+    v = v.astype(np.float64, copy=False)
+    if nonnegative and np.any(v < 0):
+        raise ValueError(f"{name} must be non-negative, found {v[v < 0][0]}")
+    return v
+
+
+def _eps(eps):
+    return finite_float(eps, "eps", positive=True)
+
+
+def _need_two(x, fname):
+    m = _count(x)
+    if m < 2:
+        raise ValueError(f"{fname}: expected more than 1 value per channel in training "
+                         f"(N*H*W >= 2), got input shape {x.shape}")
+    return m
+
+
+def _split(mean, dtype):
+    """mean (float64) as hi + lo in `dtype`, so (x - hi) - lo centres x to full precision."""
+    hi = mean.astype(dtype)
+    lo = (mean - hi.astype(np.float64)).astype(dtype)
+    return hi, lo
+
+
+def _normalize(x, mean, invstd, weight, bias):
+    scale = invstd if weight is None else invstd * weight.astype(np.float64)
+    shift = np.zeros_like(mean) if bias is None else bias
+    hi, lo = _split(mean, x.dtype)
+    y = np.empty_like(x)
+    if x.size:
+        _k.affine_normalize(_as3(x), hi, lo, scale.astype(x.dtype), shift.astype(x.dtype),
+                            _as3(y), kernel_threads())
+    return y
+
+
+def batch_norm_train(x, weight, bias, eps=1e-5):
+    """Training-mode forward: (y, mean, var); mean, var float64 (C,), var is the biased variance."""
+    x = _input(x)
+    weight = _param(weight, "weight", x)
+    bias = _param(bias, "bias", x)
+    eps = _eps(eps)
+    _need_two(x, "batch_norm_train")
+    C = x.shape[1]
+    mean = np.empty(C, dtype=np.float64)
+    var = np.empty(C, dtype=np.float64)
+    _k.batch_stats(_as3(x), mean, var, kernel_threads())
+    y = _normalize(x, mean, 1.0 / np.sqrt(var + eps), weight, bias)
+    return y, mean, var
+
+
+def batch_norm_backward(dy, x, weight, mean, var, eps=1e-5):
+    """(dx, dweight, dbias) of batch_norm_train; dweight/dbias are (C,) in x's dtype."""
+    x = _input(x)
+    dy = float_array(dy, "dy", dtype=x.dtype)
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    weight = _param(weight, "weight", x)
+    C = x.shape[1]
+    mean = _stat(mean, "mean", C)
+    var = _stat(var, "var", C, nonnegative=True)
+    eps = _eps(eps)
+    m = _need_two(x, "batch_norm_backward")
+    threads = kernel_threads()
+    dt = x.dtype
+    dy3, x3 = _as3(dy), _as3(x)
+    sum_dy = np.empty(C, dtype=np.float64)
+    sum_dyxc = np.empty(C, dtype=np.float64)
+    _k.backward_sums(dy3, x3, mean, sum_dy, sum_dyxc, threads)
+    invstd = 1.0 / np.sqrt(var + eps)
+    gamma = np.ones(C) if weight is None else weight.astype(np.float64)
+    dbias = sum_dy
+    dweight = sum_dyxc * invstd  # = sum(dy * x_hat)
+    # dx = a*dy + b*(x - mean) + d with a = gamma*invstd,
+    # b = -a * invstd^2 * sum(dy*(x-mean))/m, d = -a * sum(dy)/m.
+    a = gamma * invstd
+    b = -a * invstd * invstd * sum_dyxc / m
+    d = -a * sum_dy / m
+    hi, lo = _split(mean, x.dtype)
+    dx = np.empty_like(x)
+    _k.backward_dx(dy3, x3, hi, lo, a.astype(dt), b.astype(dt), d.astype(dt), _as3(dx), threads)
+    return dx, dweight.astype(dt), dbias.astype(dt)
+
+
+def batch_norm_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
+    """Evaluation-mode forward with running statistics (any batch size, including 1)."""
+    x = _input(x)
+    weight = _param(weight, "weight", x)
+    bias = _param(bias, "bias", x)
+    C = x.shape[1]
+    running_mean = _stat(running_mean, "running_mean", C)
+    running_var = _stat(running_var, "running_var", C, nonnegative=True)
+    eps = _eps(eps)
+    return _normalize(x, running_mean, 1.0 / np.sqrt(running_var + eps), weight, bias)
+
+
+def _running(v, name):
+    if not isinstance(v, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(v).__name__}")
+    if v.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must have dtype float32 or float64, got {v.dtype}")
+    if v.ndim != 1:
+        raise ValueError(f"{name} must have 1 dimension (C,), got shape {v.shape}")
+    if not v.flags.writeable:
+        raise ValueError(f"{name} is updated in place and must be writeable")
+    return v
+
+
+def update_running_stats(running_mean, running_var, mean, var, count, momentum=0.1):
+    """In place: r = (1-momentum)*r + momentum*batch; the variance unbiased by count/(count-1)."""
+    _running(running_mean, "running_mean")
+    _running(running_var, "running_var")
+    C = running_mean.shape[0]
+    if running_var.shape != (C,):
+        raise ValueError(f"running_var must have shape {(C,)} like running_mean, got {running_var.shape}")
+    if np.shares_memory(running_mean, running_var):
+        raise ValueError("running_mean and running_var must not share memory")
+    mean = _stat(mean, "mean", C)
+    var = _stat(var, "var", C, nonnegative=True)
+    if isinstance(count, numbers.Integral) and not isinstance(count, bool) and count < 2:
+        raise ValueError(f"count must be >= 2 (values per channel in the batch), got {count}")
+    count = positive_int(count, "count")
+    momentum = finite_float(momentum, "momentum")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    # O(C) work: plain NumPy, computed in float64 and stored in the running arrays' dtype.
+    unbiased = var * (count / (count - 1))
+    running_mean[...] = (1 - momentum) * running_mean.astype(np.float64) + momentum * mean
+    running_var[...] = (1 - momentum) * running_var.astype(np.float64) + momentum * unbiased

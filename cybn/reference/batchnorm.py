@@ -1,1 +1,118 @@
-__all__ = []
+"""Batch normalization in plain NumPy: the readable maths and the test oracle.
+
+For x of shape (N, C) or (N, C, H, W) every channel c is normalised over its
+m = N (or N*H*W) values:
+
+    mu_c      = (1/m) * sum x                       (batch mean)
+    sigma2_c  = (1/m) * sum (x - mu_c)^2            (BIASED batch variance, used to normalise)
+    x_hat     = (x - mu_c) / sqrt(sigma2_c + eps)
+    y         = gamma_c * x_hat + beta_c            (gamma = 1, beta = 0 when weight/bias are None)
+
+Statistics are computed in float64 with the two-pass formula above (never E[x^2] - E[x]^2).
+m == 1 is rejected in training (the variance of one value is 0 and x_hat would be 0/0-ish
+noise), as in PyTorch. Evaluation uses running estimates instead of batch statistics, so any
+batch size works. See each function for its gradient / update rule.
+"""
+import numpy as np
+
+__all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "update_running_stats"]
+
+
+def _axes(x):
+    if x.ndim not in (2, 4):
+        raise ValueError(f"x must have 2 or 4 dimensions (N, C) or (N, C, H, W), got shape {x.shape}")
+    return (0,) if x.ndim == 2 else (0, 2, 3)
+
+
+def _per_channel(v, x):
+    """Broadcast a (C,) vector against x's channel axis (axis 1)."""
+    return np.asarray(v).reshape((1, -1) + (1,) * (x.ndim - 2))
+
+
+def _count(x):
+    return x.size // x.shape[1] if x.shape[1] else 0
+
+
+def batch_norm_train(x, weight, bias, eps=1e-5):
+    """Training-mode forward. Returns (y, mean, var); mean, var are float64 (C,), var BIASED.
+
+    y has x's dtype. Raises ValueError when a channel has only m = N*H*W == 1 value.
+    """
+    axes = _axes(x)
+    m = _count(x)
+    if m < 2:
+        raise ValueError(f"batch_norm_train needs more than 1 value per channel (N*H*W >= 2), "
+                         f"got input shape {x.shape}")
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes)
+    centred = x64 - _per_channel(mean, x)
+    var = (centred ** 2).mean(axis=axes)  # two-pass: stable for any offset
+    x_hat = centred / np.sqrt(_per_channel(var, x) + eps)
+    y = x_hat
+    if weight is not None:
+        y = y * _per_channel(weight.astype(np.float64), x)
+    if bias is not None:
+        y = y + _per_channel(bias.astype(np.float64), x)
+    return y.astype(x.dtype), mean, var
+
+
+def batch_norm_backward(dy, x, weight, mean, var, eps=1e-5):
+    """Gradients of batch_norm_train given dL/dy. Returns (dx, dweight, dbias) in x's dtype.
+
+    With invstd = 1/sqrt(var + eps) and x_hat = (x - mean) * invstd, per channel:
+
+        dbias   = sum dy
+        dweight = sum dy * x_hat
+        dx      = gamma * invstd * (dy - dbias/m - x_hat * dweight/m)
+
+    (the last two terms are the gradient flowing through the batch mean and variance).
+    dweight/dbias are returned even when weight is None (gradients for an implicit gamma=1,
+    beta=0); callers without affine parameters simply ignore them.
+    """
+    axes = _axes(x)
+    m = _count(x)
+    if m < 2:
+        raise ValueError("batch_norm_backward needs more than 1 value per channel, "
+                         f"got input shape {x.shape}")
+    dy64 = dy.astype(np.float64)
+    invstd = 1.0 / np.sqrt(np.asarray(var, dtype=np.float64) + eps)
+    mean = np.asarray(mean, dtype=np.float64)
+    x_hat = (x.astype(np.float64) - _per_channel(mean, x)) * _per_channel(invstd, x)
+    dbias = dy64.sum(axis=axes)
+    dweight = (dy64 * x_hat).sum(axis=axes)
+    gamma = np.ones(x.shape[1]) if weight is None else weight.astype(np.float64)
+    dx = _per_channel(gamma * invstd, x) * (
+        dy64 - _per_channel(dbias / m, x) - x_hat * _per_channel(dweight / m, x))
+    return dx.astype(x.dtype), dweight.astype(x.dtype), dbias.astype(x.dtype)
+
+
+def batch_norm_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
+    """Evaluation-mode forward: y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta.
+
+    Works for any batch size (including 1); y has x's dtype.
+    """
+    _axes(x)
+    rm = _per_channel(np.asarray(running_mean, dtype=np.float64), x)
+    rv = _per_channel(np.asarray(running_var, dtype=np.float64), x)
+    y = (x.astype(np.float64) - rm) / np.sqrt(rv + eps)
+    if weight is not None:
+        y = y * _per_channel(weight.astype(np.float64), x)
+    if bias is not None:
+        y = y + _per_channel(bias.astype(np.float64), x)
+    return y.astype(x.dtype)
+
+
+def update_running_stats(running_mean, running_var, mean, var, count, momentum=0.1):
+    """In place, PyTorch semantics (count = m values per channel in the batch, count >= 2):
+
+        running_mean = (1 - momentum) * running_mean + momentum * mean
+        running_var  = (1 - momentum) * running_var  + momentum * var * count / (count - 1)
+
+    ``var`` is the biased batch variance; the running estimate stores the UNBIASED one.
+    """
+    if count < 2:
+        raise ValueError(f"count must be >= 2 to unbias the variance, got {count}")
+    unbiased = np.asarray(var, dtype=np.float64) * (count / (count - 1))
+    mean = np.asarray(mean, dtype=np.float64)
+    running_mean[...] = (1 - momentum) * running_mean.astype(np.float64) + momentum * mean
+    running_var[...] = (1 - momentum) * running_var.astype(np.float64) + momentum * unbiased
