@@ -20,7 +20,7 @@ def quick_results(request):
         pytest.skip(f"{path} not found")
     data = CifarData(path, train_limit=2560, test_limit=500, quiet=True)
     options = Options.quick(parts=("main", "scale"), configs=("a", "b"), epochs=2, train_limit=2560,
-                            test_limit=500, batch_size=64, record_every=20, evals_per_epoch=1)
+                            test_limit=500, batch_size=64, lr=0.01, record_every=20, evals_per_epoch=1)
     return SmallInitExperiment(data, options, log=lambda *a: None).run()
 
 
@@ -31,9 +31,11 @@ def test_no_bn_small_init_stays_at_chance(quick_results):
     stds = [scales[f"conv{i}"]["std"] for i in range(1, 6)] + [scales["fc1"]["std"], scales["fc2"]["std"]]
     assert all(later < earlier for earlier, later in zip(stds, stds[1:]))
     assert scales["fc2"]["std"] < 1e-8
+    # Only the last layer's bias can learn (the class prior of each batch): the loss stays at ln 10.
     losses = [v for _, v in a["losses"]]
-    assert all(abs(v - LN10) < 0.01 for v in losses[-5:])
+    assert abs(np.mean(losses[-5:]) - LN10) < 0.02 and max(losses) < LN10 + 0.05
     assert a["outcome"] == "chance"
+    assert max(h["test_accuracy"] for h in a["history"]) < 0.15
 
 
 def test_bn_everywhere_small_init_learns(quick_results):

@@ -1,0 +1,532 @@
+"""2-D convolution kernels: im2col / col2im and Winograd F(2x2,3x3), fused per thread with
+single-threaded BLAS GEMMs (scipy.linalg.cython_blas sgemm/dgemm, called without the GIL).
+
+im2col path (any kernel, stride, padding). Work units (images, or fixed blocks of images for the
+backward) are handed out dynamically to the OpenMP threads; a thread unrolls one image into its
+private column buffer (K = C*kh*kw rows, P = Ho*Wo columns; ~1 MB, stays in L2/L3) and runs:
+
+    forward   y[n]    (F, P) = W (F, K) @ cols (K, P)           (bias pre-filled, beta = 1)
+    backward  dW_blk^T (K, F) += cols (K, P) @ dy[n]^T (P, F)  (per-block partial, beta = 1)
+              dcols   (K, P) = W^T (K, F) @ dy[n] (F, P) ;  col2im(dcols) -> dx[n]
+
+Images larger than a byte bound are cut into chunks of whole output rows. Fusing the unrolling
+with the products avoids writing and re-reading a whole-batch im2col matrix (150 MB for
+128 x 32ch @ 32x32 float32); per-thread GEMMs avoid the BLAS pool's fork/join per product.
+
+Winograd path (3x3, stride 1; forward, and dx as the forward conv of dy with the flipped
+kernel): see ``conv2d_winograd`` below: 2.25x fewer GEMM flops, 16 GEMMs (F, C) @ (C, tiles).
+
+The caller must cap the BLAS library at ONE thread while these run (OpenMP provides the
+parallelism). Reductions (dW, db) are summed per fixed block of images and the blocks combined
+in order, so results are deterministic and the same for any thread count. Kernels trust their
+inputs (validation is in cybn.functional.conv).
+"""
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+from libc.string cimport memset, memcpy
+from scipy.linalg.cython_blas cimport sgemm, dgemm
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    #define CYBN_WTIME() omp_get_wtime()
+    #else
+    #define CYBN_WTIME() 0.0
+    #endif
+    """
+    double CYBN_WTIME() nogil
+
+
+cdef inline void _gemm_rm(char ta, char tb, int m, int n, int k, floating* a, int lda,
+                          floating* b, int ldb, floating beta, floating* c, int ldc) noexcept nogil:
+    """Row-major C (m, n) = op(A) (m, k) @ op(B) (k, n) + beta*C via column-major BLAS.
+
+    A row-major matrix is its transpose in column-major storage, so C^T = op(B)^T op(A)^T:
+    swap the operands and the m/n roles, keep the transpose flags.
+    """
+    cdef floating one = 1
+    if m == 0 or n == 0:
+        return
+    if floating is float:
+        sgemm(&tb, &ta, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc)
+    else:
+        dgemm(&tb, &ta, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc)
+
+
+cdef inline void _valid_cols(int W, int kw_j, int sw, int pw, int Wo, int* ow0, int* ow1) noexcept nogil:
+    """Output columns ow in [ow0, ow1) whose input column ow*sw - pw + j lies inside [0, W)."""
+    cdef int lo = 0, hi
+    if pw > kw_j:
+        lo = (pw - kw_j + sw - 1) // sw
+    if W - 1 + pw - kw_j < 0:
+        hi = 0
+    else:
+        hi = (W - 1 + pw - kw_j) // sw + 1
+    if hi > Wo:
+        hi = Wo
+    if lo > hi:
+        lo = hi
+    ow0[0] = lo
+    ow1[0] = hi
+
+
+cdef void _im2col(const floating* x, floating* cols, int C, int H, int W, int kh, int kw,
+                  int sh, int sw, int ph, int pw, int Wo, int oh0, int oh1) noexcept nogil:
+    """Output rows [oh0, oh1) of the unrolled image, row length L = (oh1 - oh0) * Wo:
+    cols[(c*kh + i)*kw + j, (oh - oh0)*Wo + ow] = x[c, oh*sh - ph + i, ow*sw - pw + j] (0 outside).
+    """
+    cdef int c, i, j, oh, ow, ih, ow0, ow1
+    cdef Py_ssize_t base
+    cdef floating* dst = cols
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                _valid_cols(W, j, sw, pw, Wo, &ow0, &ow1)
+                for oh in range(oh0, oh1):
+                    ih = oh * sh - ph + i
+                    if ih < 0 or ih >= H or ow0 >= ow1:
+                        memset(dst, 0, Wo * sizeof(floating))
+                    else:
+                        base = (<Py_ssize_t>c * H + ih) * W + j - pw
+                        for ow in range(ow0):
+                            dst[ow] = 0
+                        if sw == 1:
+                            memcpy(dst + ow0, x + base + ow0, (ow1 - ow0) * sizeof(floating))
+                        else:
+                            for ow in range(ow0, ow1):
+                                dst[ow] = x[base + ow * sw]
+                        for ow in range(ow1, Wo):
+                            dst[ow] = 0
+                    dst += Wo
+
+
+cdef void _col2im(const floating* cols, floating* dx, int C, int H, int W, int kh, int kw,
+                  int sh, int sw, int ph, int pw, int Wo, int oh0, int oh1) noexcept nogil:
+    """The adjoint of _im2col for output rows [oh0, oh1): scatter-ADD the rows into dx[c]."""
+    cdef int c, i, j, oh, ow, ih, ow0, ow1
+    cdef Py_ssize_t base
+    cdef const floating* src = cols
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                _valid_cols(W, j, sw, pw, Wo, &ow0, &ow1)
+                for oh in range(oh0, oh1):
+                    ih = oh * sh - ph + i
+                    if ih >= 0 and ih < H:
+                        base = (<Py_ssize_t>c * H + ih) * W + j - pw
+                        if sw == 1:
+                            for ow in range(ow0, ow1):
+                                dx[base + ow] += src[ow]
+                        else:
+                            for ow in range(ow0, ow1):
+                                dx[base + ow * sw] += src[ow]
+                    src += Wo
+
+
+cdef inline double _sum(const floating* a, Py_ssize_t n) noexcept nogil:
+    """Sum in double with 8 independent accumulators (fixed order, so deterministic): one
+    serial accumulator would be latency-bound, 4 cycles per element."""
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef Py_ssize_t i, m = n - n % 8
+    for i in range(0, m, 8):
+        s0 += a[i]
+        s1 += a[i + 1]
+        s2 += a[i + 2]
+        s3 += a[i + 3]
+        s4 += a[i + 4]
+        s5 += a[i + 5]
+        s6 += a[i + 6]
+        s7 += a[i + 7]
+    for i in range(m, n):
+        s0 += a[i]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] weight,
+                   const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
+                   floating[:, ::1] cols, double[::1] gemm_seconds, int sh, int sw, int ph, int pw,
+                   int rows, int num_threads):
+    """y = conv2d(x, weight) (+ bias), ``rows`` output rows per GEMM.
+
+    cols: (num_threads, K*rows*Wo) scratch, one row per thread. gemm_seconds[t] receives the
+    wall time thread t spent inside BLAS (for the benchmarks).
+    """
+    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int F = weight.shape[0], kh = weight.shape[2], kw = weight.shape[3]
+    cdef int Ho = y.shape[2], Wo = y.shape[3]
+    cdef int K = C * kh * kw, P = Ho * Wo
+    cdef int t, n, f, p, ci, oh0, oh1, L
+    cdef floating* yp
+    cdef floating* ct
+    cdef floating beta = 1 if has_bias else 0
+    cdef double t0
+    if N == 0:
+        return
+    # images handed out dynamically: on a shared machine a thread that loses its core does not
+    # hold the others up (no reductions here, so the result does not depend on the schedule)
+    for n in prange(N, num_threads=num_threads, schedule="dynamic", chunksize=1, nogil=True):
+        t = threadid()
+        ct = &cols[t, 0]
+        for ci in range((Ho + rows - 1) // rows):
+            oh0 = ci * rows
+            oh1 = oh0 + rows if oh0 + rows < Ho else Ho
+            L = (oh1 - oh0) * Wo
+            _im2col(&x[n, 0, 0, 0], ct, C, H, W, kh, kw, sh, sw, ph, pw, Wo, oh0, oh1)
+            yp = &y[n, 0, 0, 0] + oh0 * Wo
+            if has_bias:
+                for f in range(F):
+                    for p in range(L):
+                        yp[<Py_ssize_t>f * P + p] = bias[f]
+            t0 = CYBN_WTIME()
+            _gemm_rm(c'N', c'N', F, L, K, <floating*>&weight[0, 0, 0, 0], K, ct, L, beta, yp, P)
+            gemm_seconds[t] += CYBN_WTIME() - t0
+
+
+def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                    const floating[:, :, :, ::1] weight, floating[:, :, :, ::1] dx, bint compute_dx,
+                    floating[:, ::1] dw_part, double[::1] dw_acc, double[:, ::1] db_part,
+                    floating[:, ::1] cols,
+                    floating[:, ::1] dcols, floating[:, :, :, ::1] dweight, floating[::1] dbias,
+                    double[::1] gemm_seconds, int sh, int sw, int ph, int pw, int rows,
+                    int num_threads):
+    """dx (if compute_dx), dweight, dbias of conv2d, ``rows`` output rows per GEMM.
+
+    dw_part (nblocks, K*F: dW^T) / db_part (nblocks, F): per-block partial sums over fixed blocks of
+    images, combined here in block order (dw_acc: F*K doubles of scratch): deterministic, and
+    independent of the thread count.
+    cols / dcols: (num_threads, K*rows*Wo) scratch. gemm_seconds (num_threads,) zeroed by the
+    caller, accumulates each thread's seconds inside BLAS.
+    """
+    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int F = weight.shape[0], kh = weight.shape[2], kw = weight.shape[3]
+    cdef int Ho = dy.shape[2], Wo = dy.shape[3]
+    cdef int K = C * kh * kw, P = Ho * Wo
+    cdef int t, n, f, n0, n1, q, ci, oh0, oh1, L, blk
+    cdef int nblocks = dw_part.shape[0]
+    cdef floating* dyp
+    cdef floating* ct
+    cdef floating* dct
+    cdef floating* dwt
+    cdef floating beta
+    cdef double s, t0
+    # Fixed blocks of images (nblocks = dw_part.shape[0] <= N), handed out dynamically; each
+    # block owns its dW/db partial, so the sums do not depend on which thread ran which block.
+    for blk in prange(nblocks, num_threads=num_threads, schedule="dynamic", chunksize=1,
+                      nogil=True):
+        t = threadid()
+        n0 = <int>((<long long>N * blk) // nblocks)
+        n1 = <int>((<long long>N * (blk + 1)) // nblocks)
+        ct = &cols[t, 0]
+        dct = &dcols[t, 0]
+        dwt = &dw_part[blk, 0]
+        for f in range(F):
+            db_part[blk, f] = 0
+        for n in range(n0, n1):
+            for f in range(F):
+                db_part[blk, f] += _sum(&dy[n, f, 0, 0], P)
+            if compute_dx:
+                memset(&dx[n, 0, 0, 0], 0, <Py_ssize_t>C * H * W * sizeof(floating))
+            for ci in range((Ho + rows - 1) // rows):
+                oh0 = ci * rows
+                oh1 = oh0 + rows if oh0 + rows < Ho else Ho
+                L = (oh1 - oh0) * Wo
+                dyp = <floating*>&dy[n, 0, 0, 0] + oh0 * Wo
+                _im2col(&x[n, 0, 0, 0], ct, C, H, W, kh, kw, sh, sw, ph, pw, Wo, oh0, oh1)
+                beta = 0 if (n == n0 and oh0 == 0) else 1
+                t0 = CYBN_WTIME()
+                # dW^T (K, F) += cols (K, L) @ dy^T (L, F): measured up to 1.4x faster in OpenBLAS
+                # than dW = dy @ cols^T for these shapes (the long operand is packed as A)
+                _gemm_rm(c'N', c'T', K, F, L, ct, L, dyp, P, beta, dwt, F)
+                gemm_seconds[t] += CYBN_WTIME() - t0
+                if compute_dx:
+                    t0 = CYBN_WTIME()
+                    _gemm_rm(c'T', c'N', K, L, F, <floating*>&weight[0, 0, 0, 0], K, dyp, P,
+                             0, dct, L)
+                    gemm_seconds[t] += CYBN_WTIME() - t0
+                    _col2im(dct, &dx[n, 0, 0, 0], C, H, W, kh, kw, sh, sw, ph, pw, Wo, oh0, oh1)
+    # fixed-order combination of the per-block partials (block 0, 1, ...), accumulated in double;
+    # blocks outermost so every pass streams through memory
+    cdef floating* dwo = &dweight[0, 0, 0, 0]
+    cdef double* acc = &dw_acc[0]
+    with nogil:
+        for q in range(F * K):
+            acc[q] = dw_part[0, q]
+        for blk in range(1, nblocks):
+            for q in range(F * K):
+                acc[q] += dw_part[blk, q]
+        for f in range(F):  # acc holds dW^T (K, F)
+            for q in range(K):
+                dwo[<Py_ssize_t>f * K + q] = <floating>acc[<Py_ssize_t>q * F + f]
+        for f in range(F):
+            s = 0
+            for blk in range(nblocks):
+                s = s + db_part[blk, f]
+            dbias[f] = <floating>s
+
+
+# ---------------------------------------------------------------------------------------------
+# Winograd F(2x2, 3x3) for 3x3 / stride 1 (forward, and dx = the same conv of dy with the
+# flipped kernel). Per 4x4 input tile d and 3x3 kernel g: y(2x2) = A^T [(G g G^T) * (B^T d B)] A,
+#   B^T = [[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]], G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]],
+#   A^T = [[1,1,1,0],[0,1,-1,-1]].
+# The sum over input channels turns the 16 elementwise products into 16 GEMMs
+#   M[xi] (F, T) = V[xi] (F, C) @ U[xi] (C, T),  xi = 4a + b,  T = tiles of a group of images,
+# i.e. 16 multiply-adds per 2x2 output tile and (f, c) pair instead of 36: 2.25x fewer GEMM flops
+# than im2col, and BLAS packs 4 transformed values per input pixel and channel instead of 9
+# unrolled ones. The input/output transforms are additions only (G has 0, +-1, +-0.5).
+
+cdef extern from *:
+    """
+    /* Tile loops of the Winograd transforms, in C for `restrict` (no aliasing between the
+       streams), so the compiler vectorises them (stride-2 loads / interleaved stores). */
+    #define CYBN_WINO_IN(T, NAME)                                                        \
+    static void NAME(const T* __restrict ta, T* __restrict u0, T* __restrict u1,        \
+                     T* __restrict u2, T* __restrict u3, int TW) {                      \
+        for (int tw = 0; tw < TW; ++tw) {                                               \
+            T e0 = ta[2 * tw], o0 = ta[2 * tw + 1], e1 = ta[2 * tw + 2], o1 = ta[2 * tw + 3]; \
+            u0[tw] = e0 - e1; u1[tw] = o0 + e1; u2[tw] = e1 - o0; u3[tw] = o0 - o1;     \
+        }                                                                               \
+    }
+    /* B^T along 4 input rows r0..r3 (a missing row points at zeros), written at column offset
+       pw of the padded tile rows t0..t3 of width WZ (zero borders): reads x directly. */
+    #define CYBN_WINO_ROWS(T, NAME)                                                      \
+    static void NAME(const T* __restrict r0, const T* __restrict r1, const T* __restrict r2, \
+                     const T* __restrict r3, T* __restrict t0, T* __restrict t1,        \
+                     T* __restrict t2, T* __restrict t3, int W, int pw, int WZ) {       \
+        for (int i = 0; i < pw; ++i) { t0[i] = 0; t1[i] = 0; t2[i] = 0; t3[i] = 0; }    \
+        for (int i = pw + W; i < WZ; ++i) { t0[i] = 0; t1[i] = 0; t2[i] = 0; t3[i] = 0; } \
+        t0 += pw; t1 += pw; t2 += pw; t3 += pw;                                         \
+        for (int i = 0; i < W; ++i) {                                                   \
+            t0[i] = r0[i] - r2[i]; t1[i] = r1[i] + r2[i];                               \
+            t2[i] = r2[i] - r1[i]; t3[i] = r1[i] - r3[i];                               \
+        }                                                                               \
+    }
+    #define CYBN_WINO_OUT(T, NAME)                                                       \
+    static void NAME(const T* __restrict m, long FT, T* __restrict o0, T* __restrict o1, \
+                     T bf, int tw, int TW) {                                            \
+        for (; tw < TW; ++tw) {                                                         \
+            const T* q = m + tw;                                                        \
+            T s00 = q[0] + q[4 * FT] + q[8 * FT], s01 = q[FT] + q[5 * FT] + q[9 * FT];  \
+            T s02 = q[2 * FT] + q[6 * FT] + q[10 * FT], s03 = q[3 * FT] + q[7 * FT] + q[11 * FT]; \
+            T s10 = q[4 * FT] - q[8 * FT] - q[12 * FT], s11 = q[5 * FT] - q[9 * FT] - q[13 * FT]; \
+            T s12 = q[6 * FT] - q[10 * FT] - q[14 * FT], s13 = q[7 * FT] - q[11 * FT] - q[15 * FT]; \
+            o0[2 * tw] = s00 + s01 + s02 + bf; o0[2 * tw + 1] = s01 - s02 - s03 + bf;   \
+            o1[2 * tw] = s10 + s11 + s12 + bf; o1[2 * tw + 1] = s11 - s12 - s13 + bf;   \
+        }                                                                               \
+    }
+    CYBN_WINO_IN(float, cybn_wino_in_f_scalar)
+    CYBN_WINO_IN(double, cybn_wino_in_d)
+    CYBN_WINO_ROWS(float, cybn_wino_rows_f)
+    CYBN_WINO_ROWS(double, cybn_wino_rows_d)
+    CYBN_WINO_OUT(float, cybn_wino_out_f_scalar)
+    CYBN_WINO_OUT(double, cybn_wino_out_d_tail)
+    static void cybn_wino_out_d(const double* m, long FT, double* o0, double* o1, double bf,
+                                int TW) { cybn_wino_out_d_tail(m, FT, o0, o1, bf, 0, TW); }
+
+    /* float: the stride-2 (de)interleaving done with SSE shuffles, 4 tiles at a time (the
+       baseline x86-64 build has SSE but no AVX, and GCC leaves these loops scalar). Same
+       operation order as the scalar code, so results do not depend on the path. */
+    #if defined(__SSE__) || defined(_M_X64)
+    #include <xmmintrin.h>
+    static void cybn_wino_in_f(const float* ta, float* u0, float* u1, float* u2, float* u3,
+                               int TW) {
+        int tw = 0;
+        for (; tw + 4 <= TW; tw += 4) {
+            __m128 a = _mm_loadu_ps(ta + 2 * tw), b = _mm_loadu_ps(ta + 2 * tw + 4);
+            __m128 c = _mm_loadu_ps(ta + 2 * tw + 2), d = _mm_loadu_ps(ta + 2 * tw + 6);
+            __m128 e0 = _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+            __m128 o0 = _mm_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+            __m128 e1 = _mm_shuffle_ps(c, d, _MM_SHUFFLE(2, 0, 2, 0));
+            __m128 o1 = _mm_shuffle_ps(c, d, _MM_SHUFFLE(3, 1, 3, 1));
+            _mm_storeu_ps(u0 + tw, _mm_sub_ps(e0, e1));
+            _mm_storeu_ps(u1 + tw, _mm_add_ps(o0, e1));
+            _mm_storeu_ps(u2 + tw, _mm_sub_ps(e1, o0));
+            _mm_storeu_ps(u3 + tw, _mm_sub_ps(o0, o1));
+        }
+        cybn_wino_in_f_scalar(ta + 2 * tw, u0 + tw, u1 + tw, u2 + tw, u3 + tw, TW - tw);
+    }
+    static void cybn_wino_out_f(const float* m, long FT, float* o0, float* o1, float bf, int TW) {
+        int tw = 0;
+        __m128 vb = _mm_set1_ps(bf);
+        for (; tw + 4 <= TW; tw += 4) {
+            const float* q = m + tw;
+            #define L(k) _mm_loadu_ps(q + (k) * FT)
+            __m128 m4 = L(4), m5 = L(5), m6 = L(6), m7 = L(7);
+            __m128 m8 = L(8), m9 = L(9), m10 = L(10), m11 = L(11);
+            __m128 s00 = _mm_add_ps(_mm_add_ps(L(0), m4), m8);
+            __m128 s01 = _mm_add_ps(_mm_add_ps(L(1), m5), m9);
+            __m128 s02 = _mm_add_ps(_mm_add_ps(L(2), m6), m10);
+            __m128 s03 = _mm_add_ps(_mm_add_ps(L(3), m7), m11);
+            __m128 s10 = _mm_sub_ps(_mm_sub_ps(m4, m8), L(12));
+            __m128 s11 = _mm_sub_ps(_mm_sub_ps(m5, m9), L(13));
+            __m128 s12 = _mm_sub_ps(_mm_sub_ps(m6, m10), L(14));
+            __m128 s13 = _mm_sub_ps(_mm_sub_ps(m7, m11), L(15));
+            #undef L
+            __m128 e0 = _mm_add_ps(_mm_add_ps(_mm_add_ps(s00, s01), s02), vb);
+            __m128 d0 = _mm_add_ps(_mm_sub_ps(_mm_sub_ps(s01, s02), s03), vb);
+            __m128 e1 = _mm_add_ps(_mm_add_ps(_mm_add_ps(s10, s11), s12), vb);
+            __m128 d1 = _mm_add_ps(_mm_sub_ps(_mm_sub_ps(s11, s12), s13), vb);
+            _mm_storeu_ps(o0 + 2 * tw, _mm_unpacklo_ps(e0, d0));
+            _mm_storeu_ps(o0 + 2 * tw + 4, _mm_unpackhi_ps(e0, d0));
+            _mm_storeu_ps(o1 + 2 * tw, _mm_unpacklo_ps(e1, d1));
+            _mm_storeu_ps(o1 + 2 * tw + 4, _mm_unpackhi_ps(e1, d1));
+        }
+        cybn_wino_out_f_scalar(m, FT, o0, o1, bf, tw, TW);
+    }
+    #else
+    static void cybn_wino_in_f(const float* ta, float* u0, float* u1, float* u2, float* u3,
+                               int TW) { cybn_wino_in_f_scalar(ta, u0, u1, u2, u3, TW); }
+    static void cybn_wino_out_f(const float* m, long FT, float* o0, float* o1, float bf, int TW)
+        { cybn_wino_out_f_scalar(m, FT, o0, o1, bf, 0, TW); }
+    #endif
+    """
+    void cybn_wino_in_f(const float* ta, float* u0, float* u1, float* u2, float* u3, int TW) nogil
+    void cybn_wino_in_d(const double* ta, double* u0, double* u1, double* u2, double* u3,
+                        int TW) nogil
+    void cybn_wino_rows_f(const float* r0, const float* r1, const float* r2, const float* r3,
+                          float* t0, float* t1, float* t2, float* t3, int W, int pw, int WZ) nogil
+    void cybn_wino_rows_d(const double* r0, const double* r1, const double* r2, const double* r3,
+                          double* t0, double* t1, double* t2, double* t3, int W, int pw,
+                          int WZ) nogil
+    void cybn_wino_out_f(const float* m, long FT, float* o0, float* o1, float bf, int TW) nogil
+    void cybn_wino_out_d(const double* m, long FT, double* o0, double* o1, double bf, int TW) nogil
+
+
+cdef void _wino_input(const floating* x, floating* U, floating* Z, floating* tmp, int C, int H,
+                      int W, int ph, int pw, int TH, int TW, int Tg, int t0) noexcept nogil:
+    """U[xi, c, t0 + th*TW + tw] = (B^T d B)[a, b] for the tiles of one image (ld = Tg).
+
+    Z: >= W zeros standing in for the padding rows; tmp: 4 padded rows of width 2*TW + 2.
+    """
+    cdef int WZ = 2 * TW + 2
+    cdef int c, th, a, k, ih
+    cdef Py_ssize_t CT = <Py_ssize_t>C * Tg
+    cdef const floating* r[4]
+    cdef floating* ta
+    cdef floating* u
+    memset(Z, 0, W * sizeof(floating))
+    for c in range(C):
+        for th in range(TH):
+            for k in range(4):
+                ih = 2 * th - ph + k
+                r[k] = x + (<Py_ssize_t>c * H + ih) * W if 0 <= ih < H else Z
+            # B^T along the 4 rows (unit stride), then B along the columns of each tile
+            if floating is float:
+                cybn_wino_rows_f(r[0], r[1], r[2], r[3], tmp, tmp + WZ, tmp + 2 * WZ,
+                                 tmp + 3 * WZ, W, pw, WZ)
+            else:
+                cybn_wino_rows_d(r[0], r[1], r[2], r[3], tmp, tmp + WZ, tmp + 2 * WZ,
+                                 tmp + 3 * WZ, W, pw, WZ)
+            for a in range(4):
+                ta = tmp + a * WZ
+                u = U + (4 * a) * CT + <Py_ssize_t>c * Tg + t0 + th * TW
+                if floating is float:
+                    cybn_wino_in_f(ta, u, u + CT, u + 2 * CT, u + 3 * CT, TW)
+                else:
+                    cybn_wino_in_d(ta, u, u + CT, u + 2 * CT, u + 3 * CT, TW)
+
+
+cdef void _wino_output(const floating* M, floating* y, floating* tmp, const floating* bias,
+                       bint has_bias, int F, int Ho, int Wo, int TH, int TW, int Tg,
+                       int t0) noexcept nogil:
+    """y[f] = A^T m A (+ bias) for the tiles of one image; m[xi] = M[xi, f, t0 + tile]."""
+    cdef int f, th, tw, b, r
+    cdef Py_ssize_t FT = <Py_ssize_t>F * Tg
+    cdef const floating* m
+    cdef floating bf
+    cdef floating* o0 = tmp
+    cdef floating* o1 = tmp + 2 * TW
+    for f in range(F):
+        bf = bias[f] if has_bias else 0
+        for th in range(TH):
+            m = M + <Py_ssize_t>f * Tg + t0 + th * TW
+            if floating is float:
+                cybn_wino_out_f(m, FT, o0, o1, bf, TW)
+            else:
+                cybn_wino_out_d(m, FT, o0, o1, bf, TW)
+            r = 2 * th
+            memcpy(y + (<Py_ssize_t>f * Ho + r) * Wo, o0, Wo * sizeof(floating))
+            if r + 1 < Ho:
+                memcpy(y + (<Py_ssize_t>f * Ho + r + 1) * Wo, o1, Wo * sizeof(floating))
+
+
+def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] V,
+                    const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
+                    floating[:, ::1] U, floating[:, ::1] M, floating[:, ::1] Z, floating[:, ::1] tmp,
+                    double[::1] gemm_seconds, int ph, int pw, int group, int num_threads):
+    """3x3 stride-1 conv y = x * g (+ bias) by Winograd F(2x2, 3x3); V (16, F, C) = G g G^T.
+
+    Groups of ``group`` images are handed out to the threads dynamically; per group: input
+    transform -> 16 GEMMs over the group's tiles -> output transform. Scratch per thread:
+    U (16*C*Tg), M (16*F*Tg) with Tg = group*TH*TW, Z (>= W), tmp (4*(2TW+2)).
+    """
+    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int F = V.shape[1], Ho = y.shape[2], Wo = y.shape[3]
+    cdef int TH = (Ho + 1) // 2, TW = (Wo + 1) // 2, T = TH * TW
+    cdef int t, g0, g1, g, xi, Tg, ngroups, gi
+    cdef floating* Ut
+    cdef floating* Mt
+    cdef double tt
+    if N == 0:
+        return
+    ngroups = (N + group - 1) // group
+    for gi in prange(ngroups, num_threads=num_threads, schedule="dynamic", chunksize=1, nogil=True):
+        t = threadid()
+        Ut = &U[t, 0]
+        Mt = &M[t, 0]
+        g0 = gi * group
+        g1 = g0 + group if g0 + group < N else N
+        Tg = (g1 - g0) * T
+        for g in range(g0, g1):
+            _wino_input(&x[g, 0, 0, 0], Ut, &Z[t, 0], &tmp[t, 0], C, H, W, ph, pw, TH, TW,
+                        Tg, (g - g0) * T)
+        tt = CYBN_WTIME()
+        for xi in range(16):
+            _gemm_rm(c'N', c'N', F, Tg, C, <floating*>&V[xi, 0, 0], C,
+                     Ut + <Py_ssize_t>xi * C * Tg, Tg, 0, Mt + <Py_ssize_t>xi * F * Tg, Tg)
+        gemm_seconds[t] += CYBN_WTIME() - tt
+        for g in range(g0, g1):
+            _wino_output(Mt, &y[g, 0, 0, 0], &tmp[t, 0], &bias[0], has_bias, F, Ho, Wo, TH,
+                         TW, Tg, (g - g0) * T)
+
+
+
+def winograd_weights(const floating[:, :, :, ::1] w, floating[:, :, ::1] V, bint flipped):
+    """V[4a + b] = (G g G^T)[a, b] for every 3x3 kernel g of w (F, C, 3, 3), in double.
+
+    V is (16, F, C); with ``flipped`` it is (16, C, F) built from the flipped kernels
+    g[i, j] = w[f, c, 2 - i, 2 - j]: the weights of the dx conv (dy convolved with the flipped,
+    transposed kernel). G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]].
+    """
+    cdef int F = w.shape[0], C = w.shape[1]
+    cdef int f, c, i, j, a
+    cdef double g[3][3]
+    cdef double r[4][3]
+    cdef double v0, v1, v2, v3
+    with nogil:
+        for f in range(F):
+            for c in range(C):
+                for i in range(3):
+                    for j in range(3):
+                        g[i][j] = w[f, c, 2 - i, 2 - j] if flipped else w[f, c, i, j]
+                for j in range(3):  # G along the rows
+                    r[0][j] = g[0][j]
+                    r[1][j] = (g[0][j] + g[1][j] + g[2][j]) * 0.5
+                    r[2][j] = (g[0][j] - g[1][j] + g[2][j]) * 0.5
+                    r[3][j] = g[2][j]
+                for a in range(4):  # G^T along the columns
+                    v0 = r[a][0]
+                    v1 = (r[a][0] + r[a][1] + r[a][2]) * 0.5
+                    v2 = (r[a][0] - r[a][1] + r[a][2]) * 0.5
+                    v3 = r[a][2]
+                    if flipped:
+                        V[4 * a, c, f] = <floating>v0
+                        V[4 * a + 1, c, f] = <floating>v1
+                        V[4 * a + 2, c, f] = <floating>v2
+                        V[4 * a + 3, c, f] = <floating>v3
+                    else:
+                        V[4 * a, f, c] = <floating>v0
+                        V[4 * a + 1, f, c] = <floating>v1
+                        V[4 * a + 2, f, c] = <floating>v2
+                        V[4 * a + 3, f, c] = <floating>v3
