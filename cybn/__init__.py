@@ -4,14 +4,21 @@ Floors, each calling only the one below: ``cli`` / ``experiments`` -> ``train`` 
 models, optimizers) -> ``functional`` (validated ops) -> ``_kernels`` (Cython, nogil, prange).
 ``reference`` is a plain-NumPy twin of ``functional``: the test oracle and the readable maths.
 """
+import os
+
 __version__ = "0.1.0"
+
+# Idle OpenMP threads must sleep, not spin: our kernels alternate with BLAS calls, whose threads
+# need those cores. Spinning workers made a training step 1.3x slower here. This only takes
+# effect if no library loaded libgomp before cybn, and never overrides the user's own choice.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ._threads import get_num_threads, num_threads, set_num_threads
 from ._config import show_config
-from . import functional, reference
+from . import data, functional, reference
 from . import nn
 from .nn import *  # noqa: F401,F403  (layers, Sequential, SGD, schedules, cnn7)
 
 __all__ = ["__version__", "get_num_threads", "set_num_threads", "num_threads", "show_config",
-           "functional", "reference"]
+           "data", "functional", "reference"]
 __all__ += ["nn"] + nn.__all__

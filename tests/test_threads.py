@@ -66,3 +66,13 @@ def test_show_config_reports_everything():
 def test_cli_version_and_config():
     r = subprocess.run([sys.executable, "-m", "cybn", "config"], capture_output=True, text=True)
     assert r.returncode == 0 and "OpenMP" in r.stdout
+
+
+def test_idle_openmp_threads_sleep_by_default_but_user_choice_wins():
+    code = "import os, cybn; print(os.environ['OMP_WAIT_POLICY'])"
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.stdout.strip() == "PASSIVE"
+    r = run_python(code, OMP_WAIT_POLICY="ACTIVE")
+    assert r.stdout.strip() == "ACTIVE"
