@@ -131,7 +131,7 @@ def torch_or_none():
             _TORCH = torch
         except ImportError:
             print("note: PyTorch is not installed; torch baselines are skipped "
-                  "(optional: pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu)",
+                  "(optional: pip install torch==2.13.0)",
                   file=sys.stderr)
     return _TORCH
 

@@ -1,6 +1,5 @@
 """``cybn experiment small-init``: the command-line face of ``small_init``."""
 import argparse
-import dataclasses
 import json
 import platform
 import time
@@ -18,7 +17,7 @@ def _csv(kind):
 
 
 def add_experiment_parser(sub):
-    from ..cli import add_data_options
+    from ..cli import _positive_float, _positive_int, add_data_options
     exp = sub.add_parser("experiment", help="run a packaged experiment (small-init)")
     which = exp.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     p = which.add_parser(
@@ -28,15 +27,15 @@ def add_experiment_parser(sub):
                     "sweep for (c), a learning-rate sweep, Dropout and BN scale invariance. Writes "
                     "results.json, report.md and plots (with matplotlib) to --out.")
     d = Options()
-    p.add_argument("--epochs", type=int, default=None, help=f"epochs per configuration (default {d.epochs}; --quick: 2)")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate of the shared cosine schedule (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    p.add_argument("--epochs", type=_positive_int, default=None, help=f"epochs per configuration (default {d.epochs}; --quick: 2)")
+    p.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate of the shared cosine schedule (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="one seed for weights, data order and augmentation")
     p.add_argument("--parts", type=_csv(str), default=PARTS,
                    help=f"comma-separated parts to run, from {','.join(PARTS)} (default: all)")
     p.add_argument("--configs", type=_csv(str), default=tuple(CONFIGS),
                    help="configurations for the main part, from a,b,c,d (default: all)")
-    p.add_argument("--sweep-steps", type=int, default=None,
+    p.add_argument("--sweep-steps", type=_positive_int, default=None,
                    help=f"steps of each epsilon / learning-rate sweep run (default {d.sweep_steps})")
     p.add_argument("--quick", action="store_true",
                    help="a small version: 5,000 training / 1,000 test images, 2 epochs, short sweeps")
@@ -66,17 +65,21 @@ def run_experiment(parser, args):
     if options.threads is not None:
         _threads.set_num_threads(options.threads)
     start = time.perf_counter()
-    data = CifarData(args.data, options.train_limit, options.test_limit, quiet=args.quiet)
-    experiment = SmallInitExperiment(data, options, progress=not args.quiet)
-    results = experiment.run()
-    results["total_seconds"] = time.perf_counter() - start
     cfg = cybn_config()
-    results["machine"] = (f"Machine: {cfg['processor']}, {cfg['cores_available']} cores, "
-                          f"{cfg['num_threads']} threads, OpenMP {'on' if cfg['openmp'] else 'off'}, "
-                          f"BLAS {', '.join(b['internal_api'] + ' ' + str(b['architecture']) for b in cfg['blas'])}; "
-                          f"{platform.python_implementation()} {platform.python_version()}.")
-    results["command_options"] = dataclasses.asdict(options)
-    report = write_report(results, args.out, plots=not args.no_plots)
+    machine = (f"Machine: {cfg['processor']}, {cfg['cores_available']} cores, "
+               f"{cfg['num_threads']} threads, OpenMP {'on' if cfg['openmp'] else 'off'}, "
+               f"BLAS {', '.join(b['internal_api'] + ' ' + str(b['architecture']) for b in cfg['blas'])}; "
+               f"{platform.python_implementation()} {platform.python_version()}.")
+
+    def save(results):
+        results["total_seconds"] = time.perf_counter() - start
+        results["machine"] = machine
+        return write_report(results, args.out, plots=not args.no_plots)
+
+    data = CifarData(args.data, options.train_limit, options.test_limit, quiet=args.quiet)
+    experiment = SmallInitExperiment(data, options, progress=not args.quiet, on_update=save)
+    results = experiment.run()
+    report = save(results)
     print(f"report: {report}")
     print(json.dumps({k: v for k, v in results.items() if k in ("steps_to_control_best", "total_seconds")}, default=float))
     return 0

@@ -39,7 +39,7 @@ PARTS = ("main", "eps", "lr", "dropout", "scale")
 class Options:
     """What the experiment runs; ``quick()`` shrinks it to a subset for tests and smoke runs."""
     epochs: int = 10
-    lr: float = 0.05
+    lr: float = 0.02  # the no-BN He control stays at chance at 0.05 (measured on the mini set)
     batch_size: int = 128
     weight_decay: float = 5e-4
     momentum: float = 0.9
@@ -53,12 +53,12 @@ class Options:
     record_every: int = 100
     loss_every: int = 10
     evals_per_epoch: int = 2
-    sweep_steps: int = 200
+    sweep_steps: int = 150
     sweep_train_limit: int = 10000
-    eps_values: tuple = (1e-3, 1e-5, 1e-8, 1e-12, 1e-16, 1e-20, 1e-24, 1e-30)
-    eps_lrs: tuple = (0.005, 0.05, 0.5)
+    eps_values: tuple = (1e-3, 1e-5, 1e-10, 1e-15, 1e-20, 1e-30)
+    eps_lrs: tuple = (0.02, 0.2)
     lr_base: float = 0.01
-    lr_multipliers: tuple = (1, 3, 10, 30, 100)
+    lr_multipliers: tuple = (1, 3, 10, 30)
     dropout: float = 0.5
     scale_factors: tuple = (0.01, 0.1, 10.0, 100.0)
 
@@ -95,11 +95,14 @@ class LossTrace(Callback):
 
 
 class SmallInitExperiment:
-    def __init__(self, data, options, log=print, progress=False):
+    def __init__(self, data, options, log=print, progress=False, on_update=None):
         self.data = data
         self.o = options
         self.log = log
         self.progress = progress
+        # Called with the results so far after every finished run, so a long experiment that is
+        # interrupted still leaves its finished figures on disk.
+        self.on_update = on_update or (lambda results: None)
         self.results = {"options": dataclasses.asdict(options), "runs": {}}
 
     # ------------------------------------------------------------------ helpers
@@ -148,7 +151,8 @@ class SmallInitExperiment:
             last = history[-1] if history else {}
             self.log(f"[main] {key}: outcome {runs[key]['outcome']}, train loss {last.get('train_loss')}, "
                      f"test acc {last.get('test_accuracy')}, {seconds:.0f} s")
-        self.results["runs"].update(runs)
+            self.results["runs"][key] = runs[key]
+            self.on_update(self.results)
         if "b" in runs and "d" in runs:
             self.results["steps_to_control_best"] = steps_to_accuracy(runs["b"], runs["d"])
         return runs
@@ -236,7 +240,8 @@ class SmallInitExperiment:
         for part in self.o.parts:
             {"main": self.run_main, "eps": self.run_eps_sweep, "lr": self.run_lr_sweep,
              "dropout": self.run_dropout, "scale": self.run_scale}[part]()
-        self.results["total_seconds"] = time.perf_counter() - start
+            self.results["total_seconds"] = time.perf_counter() - start
+            self.on_update(self.results)
         return self.results
 
 
