@@ -7,6 +7,14 @@ import pytest
 
 import cybn
 
+# Child Pythons started by tests must import the cybn this process tests (installed, or built in
+# place), never an uncompiled source tree in the current directory: run them from the tests
+# folder, (3.11+) never prepend the cwd, and put this cybn's folder first on their path.
+TESTS_DIR = Path(__file__).resolve().parent
+os.environ["PYTHONSAFEPATH"] = "1"
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(cybn.__file__).resolve().parents[1])] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+
 SHARED_DATA = Path(os.environ.get("CYBN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 

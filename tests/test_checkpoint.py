@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import TESTS_DIR
 
 from cybn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -80,7 +81,8 @@ def test_sigkill_during_write_never_loses_the_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     trials = 12
     for _ in range(trials):
-        child = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                                 cwd=TESTS_DIR)
         assert child.stdout.readline().strip() == "ready"
         time.sleep(rng.uniform(0.0, 0.3))
         child.send_signal(signal.SIGKILL)

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import TESTS_DIR
 
 import cybn
 from cybn.checkpoint import load_checkpoint
@@ -13,7 +14,7 @@ from cybn.cli import main
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "cybn", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "cybn", *args], capture_output=True, text=True, cwd=TESTS_DIR)
 
 
 def test_help_explains_every_option():

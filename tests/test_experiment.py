@@ -40,8 +40,9 @@ def test_no_bn_small_init_stays_at_chance(quick_results):
 
 def test_bn_everywhere_small_init_learns(quick_results):
     b = quick_results["runs"]["b"]
-    assert b["preact_at_init"]["fc2"]["std"] < 1e-8  # same tiny weights...
-    assert b["preact_at_init"]["fc2+bn"]["std"] > 0.5  # ...but BN restores unit scale
+    # The same tiny weights, but BN restores unit scale after every layer, so nothing shrinks.
+    assert all(v["std"] > 1e-4 for v in b["preact_at_init"].values())
+    assert all(v["std"] > 0.5 for name, v in b["preact_at_init"].items() if name.endswith("+bn"))
     losses = [v for _, v in b["losses"]]
     assert np.mean(losses[-5:]) < 0.9 * LN10
     assert b["history"][-1]["test_accuracy"] > 0.2

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TESTS_DIR
 from threadpoolctl import threadpool_info
 
 import cybn
@@ -43,7 +44,8 @@ def test_bad_thread_counts(bad, exc):
 def run_python(code, **env):
     import os
     full_env = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+                          cwd=TESTS_DIR)
 
 
 def test_environment_variable():
@@ -64,7 +66,8 @@ def test_show_config_reports_everything():
 
 
 def test_cli_version_and_config():
-    r = subprocess.run([sys.executable, "-m", "cybn", "config"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "cybn", "config"], capture_output=True, text=True,
+                       cwd=TESTS_DIR)
     assert r.returncode == 0 and "OpenMP" in r.stdout
 
 
@@ -72,7 +75,8 @@ def test_idle_openmp_threads_sleep_by_default_but_user_choice_wins():
     code = "import os, cybn; print(os.environ['OMP_WAIT_POLICY'])"
     import os
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd=TESTS_DIR)
     assert r.stdout.strip() == "PASSIVE"
     r = run_python(code, OMP_WAIT_POLICY="ACTIVE")
     assert r.stdout.strip() == "ACTIVE"
