@@ -1,6 +1,7 @@
 """``cybn experiment small-init``: the command-line face of ``small_init``."""
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -40,6 +41,9 @@ def add_experiment_parser(sub):
     p.add_argument("--quick", action="store_true",
                    help="a small version: 5,000 training / 1,000 test images, 2 epochs, short sweeps")
     p.add_argument("--no-plots", action="store_true", help="write tables only")
+    p.add_argument("--report-only", action="store_true",
+                   help="only redraw report.md and the plots from --out's results.json (e.g. after "
+                        "installing matplotlib); trains nothing")
     p.add_argument("--out", metavar="DIR", default="runs/small-init", help="report folder (default: %(default)s)")
     add_data_options(p)
     return exp
@@ -52,6 +56,13 @@ def run_experiment(parser, args):
     from .report import write_report
     from .small_init import SmallInitExperiment
 
+    if args.report_only:
+        path = os.path.join(args.out, "results.json")
+        if not os.path.exists(path):
+            parser.error(f"--report-only: {path} does not exist (run the experiment first)")
+        with open(path) as f:
+            print(f"report: {write_report(json.load(f), args.out, plots=not args.no_plots)}")
+        return 0
     bad = [x for x in args.parts if x not in PARTS] + [x for x in args.configs if x not in CONFIGS]
     if bad:
         parser.error(f"unknown part or configuration {bad}: parts are {PARTS}, configurations {tuple(CONFIGS)}")

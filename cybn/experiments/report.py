@@ -112,13 +112,19 @@ def write_plots(results, out_dir):
     runs = results.get("runs", {})
     if runs:
         fig, ax = plt.subplots(figsize=(6, 3.6))
+        layers = []
         for r in runs.values():
-            names = list(r["preact_at_init"])
-            stds = [r["preact_at_init"][n]["std"] for n in names]
-            ax.semilogy(range(len(names)), stds, "o-", label=r["label"])
-            ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
+            layers += [n for n in r["preact_at_init"] if "+bn" not in n and n not in layers]
+        for r in runs.values():
+            scales = r["preact_at_init"]
+            line, = ax.semilogy(range(len(layers)), [scales.get(n, {}).get("std", float("nan")) for n in layers],
+                                "o-", label=r["label"])
+            after_bn = [scales.get(n + "+bn", {}).get("std", float("nan")) for n in layers]
+            if any(math.isfinite(v) for v in after_bn):
+                ax.semilogy(range(len(layers)), after_bn, "x--", color=line.get_color(), lw=0.8)
+        ax.set_xticks(range(len(layers)), layers, fontsize=7)
         ax.set_ylabel("std of layer output at init")
-        ax.set_title("Pre-activation scale at initialization")
+        ax.set_title("Pre-activation scale at init (solid: conv/linear output; dashed: after BN)", fontsize=8)
         ax.legend(fontsize=7)
         made.append(_save(fig, out_dir, "preactivations_init.png"))
 
