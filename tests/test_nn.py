@@ -226,6 +226,37 @@ def test_backward_before_forward(layer):
         nn.SoftmaxCrossEntropy().backward()
 
 
+@pytest.mark.parametrize("make,shape", [
+    (lambda: nn.Conv2D(2, 3, 1, rng=0), (2, 2, 3, 3)), (lambda: nn.Linear(2, 3, rng=0), (4, 2)),
+    (lambda: nn.BatchNorm2D(2), (3, 2, 2, 2)), (lambda: nn.BatchNorm2D(2).eval(), (3, 2, 2, 2)),
+    (lambda: nn.BatchNorm1D(2).eval(), (3, 2)), (nn.ReLU, (2, 3)), (lambda: nn.MaxPool2D(2), (1, 2, 4, 4)),
+    (nn.Flatten, (2, 3, 4)), (lambda: nn.Dropout(0.5, rng=0), (2, 3)), (lambda: nn.Dropout(0.5).eval(), (2, 3))],
+    ids=["conv", "linear", "bn2d", "bn2d-eval", "bn1d-eval", "relu", "pool", "flatten", "dropout", "dropout-eval"])
+def test_backward_validates_dy(make, shape):
+    """Every layer checks dy against the forward output (one helper: Module._pop_cache), and a
+    rejected dy leaves the cache in place so a correct backward can follow."""
+    layer = make()
+    y = layer.forward(np.ones(shape, np.float32))
+    bad = [(None, TypeError, "dy.*numpy.ndarray"), (np.ones(y.shape, np.float64), TypeError, "dy.*dtype float64"),
+           (np.ones(y.shape[:-1] + (y.shape[-1] + 1,), np.float32), ValueError, "dy.*shape"),
+           (np.ma.masked_array(np.ones(y.shape, np.float32)), TypeError, "dy.*subclass MaskedArray")]
+    for dy, exc, msg in bad:
+        with pytest.raises(exc, match=msg):
+            layer.backward(dy)
+    dx = layer.backward(np.ones(y.shape, np.float32))
+    assert dx.shape == shape and dx.dtype == np.float32
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
+def test_layer_inputs_reject_subclasses():
+    x = np.ones((2, 3), np.float32)
+    for layer in (nn.Linear(3, 2, rng=0), nn.BatchNorm1D(3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5, rng=0)):
+        with pytest.raises(TypeError, match="subclass"):
+            layer.forward(np.ma.masked_array(x))
+        with pytest.raises(TypeError, match="subclass"):
+            layer.forward(np.asmatrix(x))
+
+
 # ---- BatchNorm semantics ---------------------------------------------------------------------------
 
 def test_batchnorm_train_eval_and_running_stats(rng):
@@ -338,7 +369,7 @@ def test_load_state_dict_errors():
     bad = dict(good)
     del bad["1.running_var"]
     bad["9.weight"] = np.zeros(3, np.float32)
-    with pytest.raises(KeyError, match=r"missing key\(s\) \['1.running_var'\].*unexpected key\(s\) \['9.weight'\]"):
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['1.running_var'\].*unexpected key\(s\) \['9.weight'\]"):
         model.load_state_dict(bad)
     missing, unexpected = small_model(np.float32).load_state_dict(bad, strict=False)
     assert missing == ["1.running_var"] and unexpected == ["9.weight"]

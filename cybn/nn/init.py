@@ -28,7 +28,8 @@ def fans(shape):
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2:
         raise ValueError(f"fans need a weight with >= 2 dimensions, got shape {shape}")
-    receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+    # Python ints: np.prod would wrap around in int64 for huge kernels (fan 0 -> division by zero)
+    receptive = math.prod(shape[2:])
     return shape[1] * receptive, shape[0] * receptive
 
 

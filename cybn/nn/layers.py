@@ -2,16 +2,25 @@
 
 Every layer computes through ``cybn.functional`` only; gradients are **overwritten** by ``backward``.
 """
+import math
 import numbers
 
 import numpy as np
 
 from .. import functional as F
 from . import init as _init
-from .module import Module, as_generator, float_dtype
+from .module import Module, _not_plain_array, as_generator, float_dtype
+
+# Sizes and geometry reach C ``int`` kernel arguments and BLAS dimensions: anything larger is
+# an input bug (it could never be allocated), reported as a ValueError naming the argument.
+MAX_DIM = 2**31 - 1
 
 __all__ = ["Conv2D", "Linear", "BatchNorm1D", "BatchNorm2D", "ReLU", "MaxPool2D", "Flatten", "Dropout",
            "SoftmaxCrossEntropy"]
+
+
+def _is_int(a):
+    return isinstance(a, numbers.Integral) and not isinstance(a, (bool, np.bool_))
 
 
 def _pair(v, name, minimum=1):
@@ -19,26 +28,60 @@ def _pair(v, name, minimum=1):
     if len(vals) != 2:
         raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
     for a in vals:
-        if isinstance(a, bool) or not isinstance(a, numbers.Integral):
+        if not _is_int(a):
             raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
         if a < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {v!r}")
+        if a > MAX_DIM:
+            raise ValueError(f"{name} must be <= {MAX_DIM} (2**31 - 1), got {v!r}")
     return int(vals[0]), int(vals[1])
 
 
 def _positive(v, name):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+    if not _is_int(v):
         raise TypeError(f"{name} must be an int, got {v!r}")
     if v < 1:
         raise ValueError(f"{name} must be >= 1, got {v}")
+    if v > MAX_DIM:
+        raise ValueError(f"{name} must be <= {MAX_DIM} (2**31 - 1), got {v}")
     return int(v)
+
+
+def _flag(v, name):
+    """A bool argument (``np.bool_`` too): anything else is a TypeError, not a truth-value guess."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool (True or False), got {type(v).__name__} {v!r}")
+    return bool(v)
+
+
+def _short(v):
+    r = repr(v)
+    return r if len(r) <= 40 else r[:30] + f"... ({len(r)} characters)"
+
+
+def _real(v, name, ok, want):
+    """A real number accepted by ``ok(float)`` as a Python float; ``want`` describes the range."""
+    if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number, got {type(v).__name__} {_short(v)}")
+    try:
+        f = float(v)
+    except OverflowError:  # a huge Python int (10**400)
+        f = math.inf if v > 0 else -math.inf
+    if not ok(f):  # NaN fails every comparison, so it is rejected here too
+        raise ValueError(f"{name} must be {want}, got {_short(v)}")
+    return f
 
 
 class _Affine(Module):
     """Shared by Conv2D and Linear: weight from an initializer, optional bias, overwrite-grads."""
 
-    def _init_params(self, shape, bias, dtype, rng, init):
+    def _init_params(self, shape, bias, dtype, rng, init, size_names):
+        bias = _flag(bias, "bias")
         self.dtype = float_dtype(dtype)
+        n = math.prod(shape)
+        if n * self.dtype.itemsize > np.iinfo(np.intp).max:
+            raise ValueError(f"{type(self).__name__} weight of shape {tuple(shape)} ({n} values) is too large "
+                             f"to allocate: check {size_names}")
         rng = as_generator(rng)
         initializer = _init.init_from_spec(init)
         self.init = initializer
@@ -73,18 +116,19 @@ class Conv2D(_Affine):
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.stride = _pair(stride, "stride")
         self.padding = _pair(padding, "padding", minimum=0)
-        self._init_params((self.out_channels, self.in_channels) + self.kernel_size, bias, dtype, rng, init)
+        self._init_params((self.out_channels, self.in_channels) + self.kernel_size, bias, dtype, rng, init,
+                          "in_channels, out_channels and kernel_size")
 
     def forward(self, x):
         self._check_input(x, 4)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2D expects {self.in_channels} input channels, got input shape {x.shape}")
         y = F.conv2d(x, self.params["weight"], self.params.get("bias"), self.stride, self.padding)
-        self._cache = x
+        self._save_for_backward(x, y)
         return y
 
     def backward(self, dy):
-        x = self._pop_cache()
+        x = self._pop_cache(dy)
         dx, dw, db = F.conv2d_backward(dy, x, self.params["weight"], self.stride, self.padding,
                                        compute_dx=self.needs_input_grad)
         self._store_grads(dw, db)
@@ -112,18 +156,19 @@ class Linear(_Affine):
         super().__init__()
         self.in_features = _positive(in_features, "in_features")
         self.out_features = _positive(out_features, "out_features")
-        self._init_params((self.out_features, self.in_features), bias, dtype, rng, init)
+        self._init_params((self.out_features, self.in_features), bias, dtype, rng, init,
+                          "in_features and out_features")
 
     def forward(self, x):
         self._check_input(x, 2)
         if x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects {self.in_features} input features, got input shape {x.shape}")
         y = F.linear(x, self.params["weight"], self.params.get("bias"))
-        self._cache = x
+        self._save_for_backward(x, y)
         return y
 
     def backward(self, dy):
-        x = self._pop_cache()
+        x = self._pop_cache(dy)
         dx, dw, db = F.linear_backward(dy, x, self.params["weight"])
         self._store_grads(dw, db)
         return dx
@@ -149,13 +194,10 @@ class _BatchNorm(Module):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32):
         super().__init__()
         self.num_features = _positive(num_features, "num_features")
-        self.eps = float(eps)
-        if not self.eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
-        self.momentum = None if momentum is None else float(momentum)
-        self.affine = bool(affine)
+        self.eps = _real(eps, "eps", lambda f: 0.0 < f < math.inf, "a finite number > 0")
+        self.momentum = None if momentum is None else _real(momentum, "momentum", lambda f: 0.0 <= f <= 1.0,
+                                                             "in [0, 1] (or None)")
+        self.affine = _flag(affine, "affine")
         self.dtype = float_dtype(dtype)
         c = self.num_features
         if self.affine:
@@ -190,15 +232,15 @@ class _BatchNorm(Module):
                 momentum = 1.0 / int(self.buffers["num_batches_tracked"])
             F.update_running_stats(self.buffers["running_mean"], self.buffers["running_var"], mean, var,
                                    x.size // x.shape[1], momentum)
-            self._cache = ("train", x, mean, var)
+            self._save_for_backward(("train", x, mean, var), y)
         else:
             y = F.batch_norm_eval(x, w, b, self.buffers["running_mean"], self.buffers["running_var"],
                                   self.eps)
-            self._cache = ("eval", x)
+            self._save_for_backward(("eval", x), y)
         return y
 
     def backward(self, dy):
-        cache = self._pop_cache()
+        cache = self._pop_cache(dy)
         w = self.params.get("weight")
         if cache[0] == "train":
             _, x, mean, var = cache
@@ -236,12 +278,14 @@ class BatchNorm1D(_BatchNorm):
 
 class ReLU(Module):
     def forward(self, x):
+        if type(x) is not np.ndarray:
+            raise _not_plain_array(x, "ReLU's input x")
         y = F.relu(x)
-        self._cache = y
+        self._save_for_backward(y, y)
         return y
 
     def backward(self, dy):
-        return F.relu_backward(dy, self._pop_cache())
+        return F.relu_backward(dy, self._pop_cache(dy))
 
 
 class MaxPool2D(Module):
@@ -255,12 +299,14 @@ class MaxPool2D(Module):
         self._orig = (kernel_size, stride if stride is not None else kernel_size, padding)
 
     def forward(self, x):
+        if type(x) is not np.ndarray:
+            raise _not_plain_array(x, "MaxPool2D's input x")
         y, indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
-        self._cache = (indices, x.shape)
+        self._save_for_backward((indices, x.shape), y)
         return y
 
     def backward(self, dy):
-        indices, shape = self._pop_cache()
+        indices, shape = self._pop_cache(dy)
         return F.max_pool2d_backward(dy, indices, shape)
 
     def output_shape(self, input_shape):
@@ -277,16 +323,21 @@ class Flatten(Module):
     """(N, ...) -> (N, prod(...)), C-order like ``torch.nn.Flatten`` (channels vary slowest)."""
 
     def forward(self, x):
-        if not isinstance(x, np.ndarray) or x.ndim < 1:
-            raise TypeError(f"Flatten expects a numpy.ndarray with a batch axis, got {type(x).__name__}")
-        self._cache = x.shape
-        return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+        if type(x) is not np.ndarray:
+            raise _not_plain_array(x, "Flatten's input x")
+        if x.ndim < 1:
+            raise ValueError(f"Flatten expects an input with a batch axis, got a 0-d array (shape {x.shape})")
+        # explicit feature count, not -1: reshape(0, -1) is ambiguous for an empty batch
+        y = np.ascontiguousarray(x).reshape(x.shape[0], math.prod(x.shape[1:]))
+        self._save_for_backward(x.shape, y)
+        return y
 
     def backward(self, dy):
-        return dy.reshape(self._pop_cache())
+        shape = self._pop_cache(dy)
+        return dy.reshape(shape)
 
     def output_shape(self, input_shape):
-        return (input_shape[0], int(np.prod(input_shape[1:])))
+        return (input_shape[0], math.prod(int(s) for s in input_shape[1:]))
 
 
 class Dropout(Module):
@@ -295,18 +346,16 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, rng=None):
         super().__init__()
-        p = float(p)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"dropout probability p must be in [0, 1], got {p}")
-        self.p = p
-        self.rng = as_generator(rng)
+        self.p = _real(p, "dropout probability p", lambda f: 0.0 <= f <= 1.0, "in [0, 1]")
+        self.rng = as_generator(rng, "rng")
 
     def forward(self, x):
-        if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
-            raise TypeError(f"Dropout expects a float32/float64 numpy.ndarray, got "
-                            f"{getattr(x, 'dtype', type(x).__name__)}")
+        if type(x) is not np.ndarray:
+            raise _not_plain_array(x, "Dropout's input x")
+        if x.dtype not in (np.float32, np.float64):
+            raise TypeError(f"Dropout's input x must have dtype float32 or float64, got {x.dtype}")
         if not self.training or self.p == 0.0:
-            self._cache = ("identity",)
+            self._save_for_backward(("identity",), x)
             return x
         if self.p == 1.0:
             keep = np.zeros(x.shape, bool)
@@ -314,13 +363,13 @@ class Dropout(Module):
         else:
             keep = self.rng.random(x.shape, dtype=x.dtype.type) >= self.p
             scale = 1.0 / (1.0 - self.p)
-        self._cache = ("mask", keep, scale)
         y = np.multiply(x, keep)
         y *= x.dtype.type(scale)
+        self._save_for_backward(("mask", keep, scale), y)
         return y
 
     def backward(self, dy):
-        cache = self._pop_cache()
+        cache = self._pop_cache(dy)
         if cache[0] == "identity":
             return dy
         _, keep, scale = cache

@@ -13,9 +13,15 @@ Conventions (the same for all layers):
 - ``buffers``: non-trained state (BatchNorm's running statistics, ``num_batches_tracked``).
 - ``forward(x)`` keeps what ``backward`` needs in a cache; ``backward(dy)`` consumes it (and frees
   it), so calling ``backward`` before ``forward`` (or twice) raises ``RuntimeError``.
+- ``backward(dy)`` validates ``dy`` first (``check_grad_output``: a plain ndarray with the forward
+  output's shape and dtype; TypeError/ValueError otherwise, and the cache is kept for a retry).
+- arrays must be plain ``numpy.ndarray``: subclasses (``np.ma.MaskedArray``, ``np.matrix``) are
+  rejected with TypeError, because their extra semantics (a mask, matrix products) would be ignored.
 - a layer with parameters has a ``dtype`` (float32 default, float64 for gradient checks) kept by
   params, grads and float buffers; an input of another dtype raises ``TypeError`` naming both.
 """
+from collections.abc import Mapping
+
 import numpy as np
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -32,13 +38,40 @@ def float_dtype(dtype):
     return dt
 
 
-def as_generator(rng):
-    """A ``numpy.random.Generator`` from a Generator, an int seed or None (fresh OS entropy)."""
+def as_generator(rng, name="rng"):
+    """A ``numpy.random.Generator`` from a Generator, an int seed >= 0 or None (fresh OS entropy)."""
     if isinstance(rng, np.random.Generator):
         return rng
-    if rng is None or (isinstance(rng, (int, np.integer)) and not isinstance(rng, bool)):
-        return np.random.default_rng(rng)
-    raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
+    if rng is None:
+        return np.random.default_rng()
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
+        if rng < 0:
+            raise ValueError(f"{name} must be a numpy.random.Generator, an int seed >= 0 or None, got {rng}")
+        return np.random.default_rng(int(rng))
+    raise TypeError(f"{name} must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
+
+
+def _not_plain_array(a, what):
+    """The TypeError for a non-ndarray or an ndarray subclass passed as ``what``."""
+    if isinstance(a, np.ndarray):
+        return TypeError(f"{what} must be a plain numpy.ndarray, got the subclass {type(a).__name__} "
+                         "(its extra semantics, e.g. a mask, would be ignored: pass np.asarray(...) "
+                         "or a filled copy)")
+    return TypeError(f"{what} must be a numpy.ndarray, got {type(a).__name__}")
+
+
+def check_grad_output(dy, shape, dtype, owner):
+    """Validate ``dy`` given to ``<owner>.backward``: a plain ndarray with exactly the forward
+    output's ``shape`` and ``dtype`` (no broadcasting, no casts: a mismatch is a caller bug).
+    The one place every layer's backward checks its incoming gradient."""
+    what = f"{owner}.backward: dy (the gradient of the output)"
+    if type(dy) is not np.ndarray:
+        raise _not_plain_array(dy, what)
+    if dy.dtype != dtype:
+        raise TypeError(f"{what} has dtype {dy.dtype}, but the forward output has dtype {np.dtype(dtype)}")
+    if dy.shape != tuple(shape):
+        raise ValueError(f"{what} has shape {dy.shape}, but the forward output has shape {tuple(shape)}")
+    return dy
 
 
 def generator_state(rng):
@@ -94,12 +127,19 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
-    def _pop_cache(self):
-        cache = self._cache
-        if cache is None:
+    def _save_for_backward(self, cache, y):
+        """Keep ``cache`` for ``backward`` along with the output's shape and dtype (to check dy)."""
+        self._cache = (cache, y.shape, y.dtype)
+
+    def _pop_cache(self, dy):
+        """The cache saved by forward, after validating ``dy`` against the forward output
+        (``check_grad_output``); the cache is consumed only when ``dy`` is valid."""
+        if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward() "
                                "(no cached activations: run forward on the batch first; "
                                "backward consumes the cache, so it cannot run twice)")
+        cache, shape, dtype = self._cache
+        check_grad_output(dy, shape, dtype, type(self).__name__)
         self._cache = None
         return cache
 
@@ -110,8 +150,8 @@ class Module:
     def _check_input(self, x, ndim=None):
         """TypeError unless ``x`` is an ndarray of this layer's dtype; ValueError on a wrong rank."""
         name = type(self).__name__
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"{name} expects a numpy.ndarray input, got {type(x).__name__}")
+        if type(x) is not np.ndarray:
+            raise _not_plain_array(x, f"{name}'s input x")
         if x.dtype != self.dtype:
             raise TypeError(f"{name} has dtype {self.dtype} but its input has dtype {x.dtype} "
                             f"(convert the input with .astype(np.{self.dtype}) or build the layer "
@@ -178,9 +218,15 @@ class Module:
 
         Every value must have the target's shape and dtype (float tensors exactly; integer buffers
         such as ``num_batches_tracked`` accept any integer dtype) — no silent casts. ``strict``:
-        missing or unexpected keys raise ``KeyError`` listing them all. Nothing is modified unless
-        every check passes. Returns ``(missing_keys, unexpected_keys)``.
+        missing or unexpected keys raise ``ValueError`` listing them all (bad input is always
+        TypeError/ValueError). Nothing is modified unless every check passes.
+        Returns ``(missing_keys, unexpected_keys)``.
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a mapping (e.g. the dict from state_dict()) of key -> array, "
+                            f"got {type(state).__name__}")
+        if not isinstance(strict, (bool, np.bool_)):
+            raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
         targets = self._state_targets()
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
@@ -190,12 +236,15 @@ class Module:
                 parts.append(f"missing key(s) {missing}")
             if unexpected:
                 parts.append(f"unexpected key(s) {unexpected}")
-            raise KeyError(f"error loading state_dict into {type(self).__name__}: " + "; ".join(parts))
+            raise ValueError(f"error loading state_dict into {type(self).__name__}: " + "; ".join(parts))
         checked = []
         for key, target in targets.items():
             if key not in state:
                 continue
-            value = np.asarray(state[key])
+            try:
+                value = np.asarray(state[key])
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"state_dict[{key!r}] is not an array ({type(state[key]).__name__}): {e}") from None
             if value.shape != target.shape:
                 raise ValueError(f"state_dict[{key!r}] has shape {value.shape}, "
                                  f"the model expects {target.shape}")
