@@ -145,15 +145,39 @@ AUGMENT_CRASH = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "augment-heap-overflow: cybn/_kernels/augment.pyx crop_flip_lut writes outside the output row when "
-    "|ox - padding| > W (padding > image width): lo = -dx > W, or hi = W + dx < 0 -> negative column. "
-    "crop_flip_normalize(uint8 (64,3,1,1), oy=16, ox=0, flips, [.5]*3, [.25]*3, padding=16) or "
-    "DataLoader(..., augment=True, padding=16) on 1-pixel-wide images -> heap corruption, SIGSEGV/SIGABRT"))
 def test_reported_bug_augment_heap_overflow():
     proc = subprocess.run([sys.executable, "-c", AUGMENT_CRASH], capture_output=True, text=True, timeout=300,
                           cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, f"exit {proc.returncode} ({_signal_name(proc.returncode)}): {proc.stderr[-500:]}"
+
+
+def _crop_flip_reference(img, oy, ox, flips, mean, std, padding):
+    """NumPy twin of crop_flip_normalize: pad with black, crop, mirror, normalise (float64)."""
+    n, c, h, w = img.shape
+    p = np.pad(img, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    out = np.stack([p[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(n)]).astype(np.float64)
+    out[flips.astype(bool)] = out[flips.astype(bool)][..., ::-1]
+    return (out / 255.0 - np.asarray(mean)[None, :, None, None]) / np.asarray(std)[None, :, None, None]
+
+
+@pytest.mark.parametrize("shape,padding", [((7, 2, 1, 1), 16), ((9, 3, 2, 3), 5), ((6, 1, 4, 2), 9),
+                                           ((5, 2, 3, 5), 0), ((8, 3, 5, 4), 2)])
+def test_crop_flip_any_padding_matches_numpy(shape, padding):
+    """augment-heap-overflow regression: shifts beyond the image (padding > H or W) give pure padding."""
+    rng = np.random.default_rng(padding)
+    img = rng.integers(0, 256, shape).astype(np.uint8)
+    n = shape[0]
+    oy = rng.integers(0, 2 * padding + 1, n)
+    ox = rng.integers(0, 2 * padding + 1, n)
+    ox[:2] = (0, 2 * padding)  # the extreme shifts, unflipped and flipped
+    flips = np.arange(n) % 2
+    mean, std = [0.3] * shape[1], [0.2] * shape[1]
+    got = D.crop_flip_normalize(img, oy, ox, flips, mean, std, padding=padding, dtype=np.float64)
+    np.testing.assert_allclose(got, _crop_flip_reference(img, oy, ox, flips, mean, std, padding),
+                               rtol=1e-12, atol=1e-12)
+    for x, _ in D.DataLoader(img, np.zeros(n, np.int64), 3, augment=True, padding=padding, seed=1,
+                             mean=mean, std=std):
+        assert x.shape[1:] == shape[1:] and np.isfinite(x).all()
 
 
 CONV_STRIDE_CRASH = textwrap.dedent("""
@@ -170,21 +194,12 @@ CONV_STRIDE_CRASH = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "conv-stride-int-overflow: cybn/_kernels/conv.pyx _valid_cols computes (pw - kw_j + sw - 1) // sw in "
-    "C int; with stride + padding > 2**31 - 1 it wraps negative -> out-of-bounds im2col -> SIGSEGV. "
-    "F.conv2d(np.ones((1,1,3,3)), np.ones((1,1,1,1)), stride=(1, 2**31 - 1), padding=2)"))
 def test_reported_bug_conv_stride_int_overflow():
     proc = subprocess.run([sys.executable, "-c", CONV_STRIDE_CRASH], capture_output=True, text=True, timeout=300,
                           cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, f"exit {proc.returncode} ({_signal_name(proc.returncode)}): {proc.stderr[-500:]}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "int-overflow: conv2d/conv2d_backward/max_pool2d/crop_flip_normalize pass stride/padding/kernel "
-    ">= 2**31 to C int kernel arguments unchecked -> OverflowError. "
-    "F.conv2d(np.ones((1,1,3,3)), np.ones((1,1,1,1)), stride=2**31); F.max_pool2d(x, 2, stride=2**31); "
-    "F.max_pool2d(x, 2**40, padding=2**39)"))
 def test_reported_bug_int_overflow():
     x = np.ones((1, 1, 3, 3))
     with pytest.raises(ValueError, match="stride"):
@@ -193,13 +208,17 @@ def test_reported_bug_int_overflow():
         F.max_pool2d(x, 2, stride=2**31)
     with pytest.raises(ValueError, match="kernel|padding"):
         F.max_pool2d(x, 2**40, padding=2**39)
+    with pytest.raises(ValueError, match="padding"):
+        F.conv2d(x, np.ones((1, 1, 1, 1)), padding=(0, 2**31))
+    with pytest.raises(ValueError, match="padding"):  # fits an int, the padded input does not
+        F.conv2d(x, np.ones((1, 1, 1, 1)), padding=2**30)
+    img = np.zeros((2, 3, 4, 4), np.uint8)
+    with pytest.raises(ValueError, match="padding"):
+        D.crop_flip_normalize(img, [0, 0], [0, 0], [0, 0], [0.5] * 3, [0.25] * 3, padding=2**31)
+    with pytest.raises(ValueError, match="padding"):
+        D.DataLoader(img, np.zeros(2, np.int64), 1, augment=True, padding=2**31)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "float-overflow: functional/_checks.finite_float (and softmax_cross_entropy_backward's grad, "
-    "layer float() casts) call float() on a huge int -> OverflowError. "
-    "F.batch_norm_train(np.ones((4, 3)), None, None, eps=10**400); "
-    "F.softmax_cross_entropy_backward(np.full((2, 3), 1/3), np.array([0, 1]), grad=10**400)"))
 def test_reported_bug_float_overflow():
     with pytest.raises(ValueError, match="eps"):
         F.batch_norm_train(np.ones((4, 3)), None, None, eps=10**400)
@@ -209,10 +228,6 @@ def test_reported_bug_float_overflow():
         nn.Dropout(p=10**400)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bn-eval-backward-dy: _BatchNorm.backward in eval mode does not validate dy: "
-    "bn = nn.BatchNorm2D(2).eval(); bn.forward(x (3,2,2,2) float32); bn.backward(None) -> AttributeError "
-    "'NoneType' object has no attribute 'ndim'; bn.backward(dy (2,)) returns a (1,2,...) dx"))
 def test_reported_bug_bn_eval_backward_dy():
     x = np.ones((3, 2, 2, 2), np.float32)
     bn = nn.BatchNorm2D(2).eval()
@@ -227,10 +242,7 @@ def test_reported_bug_bn_eval_backward_dy():
         bn.backward(np.ones(x.shape, np.float64))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "flatten-dropout-unvalidated: Flatten.backward(None) -> AttributeError ('NoneType' object has no "
-    "attribute 'reshape'); Dropout.backward accepts a dy of another shape/dtype (returns it broadcast/int) "
-    "and Dropout.backward(None) in eval mode returns None"))
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.asmatrix
 def test_reported_bug_flatten_dropout_unvalidated():
     x = np.ones((2, 3, 4), np.float32)
     fl = nn.Flatten()
@@ -241,36 +253,46 @@ def test_reported_bug_flatten_dropout_unvalidated():
     dr.forward(x)
     with pytest.raises(ValueError, match="shape"):
         dr.backward(np.ones((2, 3, 1), np.float32))
+    dr.forward(x)
+    with pytest.raises(TypeError, match="dtype"):
+        dr.backward(np.ones(x.shape, np.int64))
     dr.eval()
     dr.forward(x)
     with pytest.raises(TypeError):
         dr.backward(None)
+    with pytest.raises(TypeError, match="MaskedArray"):
+        dr.forward(np.ma.masked_array(np.ones((2, 3), np.float32)))
+    with pytest.raises(TypeError, match="matrix"):
+        dr.forward(np.asmatrix(np.ones((2, 3), np.float32)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "flatten-empty-batch: nn.Flatten().forward(np.zeros((0, 3, 4), np.float32)) -> numpy ValueError "
-    "'cannot reshape array of size 0 into shape (0,newaxis)' (x.reshape(N, -1) with N = 0); "
-    "expected shape (0, 12)"))
 def test_reported_bug_flatten_empty_batch():
     assert nn.Flatten().forward(np.zeros((0, 3, 4), np.float32)).shape == (0, 12)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "softmax-subclass: softmax/log_softmax/softmax_cross_entropy(_backward) allocate with np.empty_like(x), "
-    "which keeps an ndarray subclass: F.softmax(np.ma.masked_array(np.zeros((2, 3)), mask=...)) returns a "
-    "MaskedArray computed ignoring the mask (np.matrix likewise); every other op returns a plain ndarray"))
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
 def test_reported_bug_softmax_subclass():
+    """Policy (functional/_checks): ndarray subclasses are rejected by every op, naming the type."""
     x = np.ma.masked_array(np.zeros((2, 3)), mask=[[1, 0, 0], [0, 0, 0]])
-    assert type(F.softmax(x)) is np.ndarray
-    assert type(F.log_softmax(np.asmatrix(np.zeros((2, 3))))) is np.ndarray
+    with pytest.raises(TypeError, match="x.*subclass MaskedArray"):
+        F.softmax(x)
+    with pytest.raises(TypeError, match="x.*subclass matrix"):
+        F.log_softmax(np.asmatrix(np.zeros((2, 3))))
+    with pytest.raises(TypeError, match="logits.*subclass MaskedArray"):
+        F.softmax_cross_entropy(x, np.array([0, 1]))
+    with pytest.raises(TypeError, match="x.*subclass MaskedArray"):
+        F.relu(x)
+    with pytest.raises(TypeError, match="weight.*subclass matrix"):
+        F.linear(np.zeros((2, 3)), np.asmatrix(np.zeros((4, 3))))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "layer-args-messages: layer constructors let Python/numpy errors escape with messages naming no "
-    "argument: nn.BatchNorm2D(3, eps=None) -> TypeError 'float() argument must be a string or a real "
-    "number, not NoneType'; nn.Linear(2, 3, bias=np.zeros(3)) -> ValueError 'The truth value of an array "
-    "... is ambiguous'; nn.Dropout(0.5, rng=-1) -> ValueError 'expected non-negative integer'; "
-    "nn.Linear(2, 2**63) -> ValueError 'Maximum allowed dimension exceeded'"))
+def test_softmax_label_message_reports_the_real_value():
+    with pytest.raises(ValueError, match="18446744073709551615"):  # not the int64 wrap-around -1
+        F.softmax_cross_entropy(np.zeros((2, 3)), np.array([0, 2**64 - 1], np.uint64))
+    with pytest.raises(ValueError, match="found 9223372036854775808"):
+        F.softmax_cross_entropy_backward(np.full((1, 3), 1 / 3), np.array([2**63], np.uint64))
+
+
 def test_reported_bug_layer_args_messages():
     with pytest.raises(TypeError, match="eps"):
         nn.BatchNorm2D(3, eps=None)
@@ -284,57 +306,40 @@ def test_reported_bug_layer_args_messages():
         nn.Linear(2, 2**63)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "init-fans-overflow: nn/init.py fans() uses np.prod over the kernel shape, which wraps int64: "
-    "nn.Conv2D(3, 2, 2**40) -> ZeroDivisionError 'float division by zero' in kaiming_normal"))
 def test_reported_bug_init_fans_overflow():
-    with pytest.raises((ValueError, MemoryError)):
+    with pytest.raises(ValueError, match="kernel_size"):
         nn.Conv2D(3, 2, 2**40)
+    with pytest.raises(ValueError, match="in_features and out_features"):
+        nn.Linear(2**31 - 1, 2**31 - 1)
+    assert nn.init.fans((2, 3, 2**40, 2**40)) == (3 * 2**80, 2 * 2**80)  # Python ints: no wrap-around
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "compute-dx-truthiness: F.conv2d_backward(dy, x, w, compute_dx=np.array([True, False])) -> ValueError "
-    "'The truth value of an array with more than one element is ambiguous' (bool(compute_dx))"))
 def test_reported_bug_compute_dx_truthiness():
     x, w = np.ones((1, 1, 3, 3)), np.ones((1, 1, 1, 1))
     with pytest.raises((TypeError, ValueError), match="compute_dx"):
         F.conv2d_backward(np.ones((1, 1, 3, 3)), x, w, compute_dx=np.array([True, False]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "conv-huge-padding: F.conv2d(np.ones((1,1,1,7)), np.ones((1,1,2,4)), padding=2**63) -> numpy's "
-    "ValueError 'Maximum allowed dimension exceeded' from np.empty (names neither padding nor a shape)"))
 def test_reported_bug_conv_huge_padding():
     with pytest.raises(ValueError, match="padding|shape"):
         F.conv2d(np.ones((1, 1, 1, 7)), np.ones((1, 1, 2, 4)), padding=2**63)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pool-empty-plane: F.max_pool2d(np.zeros((1, 1, 2, 0)), (1, 2), 1, (0, 1)) returns y = -inf and "
-    "indices = 0 of shape (1, 1, 2, 1): every window is padding only and index 0 lies outside the empty "
-    "plane (H*W = 0); max_pool2d_backward then rejects input_shape (1, 1, 2, 0). Expected: ValueError"))
 def test_reported_bug_pool_empty_plane():
     with pytest.raises(ValueError, match="shape|empty"):
         F.max_pool2d(np.zeros((1, 1, 2, 0)), (1, 2), 1, (0, 1))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "load-state-dict-mapping: Module.load_state_dict(state) does not check that state is a mapping: "
-    "load_state_dict(None) -> TypeError 'argument of type NoneType is not iterable'; "
-    "load_state_dict('abc') -> KeyError listing unexpected keys 'a', 'b', 'c'; a list of (key, array) "
-    "pairs -> TypeError 'unhashable type'"))
 def test_reported_bug_load_state_dict_mapping():
     model = nn.Sequential(nn.Linear(2, 2, rng=0))
     with pytest.raises(TypeError, match="state"):
         model.load_state_dict(None)
     with pytest.raises(TypeError, match="state"):
         model.load_state_dict("abc")
+    with pytest.raises(ValueError, match="missing key"):  # bad input is TypeError/ValueError only
+        model.load_state_dict({})
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mean-std-messages: cybn.data normalize/crop_flip_normalize/DataLoader convert mean/std with "
-    "np.asarray(..., float64): normalize(uint8 images, 'x', [0.2]) -> ValueError 'could not convert "
-    "string to float: x' (names neither mean nor std)"))
 def test_reported_bug_mean_std_messages():
     images = np.zeros((1, 1, 2, 2), np.uint8)
     with pytest.raises((TypeError, ValueError), match="mean"):

@@ -20,7 +20,8 @@ def crop_flip_lut(const uint8_t[:, :, :, ::1] images, const int64_t[::1] index,
     """out[b, c, h, w] = lut[c, P[index[b], c, h + oy[b], (W-1-w if flip[b] else w) + ox[b]]]
 
     where P is the image zero-padded by ``padding`` on each side (padded pixels read lut[c, 0]).
-    oy/ox are in [0, 2*padding]; oy = ox = padding and flip = 0 is the plain normalised image.
+    oy/ox are in [0, 2*padding] (any padding, also > H or W: the crop may hold no image pixel);
+    oy = ox = padding and flip = 0 is the plain normalised image.
     """
     cdef Py_ssize_t B = out.shape[0], C = out.shape[1], H = out.shape[2], W = out.shape[3]
     cdef Py_ssize_t b, c, h, w, src, row, dx, lo, hi
@@ -38,6 +39,12 @@ def crop_flip_lut(const uint8_t[:, :, :, ::1] images, const int64_t[::1] index,
         else:
             lo = -dx if dx < 0 else 0
             hi = W - dx if dx > 0 else W
+        # A shift |dx| >= W (padding > W) leaves no image column: clamp to 0 <= lo <= hi <= W,
+        # so the whole row is padding instead of a span outside the row.
+        if lo > W:
+            lo = W
+        if hi < lo:
+            hi = lo
         for c in range(C):
             zero = lut[c, 0]
             for h in range(H):

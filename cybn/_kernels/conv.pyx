@@ -55,20 +55,23 @@ cdef inline void _gemm_rm(char ta, char tb, int m, int n, int k, floating* a, in
 
 
 cdef inline void _valid_cols(int W, int kw_j, int sw, int pw, int Wo, int* ow0, int* ow1) noexcept nogil:
-    """Output columns ow in [ow0, ow1) whose input column ow*sw - pw + j lies inside [0, W)."""
-    cdef int lo = 0, hi
+    """Output columns ow in [ow0, ow1) whose input column ow*sw - pw + j lies inside [0, W).
+
+    In Py_ssize_t: pw + sw alone can exceed a C int (stride and padding each fit one).
+    """
+    cdef Py_ssize_t lo = 0, hi
     if pw > kw_j:
-        lo = (pw - kw_j + sw - 1) // sw
-    if W - 1 + pw - kw_j < 0:
+        lo = (<Py_ssize_t>pw - kw_j + sw - 1) // sw
+    if <Py_ssize_t>W - 1 + pw - kw_j < 0:
         hi = 0
     else:
-        hi = (W - 1 + pw - kw_j) // sw + 1
+        hi = (<Py_ssize_t>W - 1 + pw - kw_j) // sw + 1
     if hi > Wo:
         hi = Wo
     if lo > hi:
         lo = hi
-    ow0[0] = lo
-    ow1[0] = hi
+    ow0[0] = <int>lo
+    ow1[0] = <int>hi
 
 
 cdef void _im2col(const floating* x, floating* cols, int C, int H, int W, int kh, int kw,

@@ -18,6 +18,9 @@ __all__ = ["channel_stats", "normalization_lut", "normalize", "crop_flip_normali
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
+# The kernel takes padding as a C int (and crop offsets up to 2*padding as int64).
+_MAX_PADDING = 2**31 - 1
+
 
 def _uint8_images(images, name="images"):
     if not isinstance(images, np.ndarray):
@@ -67,9 +70,26 @@ def channel_stats(images):
     return mean, std
 
 
+def _real_values(v, name):
+    """mean/std as a flat float64 array, or a TypeError naming ``name`` (numpy's own messages,
+    e.g. "could not convert string to float", name neither). Complex values are rejected, not
+    silently stripped of their imaginary part; so are strings and bools."""
+    try:
+        a = np.asarray(v)
+        if a.dtype.kind == "O":  # mixed Python objects: numeric ones still convert
+            a = np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        a = None
+    if a is None or a.dtype.kind not in "iuf":
+        what = type(v).__name__ if a is None else f"{type(v).__name__} of dtype {a.dtype}"
+        raise TypeError(f"{name} must be a real number or a sequence of real numbers (one per "
+                        f"channel), got {what}: {v!r:.80}")
+    return a.astype(np.float64).reshape(-1)
+
+
 def _mean_std(mean, std, channels):
-    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
-    std = np.asarray(std, dtype=np.float64).reshape(-1)
+    mean = _real_values(mean, "mean")
+    std = _real_values(std, "std")
     if mean.shape != (channels,) or std.shape != (channels,):
         raise ValueError(f"mean and std need {channels} values (one per channel), "
                          f"got {mean.shape} and {std.shape}")
@@ -80,7 +100,7 @@ def _mean_std(mean, std, channels):
 
 def normalization_lut(mean, std, dtype=np.float32):
     """Table (C, 256): lut[c, v] = (v/255 - mean[c]) / std[c], computed in float64 then cast."""
-    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+    mean = _real_values(mean, "mean")
     mean, std = _mean_std(mean, std, mean.size)
     values = np.arange(256, dtype=np.float64) / 255.0
     return np.ascontiguousarray(((values[None, :] - mean[:, None]) / std[:, None]),
@@ -107,8 +127,7 @@ def crop_flip_normalize(images, oy, ox, flips, mean, std, padding=4, dtype=np.fl
     as in torchvision's RandomCrop before Normalize."""
     images = _uint8_images(images)
     n = images.shape[0]
-    if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
-        raise ValueError(f"padding must be a non-negative int, got {padding!r}")
+    padding = _check_int(padding, "padding", 0, _MAX_PADDING)
     oy = _offsets(oy, n, 2 * padding, "oy")
     ox = _offsets(ox, n, 2 * padding, "ox")
     flips = _offsets(flips, n, 1, "flips").astype(np.uint8)
@@ -129,15 +148,18 @@ def augment_normalize(images, mean, std, rng, padding=4, flip=True, dtype=np.flo
     oy, ox (each uniform in [0, 2*padding]) and then the flips from the numpy Generator ``rng``."""
     images = _uint8_images(images)
     n = images.shape[0]
+    padding = _check_int(padding, "padding", 0, _MAX_PADDING)
     oy = rng.integers(0, 2 * padding + 1, n)
     ox = rng.integers(0, 2 * padding + 1, n)
     flips = rng.integers(0, 2, n) if flip else np.zeros(n, dtype=np.int64)
     return crop_flip_normalize(images, oy, ox, flips, mean, std, padding=padding, dtype=dtype)
 
 
-def _check_int(value, name, minimum):
+def _check_int(value, name, minimum, maximum=None):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}, got {value!r}")
     return int(value)
 
 
@@ -165,7 +187,7 @@ class DataLoader:
                              f"got {labels.dtype} {labels.shape}")
         self.labels = np.ascontiguousarray(labels, dtype=np.int64)
         self.batch_size = _check_int(batch_size, "batch_size", 1)
-        self.padding = _check_int(padding, "padding", 0)
+        self.padding = _check_int(padding, "padding", 0, _MAX_PADDING)
         self.shuffle, self.augment, self.flip = bool(shuffle), bool(augment), bool(flip)
         self.drop_last = bool(drop_last)
         self.dtype = _float_dtype(dtype)

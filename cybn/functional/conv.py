@@ -23,7 +23,7 @@ from threadpoolctl import ThreadpoolController
 
 from .._kernels import conv as _k
 from .._threads import kernel_threads
-from ._checks import float_array, nonnegative_int, pair, positive_int
+from ._checks import MAX_INT, float_array, nonnegative_int, pair, positive_int
 
 __all__ = ["conv2d", "conv2d_backward"]
 
@@ -154,8 +154,17 @@ def _check(x, weight, stride, padding):
     if kh > H + 2 * ph or kw > W + 2 * pw:
         raise ValueError(f"kernel {(kh, kw)} of weight {weight.shape} is larger than the padded "
                          f"input {(H + 2 * ph, W + 2 * pw)} of x {x.shape} with padding {(ph, pw)}")
+    # The kernels index in C int (and BLAS takes int sizes): bound every derived size.
+    if H + 2 * ph > MAX_INT or W + 2 * pw > MAX_INT:
+        raise ValueError(f"padding {(ph, pw)} is too large: the padded input "
+                         f"{(H + 2 * ph, W + 2 * pw)} of x {x.shape} must be <= {MAX_INT} per side")
     Ho = (H + 2 * ph - kh) // sh + 1
     Wo = (W + 2 * pw - kw) // sw + 1
+    if Ho * Wo > MAX_INT:
+        raise ValueError(f"the output plane {(Ho, Wo)} of x {x.shape} with padding {(ph, pw)} and "
+                         f"stride {(sh, sw)} has more than {MAX_INT} elements")
+    if F * C * kh * kw > MAX_INT:
+        raise ValueError(f"weight {weight.shape} has more than {MAX_INT} elements")
     return x, weight, (sh, sw), (ph, pw), (Ho, Wo)
 
 
@@ -200,6 +209,8 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, compute_dx=True):
     if dy.shape != (N, F, Ho, Wo):
         raise ValueError(f"dy must have the forward output shape {(N, F, Ho, Wo)} of x {x.shape} "
                          f"and weight {weight.shape}, got {dy.shape}")
+    if not isinstance(compute_dx, (bool, np.bool_)):
+        raise TypeError(f"compute_dx must be a bool, got {type(compute_dx).__name__} {compute_dx!r}")
     compute_dx = bool(compute_dx)
     dweight = np.empty_like(weight)
     dbias = np.empty(F, dtype=x.dtype)

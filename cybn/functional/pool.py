@@ -38,6 +38,9 @@ def _geometry(shape, kernel_size, stride, padding):
         raise ValueError(f"padding {(ph, pw)} must be at most half the kernel size {(kh, kw)} "
                          "(padding <= kernel_size // 2)")
     H, W = shape[2], shape[3]
+    if H == 0 or W == 0:
+        # with padding the windows would hold padding only: no element to take the max of
+        raise ValueError(f"x of shape {shape} has an empty input plane (H = {H}, W = {W})")
     Ho = (H + 2 * ph - kh) // sh + 1
     Wo = (W + 2 * pw - kw) // sw + 1
     if Ho < 1 or Wo < 1:

@@ -36,7 +36,10 @@ _XENT_BACKWARD = _by_dtype(_k.xent_backward)
 
 def _matrix(x, name):
     """x as a C-contiguous float32/float64 (N >= 1, C >= 1) array, or raise naming the problem."""
-    if not isinstance(x, np.ndarray):
+    if type(x) is not np.ndarray:  # _checks policy: ndarray subclasses are rejected too
+        if isinstance(x, np.ndarray):
+            raise TypeError(f"{name} must be a plain numpy.ndarray, got the subclass "
+                            f"{type(x).__name__} (convert it with np.asarray first)")
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name} must have dtype float32 or float64, got {x.dtype}")
@@ -54,6 +57,9 @@ def _labels(labels, n, c):
     """labels as contiguous int64 (n,) with every value in [0, c) (checked in one compiled pass)."""
     if not isinstance(labels, np.ndarray):
         raise TypeError(f"labels must be a numpy.ndarray, got {type(labels).__name__}")
+    original = labels  # for the message: uint64 values >= 2**63 wrap negative in int64
+    if type(labels) is not np.ndarray:
+        labels = np.asarray(labels)
     if labels.dtype != _INT64:
         if labels.dtype.kind not in "iu":
             raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
@@ -64,7 +70,7 @@ def _labels(labels, n, c):
         labels = np.ascontiguousarray(labels)
     bad = _k.first_bad_label(labels, c)
     if bad >= 0:
-        raise ValueError(f"labels must lie in [0, {c}), found {labels[bad]} at index {bad}")
+        raise ValueError(f"labels must lie in [0, {c}), found {original[bad]} at index {bad}")
     return labels
 
 
@@ -99,7 +105,10 @@ def softmax_cross_entropy_backward(probs, labels, grad=1.0):
     labels = _labels(labels, n, c)
     if isinstance(grad, bool) or not isinstance(grad, numbers.Real):
         raise TypeError(f"grad must be a real number, got {grad!r}")
-    grad = float(grad)
+    try:
+        grad = float(grad)
+    except OverflowError:  # a Python int beyond the float range (10**400)
+        raise ValueError("grad must be a finite number, got an integer too large for a float") from None
     if grad != grad or grad in (float("inf"), float("-inf")):
         raise ValueError(f"grad must be a finite number, got {grad}")
     dx = np.empty_like(probs)

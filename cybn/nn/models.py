@@ -1,6 +1,8 @@
 """Model builders."""
 import numpy as np
 
+from ..functional._checks import finite_float
+
 from .container import Sequential
 from .layers import BatchNorm1D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU
 from .module import as_generator, float_dtype
@@ -38,7 +40,7 @@ def cnn7(bn="none", init="uniform:0.001", dtype=np.float32, seed=0, dropout=0.0,
     if bn not in BN_CHOICES:
         raise ValueError(f"bn must be one of {BN_CHOICES}, got {bn!r}")
     dtype = float_dtype(dtype)
-    dropout = float(dropout)
+    dropout = finite_float(dropout, "dropout")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     rng = as_generator(seed)

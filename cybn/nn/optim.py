@@ -16,13 +16,15 @@ import math
 
 import numpy as np
 
+from ..functional._checks import finite_float
+
 __all__ = ["SGD", "LRSchedule", "ConstantLR", "StepLR", "CosineLR", "WarmupLR", "schedule_from_spec",
            "SCHEDULE_FORMS"]
 
 
 def _nonneg(v, name):
-    v = float(v)
-    if not (math.isfinite(v) and v >= 0):
+    v = finite_float(v, name)
+    if v < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {v}")
     return v
 
