@@ -43,9 +43,8 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+# cybn is imported from the environment (tests/conftest.py points PYTHONPATH at the cybn under
+# test); run it by hand as: PYTHONPATH=<folder holding the built cybn> python tests/fuzz_driver.py
 
 import numpy as np  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st  # noqa: E402

@@ -29,7 +29,6 @@ from cybn import data as D
 from cybn import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 DRIVER = os.path.join(HERE, "fuzz_driver.py")
 
 
@@ -50,7 +49,6 @@ def run_fuzz_session(examples, seed, timeout, threads=None, only=None):
             cmd += ["--threads", str(threads)]
         if only:
             cmd += ["--only", only]
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
         def last_case():
             try:
@@ -60,7 +58,7 @@ def run_fuzz_session(examples, seed, timeout, threads=None, only=None):
                 return "(no case log)"
 
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=HERE)
         except subprocess.TimeoutExpired as e:
             pytest.fail(f"fuzz session (seed {seed}) hung for more than {timeout} s; running case:\n"
                         f"{last_case()}\nstderr tail:\n{(e.stderr or b'')[-2000:]!r}")
@@ -118,7 +116,7 @@ def test_driver_reports_a_signal_death_with_its_case(tmp_path):
     """))
     log = tmp_path / "case.txt"
     proc = subprocess.run([sys.executable, str(script), str(log)], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                          cwd=HERE)
     assert proc.returncode == -signal.SIGSEGV
     assert log.read_text().startswith("case #1: relu ")
 
@@ -147,7 +145,7 @@ AUGMENT_CRASH = textwrap.dedent("""
 
 def test_reported_bug_augment_heap_overflow():
     proc = subprocess.run([sys.executable, "-c", AUGMENT_CRASH], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                          cwd=HERE)
     assert proc.returncode == 0, f"exit {proc.returncode} ({_signal_name(proc.returncode)}): {proc.stderr[-500:]}"
 
 
@@ -196,7 +194,7 @@ CONV_STRIDE_CRASH = textwrap.dedent("""
 
 def test_reported_bug_conv_stride_int_overflow():
     proc = subprocess.run([sys.executable, "-c", CONV_STRIDE_CRASH], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+                          cwd=HERE)
     assert proc.returncode == 0, f"exit {proc.returncode} ({_signal_name(proc.returncode)}): {proc.stderr[-500:]}"
 
 

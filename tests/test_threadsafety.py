@@ -236,8 +236,7 @@ def test_blas_thread_limit_restored_after_concurrent_conv():
 def test_soak_memory_growth():
     """benchmarks/soak.py (fewer steps): resident memory grows < 5 % after the first 100 steps."""
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "soak.py"), "--steps", "800",
-                           "--json"], capture_output=True, text=True, timeout=1200, cwd=ROOT,
-                          env=dict(os.environ, PYTHONPATH=ROOT))
+                           "--json"], capture_output=True, text=True, timeout=1200, cwd=os.path.join(ROOT, "tests"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"\nsoak: RSS {result['rss_mib_at_warmup']:.1f} MiB at step {result['warmup_steps']}, "
