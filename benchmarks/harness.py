@@ -104,9 +104,10 @@ def header(torch="auto"):
         lines.append(f"- BLAS: {b['internal_api']} {b['version']}, kernel {b['architecture']}, "
                      f"{b['num_threads']} threads ({where})")
     try:
-        load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
-        lines.append(f"- load average (1/5/15 min) at start: {load} "
-                     f"(above the {info['cores_available']} cores: other processes compete for the CPU)")
+        loads = os.getloadavg()
+        busy = (f" (above the {info['cores_available']} cores: other processes compete for the CPU)"
+                if loads[0] > info["cores_available"] else "")
+        lines.append(f"- load average (1/5/15 min) at start: {', '.join(f'{v:.2f}' for v in loads)}{busy}")
     except OSError:
         pass
     if torch is not None:
