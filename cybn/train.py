@@ -130,9 +130,10 @@ class Trainer:
     def _check_finite(self, loss):
         if not math.isfinite(loss):
             return f"step {self.step}: the loss is {loss}"
-        for name, _, grad, _ in self.model.named_parameters():
+        for name, _, grad, layer in self.model.named_parameters():
             if not np.isfinite(grad).all():
-                return f"step {self.step}: the gradient of parameter {name!r} has NaN/Inf values"
+                return (f"step {self.step}: the gradient of parameter {name!r} (layer {layer!r}) "
+                        "has NaN/Inf values")
         return None
 
     def train_step(self, x, y):

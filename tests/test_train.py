@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from cybn.checkpoint import load_checkpoint
 from cybn.data import DataLoader
 from cybn.nn import (SGD, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU, Sequential,
                      SoftmaxCrossEntropy, schedule_from_spec)
@@ -96,6 +97,18 @@ def test_nan_stops_with_step_and_parameter(tmp_path):
     with pytest.raises(NonFiniteError, match="step 10"):
         trainer.train_step(x, y)
     assert_same_weights(weights(trainer.model), good)
+    # The last good checkpoint is intact and holds the good weights.
+    arrays, meta = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert meta["step"] == 10
+    assert_same_weights({k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}, good)
+
+
+def test_nan_gradient_names_the_parameter_and_layer():
+    trainer = make_trainer()
+    x, y = next(iter(make_loader()))
+    trainer.loss_fn.backward = lambda: np.full((10, 4), np.nan, np.float32)  # finite loss, NaN grads
+    with pytest.raises(NonFiniteError, match=r"step 0: the gradient of parameter '0.weight' \(layer Conv2D"):
+        trainer.train_step(x, y)
 
 
 def test_nan_skip_policy_keeps_going():
