@@ -83,3 +83,10 @@ def test_resume_continues_the_run_bit_identically(tmp_path, cifar_mini):
 def test_resume_without_checkpoint_is_an_error(tmp_path):
     r = run_cli("train", "--resume", str(tmp_path))
     assert r.returncode == 2 and "checkpoint.npz" in r.stderr
+
+
+@pytest.mark.parametrize("script", ["small_init.py", "train_cnn7.py"])
+def test_examples_start(script):
+    r = subprocess.run([sys.executable, str(TESTS_DIR.parent / "examples" / script), "--help"],
+                       capture_output=True, text=True, cwd=TESTS_DIR)
+    assert r.returncode == 0 and "--data" in r.stdout
