@@ -5,23 +5,10 @@ import pytest
 import cybn
 from cybn import functional as F
 from cybn import reference as R
+from gradcheck import numerical_grad
 
 SHAPES = [(), (0,), (1,), (7,), (3, 5), (1, 1, 1, 1), (2, 3, 5, 7), (4, 3, 2, 3, 2), (128, 1001)]
 
-
-def numerical_grad(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

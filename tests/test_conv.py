@@ -5,6 +5,7 @@ import pytest
 import cybn
 from cybn import functional as fn
 from cybn import reference as ref
+from gradcheck import numerical_grad
 
 # (N, C, H, W, F, kh, kw, stride, padding, bias)
 CASES = [
@@ -128,20 +129,6 @@ def test_float32_matches_float64_reference(rng, case, threads):
         np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
-def numeric_grad(f, a, eps=1e-6):
-    """Central differences of the scalar f() w.r.t. every entry of a (modified in place)."""
-    g = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gflat[i] = (fp - fm) / (2 * eps)
-    return g
-
 
 @pytest.mark.parametrize("mod", [ref, fn], ids=["reference", "functional"])
 @pytest.mark.parametrize("case", [CASES[1], CASES[4], CASES[3]], ids=[IDS[1], IDS[4], IDS[3]])
@@ -154,9 +141,9 @@ def test_gradients_finite_differences(rng, mod, case):
     # one thread: hundreds of tiny calls, and the point here is the maths, not the threading
     with cybn.num_threads(1):
         dx, dw, db = mod.conv2d_backward(g, x, w, s, p)
-        np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(dw, numeric_grad(loss, w), rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(db, numeric_grad(loss, b), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(dw, numerical_grad(loss, w), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(db, numerical_grad(loss, b), rtol=1e-6, atol=1e-7)
 
 
 def test_compute_dx_false(rng, threads):

@@ -4,6 +4,7 @@ import pytest
 
 from cybn import functional as F
 from cybn import reference as R
+from gradcheck import numerical_grad
 
 SHAPES = [(1, 1, 1), (1, 7, 3), (5, 3, 8), (17, 33, 10), (64, 129, 31)]  # (N, in, out)
 
@@ -15,21 +16,6 @@ def make(rng, N, fin, fout, dtype=np.float64):
     dy = rng.standard_normal((N, fout)).astype(dtype)
     return x, w, b, dy
 
-
-def numerical_grad(f, a, eps=1e-6):
-    """Central differences of the scalar f() w.r.t. every entry of a (modified in place)."""
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 @pytest.mark.parametrize("shape", SHAPES)

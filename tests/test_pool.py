@@ -6,6 +6,7 @@ import pytest
 import cybn
 from cybn import functional as F
 from cybn import reference as R
+from gradcheck import numerical_grad
 
 # (x shape, kernel_size, stride, padding): odd sizes, 1x1 output, non-square kernel/stride,
 # padding, batch 1, floor mode (sizes that do not divide), overlapping windows (stride < kernel).
@@ -29,20 +30,6 @@ def distinct(rng, shape, dtype=np.float64):
     n = int(np.prod(shape))
     return (rng.permutation(n) * 0.1 - n * 0.05).reshape(shape).astype(dtype)
 
-
-def numerical_grad(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
