@@ -126,6 +126,27 @@ class SmallInitExperiment:
             error = str(e)
         return trainer, error, time.perf_counter() - start
 
+    def _full_run(self, label, config, eval_every=None):
+        """Train one full-length configuration, recording pre-activations, losses and (every
+        ``eval_every`` steps, if given) test accuracy; returns its record for results.json."""
+        o = self.o
+        recorder = PreactivationRecorder(every=o.record_every, loss_every=o.loss_every)
+        callbacks = [recorder]
+        periodic = None
+        if eval_every is not None:
+            periodic = PeriodicEval(self.data.test_loader(limit=o.test_limit), eval_every)
+            callbacks.append(periodic)
+        trainer, error, seconds = self._train(config, callbacks=callbacks)
+        history = trainer.history if trainer else []
+        return {
+            "label": label, "config": config.to_json(), "error": error,
+            "history": history, "losses": recorder.losses, "preactivations": recorder.records,
+            "preact_at_init": recorder.at_init, "test_points": periodic.points if periodic else [],
+            "seconds": seconds, "eval_seconds": periodic.seconds if periodic else 0.0,
+            "images_per_s": float(np.mean([h["images_per_s"] for h in history])) if history else None,
+            "outcome": classify([v for _, v in recorder.losses]),
+        }
+
     # ------------------------------------------------------------------ parts
     def run_main(self):
         o = self.o
@@ -135,22 +156,11 @@ class SmallInitExperiment:
         for key in o.configs:
             spec = CONFIGS[key]
             self.log(f"[main] {spec['label']}: {o.epochs} epochs, lr {o.lr}")
-            recorder = PreactivationRecorder(every=o.record_every, loss_every=o.loss_every)
-            periodic = PeriodicEval(self.data.test_loader(limit=o.test_limit), eval_every)
-            config = self._config(bn=spec["bn"], init=spec["init"])
-            trainer, error, seconds = self._train(config, callbacks=(recorder, periodic))
-            history = trainer.history if trainer else []
-            runs[key] = {
-                "label": spec["label"], "config": config.to_json(), "error": error,
-                "history": history, "losses": recorder.losses, "preactivations": recorder.records,
-                "preact_at_init": recorder.at_init, "test_points": periodic.points,
-                "seconds": seconds, "eval_seconds": periodic.seconds,
-                "images_per_s": float(np.mean([h["images_per_s"] for h in history])) if history else None,
-                "outcome": classify([v for _, v in recorder.losses]),
-            }
+            runs[key] = self._full_run(spec["label"], self._config(bn=spec["bn"], init=spec["init"]), eval_every)
+            history = runs[key]["history"]
             last = history[-1] if history else {}
             self.log(f"[main] {key}: outcome {runs[key]['outcome']}, train loss {last.get('train_loss')}, "
-                     f"test acc {last.get('test_accuracy')}, {seconds:.0f} s")
+                     f"test acc {last.get('test_accuracy')}, {runs[key]['seconds']:.0f} s")
             self.results["runs"][key] = runs[key]
             self.on_update(self.results)
         if "b" in runs and "d" in runs:
@@ -214,16 +224,8 @@ class SmallInitExperiment:
         """The control (d) with Dropout before the last layer, for comparison with (b) and (d)."""
         o = self.o
         self.log(f"[dropout] control + Dropout({o.dropout})")
-        recorder = PreactivationRecorder(every=o.record_every, loss_every=o.loss_every)
         config = self._config(bn="none", init="he", dropout=o.dropout)
-        trainer, error, seconds = self._train(config, callbacks=(recorder,))
-        history = trainer.history if trainer else []
-        self.results["runs"]["d_dropout"] = {
-            "label": f"(d') control + Dropout({o.dropout})", "config": config.to_json(), "error": error,
-            "history": history, "losses": recorder.losses, "preact_at_init": recorder.at_init,
-            "preactivations": recorder.records, "test_points": [], "seconds": seconds,
-            "images_per_s": float(np.mean([h["images_per_s"] for h in history])) if history else None,
-            "outcome": classify([v for _, v in recorder.losses])}
+        self.results["runs"]["d_dropout"] = self._full_run(f"(d') control + Dropout({o.dropout})", config)
 
     def run_scale(self):
         rows = []

@@ -8,12 +8,12 @@ import numbers
 import numpy as np
 
 from .. import functional as F
+from ..functional._checks import MAX_INT
 from . import init as _init
 from .module import Module, _not_plain_array, as_generator, float_dtype
 
 # Sizes and geometry reach C ``int`` kernel arguments and BLAS dimensions: anything larger is
 # an input bug (it could never be allocated), reported as a ValueError naming the argument.
-MAX_DIM = 2**31 - 1
 
 __all__ = ["Conv2D", "Linear", "BatchNorm1D", "BatchNorm2D", "ReLU", "MaxPool2D", "Flatten", "Dropout",
            "SoftmaxCrossEntropy"]
@@ -32,8 +32,8 @@ def _pair(v, name, minimum=1):
             raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
         if a < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {v!r}")
-        if a > MAX_DIM:
-            raise ValueError(f"{name} must be <= {MAX_DIM} (2**31 - 1), got {v!r}")
+        if a > MAX_INT:
+            raise ValueError(f"{name} must be <= {MAX_INT} (2**31 - 1), got {v!r}")
     return int(vals[0]), int(vals[1])
 
 
@@ -42,8 +42,8 @@ def _positive(v, name):
         raise TypeError(f"{name} must be an int, got {v!r}")
     if v < 1:
         raise ValueError(f"{name} must be >= 1, got {v}")
-    if v > MAX_DIM:
-        raise ValueError(f"{name} must be <= {MAX_DIM} (2**31 - 1), got {v}")
+    if v > MAX_INT:
+        raise ValueError(f"{name} must be <= {MAX_INT} (2**31 - 1), got {v}")
     return int(v)
 
 
