@@ -41,6 +41,18 @@ def test_bad_values_are_clear_errors(tmp_path, args, message, cifar_mini):
     assert message in r.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--parts", "main,wobble"], "wobble"),
+    (["--configs", "a,e"], "'e'"),
+    (["--parts", "steps"], "configuration d"),
+    (["--parts", "main,steps", "--configs", "b"], "configuration d"),
+])
+def test_bad_experiment_parts_are_clear_errors(tmp_path, args, message):
+    r = run_cli("experiment", "small-init", "--out", str(tmp_path), *args)
+    assert r.returncode == 2
+    assert message in r.stderr
+
+
 def test_missing_data_says_where_it_looked(tmp_path):
     missing = tmp_path / "nowhere"
     r = run_cli("train", "--data", str(missing), "--out", str(tmp_path / "o"))

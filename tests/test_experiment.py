@@ -7,7 +7,7 @@ import pytest
 
 from cybn.experiments.recipe import CifarData
 from cybn.experiments.report import write_report
-from cybn.experiments.small_init import Options, SmallInitExperiment, classify
+from cybn.experiments.small_init import Options, SmallInitExperiment, classify, steps_to_accuracy
 
 LN10 = math.log(10)
 
@@ -19,7 +19,7 @@ def quick_results(request):
     if not path.exists():
         pytest.skip(f"{path} not found")
     data = CifarData(path, train_limit=2560, test_limit=500, quiet=True)
-    options = Options.quick(parts=("main", "scale"), configs=("a", "b"), epochs=2, train_limit=2560,
+    options = Options.quick(parts=("main", "steps", "scale"), configs=("a", "b", "d"), epochs=2, train_limit=2560,
                             test_limit=500, batch_size=64, lr=0.01, record_every=20, evals_per_epoch=1)
     return SmallInitExperiment(data, options, log=lambda *a: None).run()
 
@@ -48,6 +48,17 @@ def test_bn_everywhere_small_init_learns(quick_results):
     assert b["history"][-1]["test_accuracy"] > 0.2
 
 
+def test_steps_part_runs_bn_at_the_larger_rate(quick_results):
+    runs, ratios = quick_results["runs"], quick_results["steps_to_control_best"]
+    assert runs["b_fast"]["config"]["lr"] == pytest.approx(5 * runs["b"]["config"]["lr"])
+    assert set(ratios) == {"b", "b_fast"}
+    best_step, best_acc, _ = max(runs["d"]["test_points"], key=lambda p: (p[1], -p[0]))
+    for key, ratio in ratios.items():
+        assert (ratio["control_steps"], ratio["control_best_accuracy"]) == (best_step, best_acc)
+        if ratio["bn_steps"] is not None:
+            assert ratio["ratio"] == best_step / ratio["bn_steps"]
+
+
 def test_scale_invariance_identity(quick_results):
     for row in quick_results["scale_invariance"]:
         if row["init"] == "he" and row["k"] > 1:  # variance >> eps: invariant up to eps/var ~ 1e-5
@@ -68,3 +79,24 @@ def test_report_tables_carry_the_numbers(quick_results, tmp_path):
     ([2.3, 9.0, 12.0, 15.0, 20.0], "diverged"), ([], "diverged")])
 def test_classify(losses, outcome):
     assert classify(losses) == outcome
+
+
+def _run_with_test_points(points):
+    return {"test_points": [(step, acc, 0.0) for step, acc in points]}
+
+
+def test_steps_to_accuracy_counts_the_first_evaluation_at_the_controls_best():
+    control = _run_with_test_points([(100, 0.30), (200, 0.50), (300, 0.50), (400, 0.45)])
+    bn = _run_with_test_points([(100, 0.40), (200, 0.55), (300, 0.60)])
+    # The control's best is its earliest evaluation at the top accuracy: step 200, not 300.
+    assert steps_to_accuracy(bn, control) == {"control_best_accuracy": 0.50, "control_steps": 200,
+                                              "bn_steps": 200, "ratio": 1.0}
+    slow = _run_with_test_points([(100, 0.20), (200, 0.49)])
+    assert steps_to_accuracy(slow, control)["ratio"] is None
+    assert steps_to_accuracy(bn, _run_with_test_points([])) is None
+
+
+def test_steps_part_needs_the_control():
+    experiment = SmallInitExperiment(None, Options.quick(parts=("steps",)), log=lambda *a: None)
+    with pytest.raises(ValueError, match="control"):
+        experiment.run()

@@ -5,7 +5,7 @@ import os
 import platform
 import time
 
-from .small_init import CONFIGS, PARTS, Options
+from .small_init import CONFIGS, DEFAULT_PARTS, PARTS, Options
 
 
 def _csv(kind):
@@ -32,8 +32,9 @@ def add_experiment_parser(sub):
     p.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate of the shared cosine schedule (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="one seed for weights, data order and augmentation")
-    p.add_argument("--parts", type=_csv(str), default=PARTS,
-                   help=f"comma-separated parts to run, from {','.join(PARTS)} (default: all)")
+    p.add_argument("--parts", type=_csv(str), default=DEFAULT_PARTS,
+                   help=f"comma-separated parts to run, from {','.join(PARTS)}, or 'all' "
+                        f"(default: {','.join(DEFAULT_PARTS)}); 'steps' needs 'main' with configuration d")
     p.add_argument("--configs", type=_csv(str), default=tuple(CONFIGS),
                    help="configurations for the main part, from a,b,c,d (default: all)")
     p.add_argument("--sweep-steps", type=_positive_int, default=None,
@@ -63,9 +64,14 @@ def run_experiment(parser, args):
         with open(path) as f:
             print(f"report: {write_report(json.load(f), args.out, plots=not args.no_plots)}")
         return 0
+    if args.parts == ("all",):
+        args.parts = PARTS
     bad = [x for x in args.parts if x not in PARTS] + [x for x in args.configs if x not in CONFIGS]
     if bad:
-        parser.error(f"unknown part or configuration {bad}: parts are {PARTS}, configurations {tuple(CONFIGS)}")
+        parser.error(f"unknown part or configuration {bad}: parts are {PARTS} or all, "
+                     f"configurations {tuple(CONFIGS)}")
+    if "steps" in args.parts and not ("main" in args.parts and "d" in args.configs):
+        parser.error("part 'steps' compares with the control: add part 'main' with configuration d")
     overrides = {"lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "parts": args.parts,
                  "configs": args.configs, "threads": args.threads}
     if args.epochs is not None:

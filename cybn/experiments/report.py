@@ -38,11 +38,11 @@ def main_table(runs):
     for key, r in runs.items():
         last = r["history"][-1] if r["history"] else {}
         best = max((h.get("test_accuracy") or 0 for h in r["history"]), default=None)
-        rows.append([r["label"], r["outcome"], _fmt(last.get("train_loss"), ".4f"),
+        rows.append([r["label"], _fmt(r["config"]["lr"], "g"), r["outcome"], _fmt(last.get("train_loss"), ".4f"),
                      _pct(last.get("train_accuracy")), _pct(last.get("test_accuracy")), _pct(best),
                      _fmt(_last_layer(r["preact_at_init"]), ".2e"),
                      f"{r['seconds']:.0f} s", _fmt(r.get("images_per_s"), ".0f")])
-    return _table(["configuration", "outcome", "final train loss", "train acc", "test acc", "best test acc",
+    return _table(["configuration", "peak lr", "outcome", "final train loss", "train acc", "test acc", "best test acc",
                    "last-layer pre-activation std at init", "wall time", "images/s"], rows)
 
 
@@ -67,12 +67,16 @@ def write_report(results, out_dir, plots=True):
         parts += ["## Configurations", "", main_table(runs), "",
                   "## Per-layer pre-activation scale at initialization (std of each layer's output)", "",
                   preact_table(runs), ""]
-    ratio = results.get("steps_to_control_best")
-    if ratio:
+    ratios = {k: v for k, v in (results.get("steps_to_control_best") or {}).items() if v}
+    if ratios:
+        rows = [[runs[k]["label"], _fmt(runs[k]["config"]["lr"], "g"), _fmt(r["bn_steps"]),
+                 _fmt(r["ratio"], ".2f") + ("×" if r["ratio"] else " (not reached)")] for k, r in ratios.items()]
+        first = next(iter(ratios.values()))
         parts += ["## Steps to the control's best test accuracy", "",
-                  f"The control (d) reached its best test accuracy {_pct(ratio['control_best_accuracy'])} "
-                  f"at step {ratio['control_steps']}; BN everywhere (b) reached it at step "
-                  f"{_fmt(ratio['bn_steps'])}: ratio {_fmt(ratio['ratio'], '.2f')}×.", ""]
+                  f"The control (d) reached its best test accuracy, {_pct(first['control_best_accuracy'])}, "
+                  f"at step {first['control_steps']} (test accuracy is measured {results['options']['evals_per_epoch']} "
+                  f"times per epoch).", "",
+                  _table(["BN run", "peak lr", "step it reached that accuracy", "control steps / BN steps"], rows), ""]
     if results.get("eps_sweep"):
         rows = [[_fmt(r["lr"], "g"), _fmt(r["eps"], ".0e"), _fmt(r["last_layer_var_at_init"], ".2e"),
                  _fmt(r["xhat_scale_at_init"], ".2e"), _fmt(r["bn_gain_at_init"], ".2e"), r["outcome"],
