@@ -76,7 +76,8 @@ def test_report_tables_carry_the_numbers(quick_results, tmp_path):
 
 @pytest.mark.parametrize("losses,outcome", [
     ([2.3026] * 20, "chance"), ([2.3, 2.0, 1.5, 1.2, 1.1], "trains"), ([2.3, float("nan")], "diverged"),
-    ([2.3, 9.0, 12.0, 15.0, 20.0], "diverged"), ([], "diverged")])
+    ([2.3, 9.0, 12.0, 15.0, 20.0], "diverged"), ([], "diverged"), ([2.3, 2.6, 2.55, 2.6, 2.5], "above chance"),
+    ([2.3, 2.2, 2.15, 2.1, 2.1], "barely")])
 def test_classify(losses, outcome):
     assert classify(losses) == outcome
 

@@ -79,7 +79,8 @@ class Options:
 
 def classify(losses):
     """Outcome of a run from its loss trace: diverged (NaN/Inf or above chance by far), chance
-    (stays within 2% of ln 10), or trains (ends clearly below chance)."""
+    (stays within 2% of ln 10), above chance (confident but wrong: large random logits), trains
+    (ends clearly below chance) or barely (in between)."""
     if not losses or not all(math.isfinite(v) for v in losses):
         return "diverged"
     tail = float(np.mean(losses[-max(1, len(losses) // 5):]))
@@ -87,6 +88,8 @@ def classify(losses):
         return "diverged"
     if abs(tail - CHANCE_LOSS) < 0.02 * CHANCE_LOSS:
         return "chance"
+    if tail > CHANCE_LOSS:
+        return "above chance"
     return "trains" if tail < 0.9 * CHANCE_LOSS else "barely"
 
 
