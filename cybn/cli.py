@@ -72,6 +72,8 @@ def add_train_options(p):
     p.add_argument("--init", type=_init_spec, default=d.init,
                    help="weight init: uniform:A for U(-A, A), he, glorot, ... (default: %(default)s)")
     p.add_argument("--bn-eps", type=_positive_float, default=d.bn_eps, help="BN epsilon (default: %(default)s)")
+    p.add_argument("--no-bias", dest="bias", action="store_false",
+                   help="no conv/linear biases anywhere (with BN they are already dropped where BN follows)")
     p.add_argument("--dropout", type=_nonneg_float, default=d.dropout,
                    help="dropout probability before the last linear layer (default: %(default)s)")
     p.add_argument("--lr", type=_nonneg_float, default=d.lr, help="peak learning rate (default: %(default)s)")
@@ -125,7 +127,7 @@ def build_parser():
 def _config_from_args(args):
     from .experiments.recipe import TrainConfig
     return TrainConfig(
-        bn=args.bn, init=args.init, bn_eps=args.bn_eps, dropout=args.dropout, lr=args.lr,
+        bn=args.bn, init=args.init, bn_eps=args.bn_eps, bias=args.bias, dropout=args.dropout, lr=args.lr,
         momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
         decay_bn_and_bias=args.decay_bn_and_bias, schedule=args.schedule, epochs=args.epochs or TrainConfig.epochs,
         max_steps=args.steps, batch_size=args.batch_size, augment=not args.no_augment, seed=args.seed,

@@ -59,6 +59,22 @@ def test_steps_part_runs_bn_at_the_larger_rate(quick_results):
             assert ratio["ratio"] == best_step / ratio["bn_steps"]
 
 
+def test_bn_last_trains_with_tiny_eps_only_without_biases(cifar_mini):
+    """(c)'s mechanism: with epsilon below the last layer's variance, BN's backward gain (~1e15)
+    reaches the biases below it unnormalised, and one step swamps the 1e-11 signal; without biases,
+    at a rate scaled to the tiny weights, the same network trains."""
+    data = CifarData(cifar_mini, train_limit=2560, test_limit=100, quiet=True)
+    options = Options.quick(parts=("eps",), eps_values=(1e-5, 1e-30), eps_lrs=(2e-6,), eps_steps=40,
+                            sweep_train_limit=2560)
+    rows = SmallInitExperiment(data, options, log=lambda *a: None).run()["eps_sweep"]
+    outcome = {(r["bias"], r["eps"]): r for r in rows}
+    assert all(r["last_layer_var_at_init"] < 1e-26 for r in rows)
+    assert outcome[False, 1e-30]["outcome"] == "trains"
+    assert outcome[True, 1e-30]["outcome"] in ("diverged", "above chance")
+    for bias in (True, False):  # epsilon >> variance: x-hat ~ 1e-12, the logits are just beta
+        assert outcome[bias, 1e-5]["outcome"] == "chance"
+
+
 def test_scale_invariance_identity(quick_results):
     for row in quick_results["scale_invariance"]:
         if row["init"] == "he" and row["k"] > 1:  # variance >> eps: invariant up to eps/var ~ 1e-5

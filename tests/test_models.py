@@ -58,6 +58,17 @@ def test_structure_bn_all_and_last():
         cnn7(bn="first")
 
 
+@pytest.mark.parametrize("bn", ["none", "last"])
+def test_bias_free_variant_keeps_the_same_weights(bn):
+    with_bias, without = cnn7(bn=bn, seed=3), cnn7(bn=bn, seed=3, bias=False)
+    for layer_with, layer_without in zip(with_bias, without):
+        if isinstance(layer_with, (nn.Conv2D, nn.Linear)):
+            assert "bias" not in layer_without.params
+            np.testing.assert_array_equal(layer_with.params["weight"], layer_without.params["weight"])
+    with pytest.raises(TypeError, match="bias"):
+        cnn7(bias="no")
+
+
 def test_options_and_reproducibility(rng):
     a, b, c = cnn7(seed=3), cnn7(seed=3), cnn7(seed=4)
     for (k, p, _, _), (_, q, _, _), (_, r, _, _) in zip(a.named_parameters(), b.named_parameters(),

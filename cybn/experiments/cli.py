@@ -38,7 +38,9 @@ def add_experiment_parser(sub):
     p.add_argument("--configs", type=_csv(str), default=tuple(CONFIGS),
                    help="configurations for the main part, from a,b,c,d (default: all)")
     p.add_argument("--sweep-steps", type=_positive_int, default=None,
-                   help=f"steps of each epsilon / learning-rate sweep run (default {d.sweep_steps})")
+                   help=f"steps of each learning-rate sweep run (default {d.sweep_steps})")
+    p.add_argument("--eps-steps", type=_positive_int, default=None,
+                   help=f"steps of each epsilon sweep run (default {d.eps_steps})")
     p.add_argument("--quick", action="store_true",
                    help="a small version: 5,000 training / 1,000 test images, 2 epochs, short sweeps")
     p.add_argument("--no-plots", action="store_true", help="write tables only")
@@ -78,6 +80,8 @@ def run_experiment(parser, args):
         overrides["epochs"] = args.epochs
     if args.sweep_steps is not None:
         overrides["sweep_steps"] = args.sweep_steps
+    if args.eps_steps is not None:
+        overrides["eps_steps"] = args.eps_steps
     options = Options.quick(**overrides) if args.quick else Options(**overrides)
     if options.threads is not None:
         _threads.set_num_threads(options.threads)

@@ -19,6 +19,7 @@ class TrainConfig:
     bn: str = "all"
     init: str = "he"
     bn_eps: float = 1e-5
+    bias: bool = True
     dropout: float = 0.0
     lr: float = 0.05
     momentum: float = 0.9
@@ -66,7 +67,7 @@ class CifarData:
 def build_trainer(config, steps_per_epoch, out_dir=None, callbacks=(), progress=True):
     """Model, loss, optimizer, schedule and Trainer for ``config``."""
     model = cnn7(bn=config.bn, init=config.init, seed=config.seed, dropout=config.dropout,
-                 bn_eps=config.bn_eps)
+                 bn_eps=config.bn_eps, bias=config.bias)
     optimizer = SGD(model, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
                     weight_decay=config.weight_decay, decay_bn_and_bias=config.decay_bn_and_bias)
     total = config.max_steps or config.epochs * steps_per_epoch

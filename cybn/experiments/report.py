@@ -78,11 +78,11 @@ def write_report(results, out_dir, plots=True):
                   f"times per epoch).", "",
                   _table(["BN run", "peak lr", "step it reached that accuracy", "control steps / BN steps"], rows), ""]
     if results.get("eps_sweep"):
-        rows = [[_fmt(r["lr"], "g"), _fmt(r["eps"], ".0e"), _fmt(r["last_layer_var_at_init"], ".2e"),
-                 _fmt(r["xhat_scale_at_init"], ".2e"), _fmt(r["bn_gain_at_init"], ".2e"), r["outcome"],
+        rows = [["yes" if r.get("bias", True) else "no", _fmt(r["lr"], "g"), _fmt(r["eps"], ".0e"),
+                 _fmt(r["last_layer_var_at_init"], ".2e"), _fmt(r["xhat_scale_at_init"], ".2e"), _fmt(r["bn_gain_at_init"], ".2e"), r["outcome"],
                  _fmt(r["final_loss"], ".4f")] for r in results["eps_sweep"]]
         parts += ["## BN epsilon sweep, configuration (c)", "",
-                  _table(["lr", "ε", "last-layer batch variance at init", "std of x̂ = √(σ²/(σ²+ε))",
+                  _table(["biases", "lr", "ε", "last-layer batch variance at init", "std of x̂ = √(σ²/(σ²+ε))",
                           "BN gain 1/√(σ²+ε)", "outcome", "final loss"], rows), ""]
     lr = results.get("lr_sweep")
     if lr:
@@ -150,12 +150,13 @@ def write_plots(results, out_dir):
     if results.get("eps_sweep"):
         fig, ax = plt.subplots(figsize=(5, 3.4))
         rows = results["eps_sweep"]
-        for lr in sorted({r["lr"] for r in rows}):
-            pts = [(r["eps"], r["final_loss"] if r["outcome"] != "diverged" else float("nan"))
-                   for r in rows if r["lr"] == lr]
-            ax.semilogx(*zip(*pts), "o-", label=f"lr {lr:g}")
-            for r in rows:
-                if r["lr"] == lr and r["outcome"] == "diverged":
+        for bias, lr in sorted({(r.get("bias", True), r["lr"]) for r in rows}, reverse=True):
+            group = [r for r in rows if (r.get("bias", True), r["lr"]) == (bias, lr)]
+            pts = [(r["eps"], r["final_loss"] if r["outcome"] != "diverged" else float("nan")) for r in group]
+            ax.semilogx(*zip(*pts), "o-" if bias else "s--",
+                        label=f"lr {lr:g}, {'with' if bias else 'no'} biases")
+            for r in group:
+                if r["outcome"] == "diverged":
                     ax.plot(r["eps"], 1.5 * CHANCE, "x", color="red")
         var = [r["last_layer_var_at_init"] for r in rows if r["last_layer_var_at_init"]]
         if var:

@@ -18,6 +18,7 @@ The default parts (``main``, ``eps``, ``scale``) are the small-init claim itself
 hour on two cores; ``--parts all`` adds the paper's other claims.
 """
 import dataclasses
+import itertools
 import math
 import time
 
@@ -60,8 +61,12 @@ class Options:
     evals_per_epoch: int = 2
     sweep_steps: int = 150
     sweep_train_limit: int = 10000
-    eps_values: tuple = (1e-3, 1e-5, 1e-10, 1e-15, 1e-20, 1e-30)
-    eps_lrs: tuple = (0.02, 0.2)
+    eps_steps: int = 100
+    eps_values: tuple = (1e-5, 1e-10, 1e-15, 1e-20, 1e-30, 1e-36)  # last-layer variance at init ~3e-30
+    # 2e-6: the shared rate scaled down to the tiny weights, whose relative gradient |dW|/|W| is
+    # ~1e4 when BN's epsilon is negligible (BN makes the gradient scale as 1/|W|)
+    eps_lrs: tuple = (0.02, 2e-6)
+    eps_biases: tuple = (True, False)
     lr_base: float = 0.01
     lr_multipliers: tuple = (1, 3, 10, 30)
     steps_lr_multiplier: float = 5.0  # the paper's BN-x5
@@ -71,8 +76,8 @@ class Options:
     @classmethod
     def quick(cls, **overrides):
         base = dict(epochs=2, train_limit=5000, test_limit=1000, record_every=20, loss_every=5,
-                    sweep_steps=60, sweep_train_limit=5000, eps_values=(1e-5, 1e-12, 1e-20, 1e-30),
-                    eps_lrs=(0.05, 0.5), lr_multipliers=(1, 10, 100))
+                    sweep_steps=60, sweep_train_limit=5000, eps_steps=40, eps_values=(1e-5, 1e-20, 1e-30),
+                    lr_multipliers=(1, 10, 100))
         base.update(overrides)
         return cls(**base)
 
@@ -200,28 +205,29 @@ class SmallInitExperiment:
         self.log(f"[steps] {self.results['steps_to_control_best']['b_fast']}")
 
     def run_eps_sweep(self):
-        """(c) with BN's epsilon from far above to far below the last layer's batch variance."""
+        """(c) with BN's epsilon from far above to far below the last layer's batch variance, at
+        each learning rate, with the layers' biases and without them."""
         o = self.o
         rows = []
-        for lr in o.eps_lrs:
-            for eps in o.eps_values:
-                config = self._config(bn="last", init="uniform:0.001", bn_eps=eps, lr=lr,
-                                      schedule="constant", epochs=10**6, max_steps=o.sweep_steps,
-                                      train_limit=o.sweep_train_limit)
-                trace = LossTrace()
-                recorder = PreactivationRecorder(every=10**9, loss_every=1)
-                trainer, error, seconds = self._train(config, callbacks=(trace, recorder), eval_loader=False)
-                init = recorder.at_init
-                var = init.get("fc2", {}).get("channel_var", float("nan"))
-                losses = trace.losses
-                row = {"lr": lr, "eps": eps, "last_layer_var_at_init": var,
-                       "bn_gain_at_init": 1.0 / math.sqrt(var + eps),
-                       "xhat_scale_at_init": math.sqrt(var / (var + eps)),
-                       "final_loss": float(np.mean(losses[-10:])) if losses else None,
-                       "outcome": "diverged" if error else classify(losses),
-                       "error": error, "steps": len(losses), "seconds": seconds}
-                rows.append(row)
-                self.log(f"[eps] lr {lr:g} eps {eps:.0e}: {row['outcome']} (final loss {row['final_loss']})")
+        for bias, lr, eps in itertools.product(o.eps_biases, o.eps_lrs, o.eps_values):
+            config = self._config(bn="last", init="uniform:0.001", bn_eps=eps, lr=lr, bias=bias,
+                                  schedule="constant", epochs=10**6, max_steps=o.eps_steps,
+                                  train_limit=o.sweep_train_limit)
+            trace = LossTrace()
+            recorder = PreactivationRecorder(every=10**9, loss_every=1)
+            trainer, error, seconds = self._train(config, callbacks=(trace, recorder), eval_loader=False)
+            init = recorder.at_init
+            var = init.get("fc2", {}).get("channel_var", float("nan"))
+            losses = trace.losses
+            row = {"bias": bias, "lr": lr, "eps": eps, "last_layer_var_at_init": var,
+                   "bn_gain_at_init": 1.0 / math.sqrt(var + eps),
+                   "xhat_scale_at_init": math.sqrt(var / (var + eps)),
+                   "final_loss": float(np.mean(losses[-10:])) if losses else None,
+                   "outcome": "diverged" if error else classify(losses),
+                   "error": error, "steps": len(losses), "seconds": seconds}
+            rows.append(row)
+            self.log(f"[eps] {'biases' if bias else 'no biases'}, lr {lr:g}, eps {eps:.0e}: "
+                     f"{row['outcome']} (final loss {row['final_loss']})")
         self.results["eps_sweep"] = rows
         return rows
 

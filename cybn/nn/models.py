@@ -4,7 +4,7 @@ import numpy as np
 from ..functional._checks import finite_float
 
 from .container import Sequential
-from .layers import BatchNorm1D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU
+from .layers import BatchNorm1D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU, _flag
 from .module import as_generator, float_dtype
 
 __all__ = ["cnn7", "BN_CHOICES"]
@@ -13,7 +13,7 @@ BN_CHOICES = ("none", "all", "last")
 
 
 def cnn7(bn="none", init="uniform:0.001", dtype=np.float32, seed=0, dropout=0.0, width=32, hidden=256,
-         num_classes=10, bn_eps=1e-5, bn_momentum=0.1, input_grad=False):
+         num_classes=10, bn_eps=1e-5, bn_momentum=0.1, input_grad=False, bias=True):
     """The 7-layer CIFAR-10 CNN (input (N, 3, 32, 32)): five 3x3 convolutions (padding 1) and two
     linear layers, max-pooling (2x2, stride 2) between stages. With ``w = width`` (default 32)::
 
@@ -32,7 +32,9 @@ def cnn7(bn="none", init="uniform:0.001", dtype=np.float32, seed=0, dropout=0.0,
     then has no bias). ``init``: weight init spec (see ``cybn.nn.init.init_from_spec``), e.g.
     "uniform:0.001" (the small-init experiment), "he", "glorot", "torch". ``seed`` (or a
     Generator) makes weights and dropout masks reproducible (the weights do not depend on
-    ``dropout``). ``bn_eps`` / ``bn_momentum`` go to every BN layer. ``input_grad``: see
+    ``dropout``). ``bn_eps`` / ``bn_momentum`` go to every BN layer. ``bias=False`` drops every conv/linear bias
+    (the experiment's bias-free (c): with a tiny BN epsilon, BN's huge backward gain reaches the
+    biases below it unnormalised, unlike the weights, whose gradient scale invariance bounds). ``input_grad``: see
     ``Sequential`` (False: the first conv skips its input gradient). Layer indices and parameter names
     match the equivalent ``torch.nn.Sequential`` (Conv2d, BatchNorm2d, ReLU, MaxPool2d, Flatten,
     Linear, BatchNorm1d, Dropout), so its ``state_dict`` (converted to numpy) loads directly.
@@ -40,6 +42,7 @@ def cnn7(bn="none", init="uniform:0.001", dtype=np.float32, seed=0, dropout=0.0,
     if bn not in BN_CHOICES:
         raise ValueError(f"bn must be one of {BN_CHOICES}, got {bn!r}")
     dtype = float_dtype(dtype)
+    bias = _flag(bias, "bias")
     dropout = finite_float(dropout, "dropout")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
@@ -49,8 +52,8 @@ def cnn7(bn="none", init="uniform:0.001", dtype=np.float32, seed=0, dropout=0.0,
     layers = []
 
     def conv(cin, cout):
-        layers.append(Conv2D(cin, cout, 3, stride=1, padding=1, bias=not use_bn, dtype=dtype, rng=rng,
-                             init=init))
+        layers.append(Conv2D(cin, cout, 3, stride=1, padding=1, bias=bias and not use_bn, dtype=dtype,
+                             rng=rng, init=init))
         if use_bn:
             layers.append(BatchNorm2D(cout, **bn_kw))
         layers.append(ReLU())
@@ -65,13 +68,13 @@ def cnn7(bn="none", init="uniform:0.001", dtype=np.float32, seed=0, dropout=0.0,
     conv(2 * w, 4 * w)
     layers.append(MaxPool2D(2))
     layers.append(Flatten())
-    layers.append(Linear(4 * w * 4 * 4, hidden, bias=not use_bn, dtype=dtype, rng=rng, init=init))
+    layers.append(Linear(4 * w * 4 * 4, hidden, bias=bias and not use_bn, dtype=dtype, rng=rng, init=init))
     if use_bn:
         layers.append(BatchNorm1D(hidden, **bn_kw))
     layers.append(ReLU())
     dropout_at = len(layers)
     bn_last = bn in ("all", "last")
-    layers.append(Linear(hidden, num_classes, bias=not bn_last, dtype=dtype, rng=rng, init=init))
+    layers.append(Linear(hidden, num_classes, bias=bias and not bn_last, dtype=dtype, rng=rng, init=init))
     if bn_last:
         layers.append(BatchNorm1D(num_classes, **bn_kw))
     if dropout > 0:
