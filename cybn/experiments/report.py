@@ -79,8 +79,8 @@ def write_report(results, out_dir, plots=True):
                   _table(["BN run", "peak lr", "step it reached that accuracy", "control steps / BN steps"], rows), ""]
     if results.get("eps_sweep"):
         rows = [["yes" if r.get("bias", True) else "no", _fmt(r["lr"], "g"), _fmt(r["eps"], ".0e"),
-                 _fmt(r["last_layer_var_at_init"], ".2e"), _fmt(r["xhat_scale_at_init"], ".2e"), _fmt(r["bn_gain_at_init"], ".2e"), r["outcome"],
-                 _fmt(r["final_loss"], ".4f")] for r in results["eps_sweep"]]
+                 _fmt(r["last_layer_var_at_init"], ".2e"), _fmt(r["xhat_scale_at_init"], ".2e"),
+                 _fmt(r["bn_gain_at_init"], ".2e"), r["outcome"], _fmt(r["final_loss"], ".4f")] for r in results["eps_sweep"]]
         parts += ["## BN epsilon sweep, configuration (c)", "",
                   _table(["biases", "lr", "ε", "last-layer batch variance at init", "std of x̂ = √(σ²/(σ²+ε))",
                           "BN gain 1/√(σ²+ε)", "outcome", "final loss"], rows), ""]
