@@ -9,10 +9,10 @@ from .layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear,
                      SoftmaxCrossEntropy)
 from .container import HookHandle, Sequential
 from .init import init_from_spec
-from .optim import SGD, LRSchedule, ConstantLR, CosineLR, StepLR, WarmupLR, schedule_from_spec
+from .optim import SGD, Adam, AdamW, LRSchedule, ConstantLR, CosineLR, StepLR, WarmupLR, schedule_from_spec
 from .models import cnn7
 
 __all__ = ["Module", "generator_state", "set_generator_state", "Conv2D", "Linear", "BatchNorm1D", "BatchNorm2D", "ReLU", "MaxPool2D", "Flatten",
            "Dropout", "SoftmaxCrossEntropy", "Sequential", "HookHandle", "init", "init_from_spec",
-           "SGD", "LRSchedule",
+           "SGD", "Adam", "AdamW", "LRSchedule",
            "ConstantLR", "StepLR", "CosineLR", "WarmupLR", "schedule_from_spec", "cnn7"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..functional._checks import finite_float
 
-__all__ = ["SGD", "LRSchedule", "ConstantLR", "StepLR", "CosineLR", "WarmupLR", "schedule_from_spec",
+__all__ = ["SGD", "Adam", "AdamW", "LRSchedule", "ConstantLR", "StepLR", "CosineLR", "WarmupLR", "schedule_from_spec",
            "SCHEDULE_FORMS"]
 
 
@@ -34,8 +34,8 @@ def _is_bn(layer):
     return isinstance(layer, _BatchNorm)
 
 
-class SGD:
-    """Stochastic gradient descent with momentum / Nesterov / weight decay (``torch.optim.SGD`` semantics).
+class _Optimizer:
+    """What every optimizer shares: the parameter list, ``zero_grad`` and per-parameter work arrays.
 
     ``params``: a model (anything with ``named_parameters()``) or an iterable of
     ``(name, param, grad)`` or ``(name, param, grad, layer)`` tuples. Params and grads are used by
@@ -43,18 +43,10 @@ class SGD:
     ``decay_bn_and_bias=False`` exempts BatchNorm parameters and every ``*bias`` from weight decay.
     """
 
-    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0,
-                 decay_bn_and_bias=True):
+    def _collect(self, params, decay_bn_and_bias):
         if hasattr(params, "named_parameters"):
             params = params.named_parameters()
-        self.lr = _nonneg(lr, "lr")
-        self.momentum = _nonneg(momentum, "momentum")
-        self.weight_decay = _nonneg(weight_decay, "weight_decay")
-        self.dampening = _nonneg(dampening, "dampening")
-        self.nesterov = bool(nesterov)
         self.decay_bn_and_bias = bool(decay_bn_and_bias)
-        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
-            raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
         self._params = []  # (name, p, g, decay?)
         seen = set()
         for item in params:
@@ -75,8 +67,7 @@ class SGD:
             decay = self.decay_bn_and_bias or not (name.split(".")[-1] == "bias" or _is_bn(layer))
             self._params.append((name, p, g, decay))
         if not self._params:
-            raise ValueError("SGD got an empty parameter list")
-        self._buffers = {}  # name -> momentum buffer (created at the first step, like PyTorch)
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
         self._scratch = {}  # name -> work array (no allocation after the first step)
 
     @property
@@ -86,6 +77,31 @@ class SGD:
     def zero_grad(self):
         for _, _, g, _ in self._params:
             g.fill(0)
+
+    def _work(self, key, p):
+        w = self._scratch.get(key)
+        if w is None:
+            w = self._scratch[key] = np.empty_like(p)
+        return w
+
+
+class SGD(_Optimizer):
+    """Stochastic gradient descent with momentum / Nesterov / weight decay (``torch.optim.SGD`` semantics).
+
+    ``params`` and ``decay_bn_and_bias``: see ``_Optimizer``.
+    """
+
+    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0,
+                 decay_bn_and_bias=True):
+        self.lr = _nonneg(lr, "lr")
+        self.momentum = _nonneg(momentum, "momentum")
+        self.weight_decay = _nonneg(weight_decay, "weight_decay")
+        self.dampening = _nonneg(dampening, "dampening")
+        self.nesterov = bool(nesterov)
+        if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
+            raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
+        self._collect(params, decay_bn_and_bias)
+        self._buffers = {}  # name -> momentum buffer (created at the first step, like PyTorch)
 
     def step(self):
         lr, mu, wd = self.lr, self.momentum, self.weight_decay
@@ -119,12 +135,6 @@ class SGD:
             np.multiply(d, lr, out=tmp)
             p -= tmp
 
-    def _work(self, key, p):
-        w = self._scratch.get(key)
-        if w is None:
-            w = self._scratch[key] = np.empty_like(p)
-        return w
-
     def state_dict(self):
         """Momentum buffers (copies), keyed by parameter name (absent before the first step)."""
         return {name: buf.copy() for name, buf in self._buffers.items()}
@@ -149,6 +159,145 @@ class SGD:
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
                 f"weight_decay={self.weight_decay}, decay_bn_and_bias={self.decay_bn_and_bias})")
 
+
+
+def _betas(betas):
+    if not isinstance(betas, (tuple, list)):
+        raise TypeError(f"betas must be a pair (beta1, beta2), got {type(betas).__name__}")
+    if len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {len(betas)} values")
+    out = []
+    for i, b in enumerate(betas):
+        b = finite_float(b, f"betas[{i}]")
+        if not 0.0 <= b < 1.0:
+            raise ValueError(f"betas[{i}] must lie in [0, 1), got {b}")
+        out.append(b)
+    return tuple(out)
+
+
+class Adam(_Optimizer):
+    """Adam (``torch.optim.Adam`` semantics, its single-tensor path), optionally AMSGrad.
+
+    Per parameter p with gradient g at step t = 1, 2, ... (in place, into preallocated buffers):
+
+        d = g + weight_decay * p            (if weight_decay != 0 and p is decayed; AdamW instead
+                                             multiplies p by 1 - lr * weight_decay first, d = g)
+        m = lerp(m, d, 1 - beta1)           v = beta2 * v + (1 - beta2) * d * d
+        v_max = max(v_max, v)               (amsgrad; the denominator then uses v_max)
+        p = p - (lr / (1 - beta1**t)) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    ``params`` and ``decay_bn_and_bias``: see ``_Optimizer``. The moments start at zero, as in PyTorch.
+    """
+
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
+                 decay_bn_and_bias=True):
+        self.lr = _nonneg(lr, "lr")
+        self.betas = _betas(betas)
+        self.eps = _nonneg(eps, "eps")
+        self.weight_decay = _nonneg(weight_decay, "weight_decay")
+        if not isinstance(amsgrad, (bool, np.bool_)):
+            raise TypeError(f"amsgrad must be a bool, got {amsgrad!r}")
+        self.amsgrad = bool(amsgrad)
+        self._collect(params, decay_bn_and_bias)
+        self.step_count = 0
+        self._moments = {key: {name: np.zeros_like(p) for name, p, _, _ in self._params}
+                         for key in self._moment_keys()}
+
+    def _moment_keys(self):
+        return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if self.amsgrad else ())
+
+    def step(self):
+        self.step_count += 1
+        lr, wd, eps = self.lr, self.weight_decay, self.eps
+        beta1, beta2 = self.betas
+        step_size = lr / (1 - beta1 ** self.step_count)
+        bias_correction2_sqrt = (1 - beta2 ** self.step_count) ** 0.5
+        weight = 1 - beta1
+        for name, p, g, decay in self._params:
+            m, v = self._moments["exp_avg"][name], self._moments["exp_avg_sq"][name]
+            tmp, work = self._work(name, p), self._work(name + "#work2", p)
+            d = g
+            if wd != 0 and decay:
+                if self._decoupled:
+                    p *= 1 - lr * wd
+                else:
+                    np.multiply(p, wd, out=tmp)
+                    np.add(g, tmp, out=tmp)
+                    d = tmp
+            # m.lerp_(d, weight), both of torch's branches (exact at weight 1)
+            np.subtract(d, m, out=work)
+            if abs(weight) < 0.5:
+                work *= weight
+                m += work
+            else:
+                work *= 1 - weight
+                np.subtract(d, work, out=m)
+            v *= beta2
+            np.multiply(d, 1 - beta2, out=work)
+            work *= d
+            v += work
+            if self.amsgrad:
+                v_max = self._moments["max_exp_avg_sq"][name]
+                np.maximum(v_max, v, out=v_max)
+                v = v_max  # the denominator uses the running maximum
+            np.sqrt(v, out=work)
+            work /= bias_correction2_sqrt
+            work += eps
+            np.multiply(m, -step_size, out=tmp)
+            tmp /= work
+            p += tmp
+
+    def state_dict(self):
+        """``step`` (an int64 scalar) and copies of the moments as ``<moment>/<parameter name>``."""
+        state = {"step": np.array(self.step_count, dtype=np.int64)}
+        for key, bufs in self._moments.items():
+            state.update({f"{key}/{name}": buf.copy() for name, buf in bufs.items()})
+        return state
+
+    def load_state_dict(self, state):
+        """Restore what ``state_dict`` returned; missing, unknown or mismatched entries raise (and
+        nothing is changed)."""
+        expected = self.state_dict().keys()
+        unknown = sorted(k for k in state if k not in expected)
+        if unknown:
+            raise KeyError(f"{type(self).__name__} state has unknown entries {unknown}")
+        missing = sorted(k for k in expected if k not in state)
+        if missing:
+            raise KeyError(f"{type(self).__name__} state lacks {missing}"
+                           + (" (was it saved with amsgrad=False?)" if any("max_" in k for k in missing) else ""))
+        step = np.asarray(state["step"])
+        if step.shape != () or step.dtype.kind not in "iu" or step < 0:
+            raise ValueError(f"optimizer state 'step' must be an integer scalar >= 0, got {step!r}")
+        by_name = {name: p for name, p, _, _ in self._params}
+        for k in expected:
+            if k == "step":
+                continue
+            value, p = np.asarray(state[k]), by_name[k.split("/", 1)[1]]
+            if value.shape != p.shape or value.dtype != p.dtype:
+                raise ValueError(f"optimizer state {k!r} is {value.shape} {value.dtype}, "
+                                 f"parameter is {p.shape} {p.dtype}")
+        self.step_count = int(step)
+        for key, bufs in self._moments.items():
+            for name, buf in bufs.items():
+                np.copyto(buf, state[f"{key}/{name}"])
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(lr={self.lr}, betas={self.betas}, eps={self.eps}, "
+                f"weight_decay={self.weight_decay}, amsgrad={self.amsgrad}, "
+                f"decay_bn_and_bias={self.decay_bn_and_bias})")
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (``torch.optim.AdamW``): p *= 1 - lr * weight_decay before
+    the Adam update, and the gradient is not decayed. Default weight_decay 1e-2, as in PyTorch."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
+                 decay_bn_and_bias=True):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, decay_bn_and_bias)
 
 # ---- learning-rate schedules ----------------------------------------------------------------------
 
