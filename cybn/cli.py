@@ -63,8 +63,16 @@ def add_data_options(p):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _betas(text):
+    from .nn.optim import _betas as check
+    try:
+        return check(tuple(float(v) for v in text.split(",")))
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"expected B1,B2 with each in [0, 1), got {text!r} ({e})") from None
+
+
 def add_train_options(p):
-    from .experiments.recipe import TrainConfig
+    from .experiments.recipe import OPTIMIZERS, TrainConfig
     d = TrainConfig()
     p.add_argument("--bn", choices=("none", "all", "last"), default=d.bn,
                    help="where batch norm goes: nowhere, after every conv/linear layer, or only "
@@ -76,8 +84,16 @@ def add_train_options(p):
                    help="no conv/linear biases anywhere (with BN they are already dropped where BN follows)")
     p.add_argument("--dropout", type=_nonneg_float, default=d.dropout,
                    help="dropout probability before the last linear layer (default: %(default)s)")
-    p.add_argument("--lr", type=_nonneg_float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
+                   help="sgd (with --momentum, --nesterov), adam (L2 weight decay) or adamw (decoupled "
+                        "weight decay), with PyTorch's semantics (default: %(default)s)")
+    p.add_argument("--lr", type=_nonneg_float, default=d.lr,
+                   help="peak learning rate (default: %(default)s; Adam's usual one is 0.001)")
     p.add_argument("--momentum", type=_nonneg_float, default=d.momentum, help="SGD momentum (default: %(default)s)")
+    p.add_argument("--betas", type=_betas, default=(d.beta1, d.beta2), metavar="B1,B2",
+                   help="Adam/AdamW moment decay rates, each in [0, 1) (default: %(default)s)")
+    p.add_argument("--adam-eps", type=_nonneg_float, default=d.adam_eps,
+                   help="Adam/AdamW epsilon added to sqrt(v) (default: %(default)s)")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     p.add_argument("--weight-decay", type=_nonneg_float, default=d.weight_decay,
                    help="L2 weight decay (default: %(default)s)")
@@ -128,6 +144,7 @@ def _config_from_args(args):
     from .experiments.recipe import TrainConfig
     return TrainConfig(
         bn=args.bn, init=args.init, bn_eps=args.bn_eps, bias=args.bias, dropout=args.dropout, lr=args.lr,
+        optimizer=args.optimizer, beta1=args.betas[0], beta2=args.betas[1], adam_eps=args.adam_eps,
         momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
         decay_bn_and_bias=args.decay_bn_and_bias, schedule=args.schedule, epochs=args.epochs or TrainConfig.epochs,
         max_steps=args.steps, batch_size=args.batch_size, augment=not args.no_augment, seed=args.seed,

@@ -34,6 +34,10 @@ def test_help_explains_every_option():
     (["--epochs", "0"], "--epochs"),
     (["--threads", "two"], "--threads"),
     (["--schedule", "wobbly"], "schedule"),
+    (["--optimizer", "rmsprop"], "invalid choice"),
+    (["--betas", "0.9,1.0"], "betas[1]"),
+    (["--betas", "0.9"], "--betas"),
+    (["--adam-eps", "-1e-8"], "--adam-eps"),
 ])
 def test_bad_values_are_clear_errors(tmp_path, args, message, cifar_mini):
     r = run_cli("train", "--data", str(cifar_mini), "--out", str(tmp_path), *args)
@@ -44,13 +48,28 @@ def test_bad_values_are_clear_errors(tmp_path, args, message, cifar_mini):
 @pytest.mark.parametrize("args,message", [
     (["--parts", "main,wobble"], "wobble"),
     (["--configs", "a,e"], "'e'"),
-    (["--parts", "steps"], "configuration d"),
-    (["--parts", "main,steps", "--configs", "b"], "configuration d"),
+    (["--seeds", "0,x"], "--seeds"),
+    (["--seeds", "1", "--seed", "2"], "not allowed with"),
+    (["--dropout-schedule", "wobbly"], "--dropout-schedule"),
+    (["--optimizer", "sgd"], "invalid choice"),
+    (["--chance-tol", "-1"], "--chance-tol"),
 ])
 def test_bad_experiment_parts_are_clear_errors(tmp_path, args, message):
     r = run_cli("experiment", "small-init", "--out", str(tmp_path), *args)
     assert r.returncode == 2
     assert message in r.stderr
+
+
+def test_train_with_adamw_writes_its_settings(tmp_path, cifar_mini):
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(cifar_mini), "--optimizer", "adamw", "--lr", "0.002", "--betas", "0.8,0.99",
+                 "--adam-eps", "1e-7", "--weight-decay", "0.01", "--steps", "3", "--batch-size", "32",
+                 "--train-limit", "96", "--test-limit", "64", "--quiet", "--out", str(out)])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["optimizer"], config["beta1"], config["beta2"], config["adam_eps"]) == ("adamw", 0.8, 0.99, 1e-7)
+    arrays, _ = load_checkpoint(out / "checkpoint.npz")
+    assert int(arrays["optim/step"]) == 3 and "optim/exp_avg_sq/0.weight" in arrays
 
 
 def test_missing_data_says_where_it_looked(tmp_path):

@@ -1,4 +1,6 @@
-"""Observers for experiments: per-layer pre-activation scale, loss every N steps, periodic test eval."""
+"""Observers for experiments: per-layer pre-activation scale, loss every N steps, periodic test eval,
+per-layer gradient / weight / update magnitudes over the first steps, and the stop at chance."""
+import math
 import time
 
 import numpy as np
@@ -91,3 +93,72 @@ class PeriodicEval(Callback):
             m = evaluate(trainer.model, trainer.loss_fn, self.loader)
             self.seconds += time.perf_counter() - start
             self.points.append((step, m["accuracy"], m["loss"]))
+
+
+class ChanceStop(Callback):
+    """Ends a run that sits at chance: an epoch whose mean training loss is within ``tol`` of
+    ln(classes) and in which no batch's loss left chance by more than ``batch_tol`` (batch
+    composition alone moves a chance-level batch loss by ~5e-3). ``stopped_epoch`` says when."""
+
+    def __init__(self, tol=1e-3, batch_tol=0.05, classes=10):
+        self.tol = tol
+        self.batch_tol = batch_tol
+        self.chance = math.log(classes)
+        self.stopped_epoch = None
+        self._worst = 0.0
+
+    def on_step_end(self, trainer, step, loss):
+        self._worst = max(self._worst, abs(loss - self.chance)) if math.isfinite(loss) else math.inf
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        if not metrics["partial"]:
+            if abs(metrics["train_loss"] - self.chance) <= self.tol and self._worst <= self.batch_tol:
+                self.stopped_epoch = epoch + 1
+                trainer.stop_training = True
+            self._worst = 0.0
+
+
+class GradientRecorder(Callback):
+    """Per-layer gradient, weight and update magnitudes (RMS, float64) of every conv/linear weight
+    over the first ``steps`` training steps; with Adam also the share of weights whose
+    bias-corrected sqrt(v) is below the optimizer's eps (where eps, not the gradient, sets the step)
+    and the share whose v underflowed to 0 although their gradient is not 0."""
+
+    def __init__(self, steps=30):
+        self.steps = steps
+        self.records = []  # [{"step": s, "layers": {name: {"grad_rms", "weight_rms", "update_rms", ...}}}]
+        self._names = {}
+        self._previous = {}
+
+    def on_fit_start(self, trainer):
+        self._names = {i: name for i, name in layer_names(trainer.model).items() if not name.endswith("+bn")}
+        self._previous = {name: trainer.model[i].params["weight"].astype(np.float64)
+                          for i, name in self._names.items()}
+
+    def on_step_end(self, trainer, step, loss):
+        if step > self.steps:
+            return
+        opt = trainer.optimizer
+        eps = getattr(opt, "eps", None)  # Adam / AdamW
+        state = opt.state_dict() if eps is not None else {}
+        layers = {}
+        for i, name in self._names.items():
+            layer = trainer.model[i]
+            w = layer.params["weight"].astype(np.float64)
+            g = layer.grads["weight"].astype(np.float64)
+            row = {"grad_rms": _rms(g), "grad_max_abs": float(np.abs(g).max()), "weight_rms": _rms(w),
+                   "update_rms": _rms(w - self._previous[name])}
+            v = state.get(f"exp_avg_sq/{i}.weight")
+            if v is not None:
+                v_hat_sqrt = np.sqrt(v.astype(np.float64) / (1 - opt.betas[1] ** opt.step_count))
+                row["sqrt_v_hat_rms"] = _rms(v_hat_sqrt)
+                row["eps_dominated"] = float(np.mean(v_hat_sqrt < eps))
+                # (1 - beta2) * g * g below the smallest float32 subnormal is 0: the step is then lr * m / eps
+                row["v_underflow"] = float(np.mean((v == 0) & (g != 0)))
+            layers[name] = row
+            self._previous[name] = w
+        self.records.append({"step": step, "loss": float(loss), "layers": layers})
+
+
+def _rms(x):
+    return float(np.sqrt(np.mean(np.square(x))))

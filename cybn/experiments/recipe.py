@@ -1,7 +1,7 @@
 """The CIFAR-10 training recipe shared by ``cybn train`` and the experiments.
 
-It wires the pieces: CIFAR-10 loading and augmentation (``cybn.data``), the cnn7 model, SGD with
-a learning-rate schedule (``cybn.nn``) and the ``Trainer`` (``cybn.train``).
+It wires the pieces: CIFAR-10 loading and augmentation (``cybn.data``), the cnn7 model, SGD, Adam
+or AdamW with a learning-rate schedule (``cybn.nn``) and the ``Trainer`` (``cybn.train``).
 """
 import dataclasses
 import json
@@ -9,7 +9,7 @@ import os
 
 from .. import _threads
 from ..data import DataLoader, channel_stats, load_cifar10
-from ..nn import SGD, SoftmaxCrossEntropy, cnn7, schedule_from_spec
+from ..nn import SGD, Adam, AdamW, SoftmaxCrossEntropy, cnn7, schedule_from_spec
 from ..train import Trainer
 
 
@@ -21,11 +21,15 @@ class TrainConfig:
     bn_eps: float = 1e-5
     bias: bool = True
     dropout: float = 0.0
+    optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
     decay_bn_and_bias: bool = False
+    beta1: float = 0.9  # Adam / AdamW only, like adam_eps
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
     schedule: str = "cosine"
     epochs: int = 10
     max_steps: int = None
@@ -40,6 +44,21 @@ class TrainConfig:
 
     def to_json(self):
         return dataclasses.asdict(self)
+
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def build_optimizer(config, model):
+    """SGD (momentum, Nesterov, L2 decay), Adam (L2 decay) or AdamW (decoupled decay) for ``config``."""
+    if config.optimizer == "sgd":
+        return SGD(model, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+                   weight_decay=config.weight_decay, decay_bn_and_bias=config.decay_bn_and_bias)
+    if config.optimizer in ("adam", "adamw"):
+        cls = Adam if config.optimizer == "adam" else AdamW
+        return cls(model, lr=config.lr, betas=(config.beta1, config.beta2), eps=config.adam_eps,
+                   weight_decay=config.weight_decay, decay_bn_and_bias=config.decay_bn_and_bias)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
 
 
 class CifarData:
@@ -68,8 +87,7 @@ def build_trainer(config, steps_per_epoch, out_dir=None, callbacks=(), progress=
     """Model, loss, optimizer, schedule and Trainer for ``config``."""
     model = cnn7(bn=config.bn, init=config.init, seed=config.seed, dropout=config.dropout,
                  bn_eps=config.bn_eps, bias=config.bias)
-    optimizer = SGD(model, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-                    weight_decay=config.weight_decay, decay_bn_and_bias=config.decay_bn_and_bias)
+    optimizer = build_optimizer(config, model)
     total = config.max_steps or config.epochs * steps_per_epoch
     schedule = schedule_from_spec(config.schedule, config.lr, total_steps=total)
     return Trainer(model, SoftmaxCrossEntropy(), optimizer, schedule=schedule, callbacks=callbacks,

@@ -2,22 +2,33 @@
 
 Claim under test: the 7-layer CNN (``cnn7``) with ``W ~ U(-0.001, 0.001)`` does not train without
 BN (its pre-activations shrink layer after layer), trains with BN after every layer, and trains
-with BN on the last layer only. Parts (each can be run alone; all share one seed, data order and
-schedule):
+with BN on the last layer only. Parts (each can be run alone; every configuration of every part
+runs once per seed of ``Options.seeds``, with that seed's weights, data order and augmentation):
 
 - ``main``: configurations (a) no BN, (b) BN everywhere, (c) BN last only — all U(±0.001) — and
   (d) the control, no BN with He init. Records per-layer pre-activation scale, loss, accuracy, time.
-- ``steps``: (b) again at a larger learning rate (the paper's "BN-x5"), to count the steps it
-  needs to reach the control (d)'s best test accuracy (needs ``main`` with (d)).
+- ``steps``: steps to accuracy on a validation split (the last ``val_size`` training images; the
+  test set chooses nothing), evaluated every ``steps_eval_every`` steps: the control (d) and BN
+  everywhere at ×1, ×5, ×30 its learning rate (the paper's BN-Baseline, BN-x5, BN-x30), with He
+  init and with U(±0.001); the ratio is the control's steps to its best validation accuracy over
+  the BN run's steps to the same accuracy.
 - ``eps``: BN's epsilon against the tiny last-layer variance, for (c), at several learning rates,
   with and without the biases of the layers below.
 - ``lr``: the largest learning rate BN-everywhere and the no-BN control still train at.
-- ``dropout``: the control with Dropout, next to BN without it (uses ``main``'s runs).
-- ``scale``: BN's invariance to the scale of the preceding layer's weights (exact check).
-The steps-to-accuracy ratios come from the periodic test evaluations of ``main`` and ``steps``.
-The default parts (``main``, ``eps``, ``scale``) are the small-init claim itself and fit in under an
-hour on two cores; ``--parts all`` adds the paper's other claims.
+- ``dropout``: where a model overfits (no augmentation, ``dropout_schedule``, no weight decay,
+  ``dropout_epochs``): {no BN, BN} × {no Dropout, Dropout(``dropout``)}, He init; best and final
+  test accuracy, the training accuracy (eval mode, on ``train_eval_size`` training images) and the
+  train–test gap.
+- ``optimizer``: (a)–(d) under Adam (``optimizer``) at each eps of ``optimizer_eps`` (Adam's default
+  1e-8 and one far below the ~1e-20 gradients of the deep layers at U(±0.001)), with the per-layer
+  gradient, weight and update magnitudes over the first ``probe_steps`` steps.
+- ``scale``: BN's invariance to the scale of the preceding layer's weights (exact check, one seed).
+Full-length runs that sit at chance for a whole epoch (mean training loss within ``chance_tol`` of
+ln 10, no batch further than 0.05 from it) stop there (``chance_tol=0`` never stops); the report
+names them. The default parts (``main``, ``eps``, ``scale``) are the small-init claim itself and fit
+in under an hour on two cores; ``--parts all`` adds the paper's other claims.
 """
+import copy
 import dataclasses
 import itertools
 import math
@@ -25,9 +36,10 @@ import time
 
 import numpy as np
 
+from ..data import channel_stats
 from ..nn import BatchNorm2D, Conv2D, SoftmaxCrossEntropy, cnn7
 from ..train import Callback, NonFiniteError, evaluate
-from .probes import PeriodicEval, PreactivationRecorder
+from .probes import ChanceStop, GradientRecorder, PeriodicEval, PreactivationRecorder
 from .recipe import TrainConfig, run
 
 CHANCE_LOSS = math.log(10.0)
@@ -38,8 +50,9 @@ CONFIGS = {
     "c": {"label": "(c) BN on last layer only, U(±0.001)", "bn": "last", "init": "uniform:0.001"},
     "d": {"label": "(d) control: no BN, He init", "bn": "none", "init": "he"},
 }
-PARTS = ("main", "steps", "eps", "lr", "dropout", "scale")
+PARTS = ("main", "steps", "eps", "lr", "dropout", "optimizer", "scale")
 DEFAULT_PARTS = ("main", "eps", "scale")
+INIT_LABELS = {"he": "He", "uniform:0.001": "U(±0.001)"}
 
 
 @dataclasses.dataclass
@@ -51,7 +64,7 @@ class Options:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     schedule: str = "cosine"
-    seed: int = 0
+    seeds: tuple = (0,)
     threads: int = None
     train_limit: int = None
     test_limit: int = None
@@ -60,6 +73,7 @@ class Options:
     record_every: int = 100
     loss_every: int = 10
     evals_per_epoch: int = 2
+    chance_tol: float = 1e-3
     sweep_steps: int = 150
     sweep_train_limit: int = 10000
     eps_steps: int = 100
@@ -70,17 +84,41 @@ class Options:
     eps_biases: tuple = (True, False)
     lr_base: float = 0.01
     lr_multipliers: tuple = (1, 3, 10, 30)
-    steps_lr_multiplier: float = 5.0  # the paper's BN-x5
+    val_size: int = 5000
+    steps_eval_every: int = 100
+    steps_multipliers: tuple = (1, 5, 30)  # the paper's BN-Baseline, BN-x5, BN-x30
+    steps_inits: tuple = ("he", "uniform:0.001")
+    steps_epochs: int = None  # None: ``epochs``
     dropout: float = 0.5
+    dropout_epochs: int = 20
+    dropout_schedule: str = "constant"
+    dropout_weight_decay: float = 0.0
+    train_eval_size: int = 5000
+    optimizer: str = "adam"
+    optimizer_lr: float = 1e-3
+    optimizer_eps: tuple = (1e-8, 1e-30)
+    optimizer_epochs: int = None  # None: ``epochs``
+    # L2 decay would swamp the gradients: Adam normalises g + wd * w, and wd * w ~ 3e-7 at U(±0.001)
+    # is far above the 1e-15..1e-20 gradients, so every step would be ±lr from the decay alone.
+    optimizer_weight_decay: float = 0.0
+    probe_steps: int = 30
     scale_factors: tuple = (0.01, 0.1, 10.0, 100.0)
 
     @classmethod
     def quick(cls, **overrides):
         base = dict(epochs=2, train_limit=5000, test_limit=1000, record_every=20, loss_every=5,
                     sweep_steps=60, sweep_train_limit=5000, eps_steps=40, eps_values=(1e-5, 1e-20, 1e-30),
-                    lr_multipliers=(1, 10, 100))
+                    lr_multipliers=(1, 10, 100), val_size=1000, steps_eval_every=10, dropout_epochs=4,
+                    train_eval_size=1000, probe_steps=10)
         base.update(overrides)
         return cls(**base)
+
+    @classmethod
+    def from_json(cls, record):
+        """Options from results.json's (lists back to tuples; fields unknown to this version dropped)."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(names[k].default, tuple) and v is not None else v
+                      for k, v in record.items() if k in names})
 
 
 def classify(losses):
@@ -109,6 +147,22 @@ class LossTrace(Callback):
         self.losses.append(float(loss))
 
 
+def validation_split(data, size):
+    """A copy of ``data`` whose training set lacks its last ``size`` images and whose test loader
+    yields them instead, normalised with the remaining images' statistics: so choosing (the best
+    step, the accuracy to reach) never looks at the test set."""
+    raw = data.raw
+    n = len(raw.train_labels)
+    if not 0 < size < n:
+        raise ValueError(f"val_size must be between 1 and {n - 1} (the training images), got {size}")
+    split = copy.copy(data)
+    split.raw = dataclasses.replace(raw, train_images=raw.train_images[:n - size],
+                                    train_labels=raw.train_labels[:n - size],
+                                    test_images=raw.train_images[n - size:], test_labels=raw.train_labels[n - size:])
+    split.mean, split.std = channel_stats(split.raw.train_images)
+    return split
+
+
 class SmallInitExperiment:
     def __init__(self, data, options, log=print, progress=False, on_update=None):
         self.data = data
@@ -124,112 +178,125 @@ class SmallInitExperiment:
     def _config(self, **kw):
         o = self.o
         base = dict(lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, schedule=o.schedule,
-                    epochs=o.epochs, batch_size=o.batch_size, seed=o.seed, threads=o.threads,
+                    epochs=o.epochs, batch_size=o.batch_size, seed=o.seeds[0], threads=o.threads,
                     train_limit=o.train_limit, test_limit=o.test_limit)
         base.update(kw)
         return TrainConfig(**base)
 
-    def _train(self, config, callbacks=(), eval_loader=True):
+    def _train(self, config, callbacks=(), eval_loader=True, data=None):
         """Run one configuration; a NaN/Inf stops it and is reported, not raised."""
         start = time.perf_counter()
         error = None
         trainer = None
         try:
-            trainer = run(config, self.data, callbacks=callbacks, progress=self.progress,
+            trainer = run(config, data or self.data, callbacks=callbacks, progress=self.progress,
                           eval_loader=eval_loader)
         except NonFiniteError as e:
             error = str(e)
         return trainer, error, time.perf_counter() - start
 
-    def _full_run(self, label, config, eval_every=None):
+    def _steps_per_epoch(self):
+        o = self.o
+        n = len(self.data.raw.train_labels)
+        return math.ceil(min(n, o.train_limit or n) / o.batch_size)
+
+    def _full_run(self, label, config, eval_every=None, callbacks=(), data=None, eval_loader=True,
+                  periodic_loader=None):
         """Train one full-length configuration, recording pre-activations, losses and (every
-        ``eval_every`` steps, if given) test accuracy; returns its record for results.json."""
+        ``eval_every`` steps, if given) the accuracy on ``periodic_loader`` (default: the test
+        set); returns its record for results.json."""
         o = self.o
         recorder = PreactivationRecorder(every=o.record_every, loss_every=o.loss_every)
-        callbacks = [recorder]
+        callbacks = [recorder, *callbacks]
         periodic = None
         if eval_every is not None:
-            periodic = PeriodicEval(self.data.test_loader(limit=o.test_limit), eval_every)
+            periodic = PeriodicEval(periodic_loader or self.data.test_loader(limit=o.test_limit), eval_every)
             callbacks.append(periodic)
-        trainer, error, seconds = self._train(config, callbacks=callbacks)
+        stop = ChanceStop(o.chance_tol) if o.chance_tol > 0 else None
+        if stop:
+            callbacks.append(stop)
+        trainer, error, seconds = self._train(config, callbacks, eval_loader, data)
         history = trainer.history if trainer else []
         return {
-            "label": label, "config": config.to_json(), "error": error,
+            "label": label, "seed": config.seed, "config": config.to_json(), "error": error,
             "history": history, "losses": recorder.losses, "preactivations": recorder.records,
             "preact_at_init": recorder.at_init, "test_points": periodic.points if periodic else [],
             "seconds": seconds, "eval_seconds": periodic.seconds if periodic else 0.0,
             "images_per_s": float(np.mean([h["images_per_s"] for h in history])) if history else None,
             "outcome": classify([v for _, v in recorder.losses]),
+            "stopped_at_chance_epoch": stop.stopped_epoch if stop else None,
         }
+
+    def _add_run(self, key, part, label, record, **extra):
+        """File one seed's record under ``key`` (all seeds of a configuration share it)."""
+        entry = self.results["runs"].setdefault(key, {"label": label, "part": part, "seeds": [], **extra})
+        entry["seeds"].append(record)
+        history = record["history"]
+        last = history[-1] if history else {}
+        stopped = record["stopped_at_chance_epoch"]
+        self.log(f"[{part}] {label}, seed {record['seed']}: {record['outcome']}, train loss "
+                 f"{last.get('train_loss')}, test acc {last.get('test_accuracy')}, {record['seconds']:.0f} s"
+                 + (f" (stopped at chance after epoch {stopped})" if stopped else ""))
+        self.on_update(self.results)
 
     # ------------------------------------------------------------------ parts
     def run_main(self):
         o = self.o
-        runs = {}
-        eval_every = self._eval_every()
-        for key in o.configs:
+        eval_every = max(1, self._steps_per_epoch() // max(1, o.evals_per_epoch))
+        for seed, key in itertools.product(o.seeds, o.configs):
             spec = CONFIGS[key]
-            self.log(f"[main] {spec['label']}: {o.epochs} epochs, lr {o.lr}")
-            runs[key] = self._full_run(spec["label"], self._config(bn=spec["bn"], init=spec["init"]), eval_every)
-            history = runs[key]["history"]
-            last = history[-1] if history else {}
-            self.log(f"[main] {key}: outcome {runs[key]['outcome']}, train loss {last.get('train_loss')}, "
-                     f"test acc {last.get('test_accuracy')}, {runs[key]['seconds']:.0f} s")
-            self.results["runs"][key] = runs[key]
-            self.on_update(self.results)
-        if "b" in runs and "d" in runs:
-            self._steps_ratio("b")
-        return runs
-
-    def _eval_every(self):
-        o = self.o
-        steps_per_epoch = math.ceil((o.train_limit or len(self.data.raw.train_labels)) / o.batch_size)
-        return max(1, steps_per_epoch // max(1, o.evals_per_epoch))
-
-    def _steps_ratio(self, key):
-        runs = self.results["runs"]
-        ratios = self.results.setdefault("steps_to_control_best", {})
-        ratios[key] = steps_to_accuracy(runs[key], runs["d"])
+            self.log(f"[main] {spec['label']}, seed {seed}: {o.epochs} epochs, lr {o.lr}")
+            config = self._config(bn=spec["bn"], init=spec["init"], seed=seed)
+            self._add_run(key, "main", spec["label"], self._full_run(spec["label"], config, eval_every))
 
     def run_steps(self):
-        """Claim (ii): (b) at ``steps_lr_multiplier`` times the shared rate, steps to (d)'s best."""
+        """Steps to the control's best validation accuracy, for BN at ×1, ×5, ×30 its rate."""
         o = self.o
-        if "d" not in self.results["runs"]:
-            raise ValueError("part 'steps' compares with the control (d): run part 'main' with configuration d")
-        lr = o.lr * o.steps_lr_multiplier
-        spec = CONFIGS["b"]
-        label = f"(b') BN everywhere, U(±0.001), lr ×{o.steps_lr_multiplier:g}"
-        self.log(f"[steps] {label}: {o.epochs} epochs, lr {lr:g}")
-        config = self._config(bn=spec["bn"], init=spec["init"], lr=lr)
-        self.results["runs"]["b_fast"] = self._full_run(label, config, self._eval_every())
-        self._steps_ratio("b_fast")
-        self.log(f"[steps] {self.results['steps_to_control_best']['b_fast']}")
+        split = validation_split(self.data, o.val_size)
+        val = split.test_loader()
+        epochs = o.steps_epochs or o.epochs
+        runs = [("steps_control", CONFIGS["d"]["label"], "none", "he", 1)]
+        runs += [(f"steps_bn_{init}_x{m:g}", f"BN everywhere, {INIT_LABELS.get(init, init)}, lr ×{m:g}", "all", init, m)
+                 for init in o.steps_inits for m in o.steps_multipliers]
+        rows = self.results.setdefault("steps", {"val_size": o.val_size, "eval_every": o.steps_eval_every,
+                                                 "rows": []})["rows"]
+        for seed in o.seeds:
+            for key, label, bn, init, mult in runs:
+                self.log(f"[steps] {label}, seed {seed}: {epochs} epochs, lr {o.lr * mult:g}")
+                config = self._config(bn=bn, init=init, lr=o.lr * mult, seed=seed, epochs=epochs)
+                record = self._full_run(label, config, o.steps_eval_every, data=split, eval_loader=False,
+                                        periodic_loader=val)
+                self._add_run(key, "steps", label, record, init=init, multiplier=mult)
+            control = self.results["runs"]["steps_control"]["seeds"][-1]
+            for key, label, bn, init, mult in runs[1:]:
+                ratio = steps_to_accuracy(self.results["runs"][key]["seeds"][-1], control)
+                rows.append({"seed": seed, "key": key, "init": init, "multiplier": mult, **(ratio or {})})
+                self.log(f"[steps] {label}, seed {seed}: {ratio}")
 
     def run_eps_sweep(self):
         """(c) with BN's epsilon from far above to far below the last layer's batch variance, at
         each learning rate, with the layers' biases and without them."""
         o = self.o
-        rows = []
-        for bias, lr, eps in itertools.product(o.eps_biases, o.eps_lrs, o.eps_values):
+        rows = self.results.setdefault("eps_sweep", [])
+        for seed, bias, lr, eps in itertools.product(o.seeds, o.eps_biases, o.eps_lrs, o.eps_values):
             config = self._config(bn="last", init="uniform:0.001", bn_eps=eps, lr=lr, bias=bias,
                                   schedule="constant", epochs=10**6, max_steps=o.eps_steps,
-                                  train_limit=o.sweep_train_limit)
+                                  train_limit=o.sweep_train_limit, seed=seed)
             trace = LossTrace()
             recorder = PreactivationRecorder(every=10**9, loss_every=1)
             trainer, error, seconds = self._train(config, callbacks=(trace, recorder), eval_loader=False)
             init = recorder.at_init
             var = init.get("fc2", {}).get("channel_var", float("nan"))
             losses = trace.losses
-            row = {"bias": bias, "lr": lr, "eps": eps, "last_layer_var_at_init": var,
+            row = {"seed": seed, "bias": bias, "lr": lr, "eps": eps, "last_layer_var_at_init": var,
                    "bn_gain_at_init": 1.0 / math.sqrt(var + eps),
                    "xhat_scale_at_init": math.sqrt(var / (var + eps)),
                    "final_loss": float(np.mean(losses[-10:])) if losses else None,
                    "outcome": "diverged" if error else classify(losses),
                    "error": error, "steps": len(losses), "seconds": seconds}
             rows.append(row)
-            self.log(f"[eps] {'biases' if bias else 'no biases'}, lr {lr:g}, eps {eps:.0e}: "
+            self.log(f"[eps] seed {seed}, {'biases' if bias else 'no biases'}, lr {lr:g}, eps {eps:.0e}: "
                      f"{row['outcome']} (final loss {row['final_loss']})")
-        self.results["eps_sweep"] = rows
         return rows
 
     def run_lr_sweep(self):
@@ -237,39 +304,56 @@ class SmallInitExperiment:
         o = self.o
         rows = []
         test = self.data.test_loader(limit=o.test_limit)
-        for bn in ("all", "none"):
-            for mult in o.lr_multipliers:
-                lr = o.lr_base * mult
-                config = self._config(bn=bn, init="he", lr=lr, schedule="constant", epochs=10**6,
-                                      max_steps=o.sweep_steps, train_limit=o.sweep_train_limit)
-                trace = LossTrace()
-                trainer, error, seconds = self._train(config, callbacks=(trace,), eval_loader=False)
-                acc = None
-                if error is None:
-                    acc = evaluate(trainer.model, trainer.loss_fn, test)["accuracy"]
-                outcome = "diverged" if error else classify(trace.losses)
-                rows.append({"bn": bn, "lr": lr, "multiplier": mult, "outcome": outcome, "error": error,
-                             "final_loss": float(np.mean(trace.losses[-10:])) if trace.losses else None,
-                             "test_accuracy": acc, "seconds": seconds})
-                self.log(f"[lr] bn={bn} lr {lr:g}: {outcome}, test acc {acc}")
-        largest = {}
-        for bn in ("all", "none"):
-            ok = [r["lr"] for r in rows if r["bn"] == bn and r["outcome"] == "trains"]
-            largest[bn] = max(ok) if ok else None
-        self.results["lr_sweep"] = {"rows": rows, "largest_lr_that_trains": largest}
+        for seed, bn, mult in itertools.product(o.seeds, ("all", "none"), o.lr_multipliers):
+            lr = o.lr_base * mult
+            config = self._config(bn=bn, init="he", lr=lr, schedule="constant", epochs=10**6,
+                                  max_steps=o.sweep_steps, train_limit=o.sweep_train_limit, seed=seed)
+            trace = LossTrace()
+            trainer, error, seconds = self._train(config, callbacks=(trace,), eval_loader=False)
+            acc = None
+            if error is None:
+                acc = evaluate(trainer.model, trainer.loss_fn, test)["accuracy"]
+            outcome = "diverged" if error else classify(trace.losses)
+            rows.append({"seed": seed, "bn": bn, "lr": lr, "multiplier": mult, "outcome": outcome, "error": error,
+                         "final_loss": float(np.mean(trace.losses[-10:])) if trace.losses else None,
+                         "test_accuracy": acc, "seconds": seconds})
+            self.log(f"[lr] seed {seed}, bn={bn} lr {lr:g}: {outcome}, test acc {acc}")
+        self.results["lr_sweep"] = {"rows": rows, "largest_lr_that_trains": largest_lr_that_trains(rows)}
         return rows
 
     def run_dropout(self):
-        """The control (d) with Dropout before the last layer, for comparison with (b) and (d)."""
+        """{no BN, BN} x {no Dropout, Dropout} where the model overfits, He init."""
         o = self.o
-        self.log(f"[dropout] control + Dropout({o.dropout})")
-        config = self._config(bn="none", init="he", dropout=o.dropout)
-        self.results["runs"]["d_dropout"] = self._full_run(f"(d') control + Dropout({o.dropout})", config)
+        train_eval = self.data.train_loader(500, seed=0, augment=False, limit=o.train_eval_size)
+        every = self._steps_per_epoch()  # the training accuracy (eval mode) at each epoch's end
+        for seed, (bn, p) in itertools.product(o.seeds, itertools.product(("none", "all"), (0.0, o.dropout))):
+            label = f"{'BN everywhere' if bn == 'all' else 'no BN'}, {f'Dropout({p:g})' if p else 'no Dropout'}"
+            self.log(f"[dropout] {label}, seed {seed}: {o.dropout_epochs} epochs, no augmentation")
+            config = self._config(bn=bn, init="he", dropout=p, seed=seed, epochs=o.dropout_epochs, augment=False,
+                                  schedule=o.dropout_schedule, weight_decay=o.dropout_weight_decay)
+            record = self._full_run(label, config, every, periodic_loader=train_eval)
+            self._add_run(f"dropout_{bn}_{p:g}", "dropout", label, record, bn=bn, dropout=p)
+
+    def run_optimizer(self):
+        """(a)-(d) under Adam at each of ``optimizer_eps``, with the first steps' gradients."""
+        o = self.o
+        epochs = o.optimizer_epochs or o.epochs
+        eval_every = max(1, self._steps_per_epoch() // max(1, o.evals_per_epoch))
+        for seed, eps, key in itertools.product(o.seeds, o.optimizer_eps, o.configs):
+            spec = CONFIGS[key]
+            label = f"{spec['label']}, {o.optimizer} ε={eps:g}"
+            self.log(f"[optimizer] {label}, seed {seed}: {epochs} epochs, lr {o.optimizer_lr:g}")
+            config = self._config(bn=spec["bn"], init=spec["init"], seed=seed, epochs=epochs, optimizer=o.optimizer,
+                                  lr=o.optimizer_lr, adam_eps=eps, weight_decay=o.optimizer_weight_decay)
+            probe = GradientRecorder(o.probe_steps)
+            record = self._full_run(label, config, eval_every, callbacks=(probe,))
+            record["gradients"] = probe.records
+            self._add_run(f"{o.optimizer}_{eps:g}_{key}", "optimizer", label, record, config_key=key, adam_eps=eps)
 
     def run_scale(self):
         rows = []
         for init in ("he", "uniform:0.001"):
-            rows.extend(scale_invariance(self.data, init, self.o.scale_factors, seed=self.o.seed))
+            rows.extend(scale_invariance(self.data, init, self.o.scale_factors, seed=self.o.seeds[0]))
         self.results["scale_invariance"] = rows
         for r in rows:
             self.log(f"[scale] init {r['init']} k={r['k']:g}: output rel. change {r['output_rel_change']:.2e}, "
@@ -279,19 +363,40 @@ class SmallInitExperiment:
     def run(self):
         start = time.perf_counter()
         runners = {"main": self.run_main, "steps": self.run_steps, "eps": self.run_eps_sweep,
-                   "lr": self.run_lr_sweep, "dropout": self.run_dropout, "scale": self.run_scale}
-        for part in sorted(self.o.parts, key=PARTS.index):  # "steps" needs "main" first
+                   "lr": self.run_lr_sweep, "dropout": self.run_dropout, "optimizer": self.run_optimizer,
+                   "scale": self.run_scale}
+        for part in sorted(self.o.parts, key=PARTS.index):
+            part_start = time.perf_counter()
             runners[part]()
+            self.results.setdefault("part_seconds", {})[part] = time.perf_counter() - part_start
             self.results["total_seconds"] = time.perf_counter() - start
             self.on_update(self.results)
         return self.results
 
 
+def largest_lr_that_trains(rows):
+    """Per BN setting, the largest rate at which every seed trains (None if there is none)."""
+    largest = {}
+    for bn in ("all", "none"):
+        by_lr = {}
+        for r in rows:
+            if r["bn"] == bn:
+                by_lr.setdefault(r["lr"], []).append(r["outcome"] == "trains")
+        ok = [lr for lr, trains in by_lr.items() if all(trains)]
+        largest[bn] = max(ok) if ok else None
+    return largest
+
+
+def best_point(points):
+    """The earliest (step, accuracy, loss) evaluation at the top accuracy."""
+    return max(points, key=lambda p: (p[1], -p[0]))
+
+
 def steps_to_accuracy(bn_run, control_run):
-    """Steps the BN run needs to reach the control's best test accuracy, and the ratio."""
+    """Steps the BN run needs to reach the control's best (validation) accuracy, and the ratio."""
     if not control_run["test_points"] or not bn_run["test_points"]:
         return None
-    best_step, best_acc, _ = max(control_run["test_points"], key=lambda p: (p[1], -p[0]))
+    best_step, best_acc, _ = best_point(control_run["test_points"])
     reached = next((s for s, acc, _ in bn_run["test_points"] if acc >= best_acc), None)
     return {"control_best_accuracy": best_acc, "control_steps": best_step, "bn_steps": reached,
             "ratio": (best_step / reached) if reached else None}
