@@ -11,6 +11,7 @@ checkpoint, bad run folder) ends in one line ``cybn: error: ...`` and exit 2; a 
 a NaN/Inf exits 1 the same way; Ctrl-C exits 130. Anything else is a bug and keeps its traceback.
 """
 import argparse
+import os
 import sys
 
 from .._formats import FormatError
@@ -68,6 +69,9 @@ def main(argv=None):
         return command.run(args)
     except argparse.ArgumentError as e:
         args._parser.error(e.message)
+    except BrokenPipeError:  # `cybn config | head`: the reader left, nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except USER_ERRORS as e:
         print(f"cybn: error: {_one_line(e)}", file=sys.stderr)
         return 2
