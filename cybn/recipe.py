@@ -69,11 +69,9 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown fields {unknown} (known: {', '.join(fields)})")
         for name, value in record.items():
-            kind = type(fields[name].default) if fields[name].default is not None else int
-            ok = (isinstance(value, bool) if kind is bool else
-                  isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
-                  isinstance(value, kind) and not isinstance(value, bool))
-            if not ok and not (value is None and fields[name].default is None):
+            default = fields[name].default
+            kind = int if default is None else type(default)  # the optional fields are counts
+            if not (_is_a(kind, value) or (value is None and default is None)):
                 raise TypeError(f"field {name!r} must be {kind.__name__}, got {value!r}")
         config = cls(**record)
         config.check()
@@ -94,6 +92,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+def _is_a(kind, value):
+    """JSON value of a TrainConfig field: a bool only for bool fields, an int also for floats."""
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, (int, float) if kind is float else kind)
 
 
 def load_config(run_dir):

@@ -1,5 +1,6 @@
 """``cybn experiment <name>``: the command-line faces of the experiments."""
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -117,5 +118,4 @@ class SmallInitCommand:
 
 
 def _plain(value):
-    import dataclasses
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else float(value)
