@@ -38,11 +38,14 @@ def _has_inplace_build(repo):
     return any(glob.glob(os.path.join(kernels, "_openmp*" + ext)) for ext in importlib.machinery.EXTENSION_SUFFIXES)
 
 
-# `python benchmarks/bench_x.py` measures the checkout's in-place build when there is one, else
-# the installed cybn (an unbuilt source tree first on sys.path would shadow it and fail).
+# The benchmarks measure the checkout's in-place build when there is one, else the installed cybn:
+# an unbuilt checkout on sys.path (the current folder, `python -m`) would shadow it and fail.
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _has_inplace_build(_REPO) and _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+if _has_inplace_build(_REPO):
+    if _REPO not in sys.path:
+        sys.path.insert(0, _REPO)
+else:
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _REPO]
 
 import cybn  # noqa: E402
 from cybn._config import config as _cybn_config  # noqa: E402

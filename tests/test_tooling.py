@@ -40,19 +40,23 @@ def test_an_unbuilt_source_tree_says_how_to_build(source_tree):
     assert str(source_tree / "cybn" / "_kernels") in last
 
 
-def _cybn_seen_by_harness(src):
+def _cybn_seen_by_harness(src, cwd):
     code = (f"import sys; sys.path.insert(0, {str(src / 'benchmarks')!r}); import harness, cybn; "
             "print(cybn.__file__)")
-    r = _python(code, cwd=src / "benchmarks", pythonpath=INSTALLED)
+    r = _python(code, cwd=cwd, pythonpath=INSTALLED)
     assert r.returncode == 0, r.stderr
     return Path(r.stdout.strip()).resolve()
 
 
 def test_benchmarks_use_the_installed_cybn_or_an_inplace_build(source_tree):
-    # An unbuilt checkout: the harness leaves it off sys.path and imports the installed cybn.
-    assert _cybn_seen_by_harness(source_tree) == (INSTALLED / "cybn" / "__init__.py").resolve()
+    # An unbuilt checkout: the harness keeps it off sys.path (even as the current folder, which
+    # `python -c` / `python -m` put first) and imports the installed cybn.
+    installed = (INSTALLED / "cybn" / "__init__.py").resolve()
+    assert _cybn_seen_by_harness(source_tree, cwd=source_tree / "benchmarks") == installed
+    assert _cybn_seen_by_harness(source_tree, cwd=source_tree) == installed
     # Built in place: the checkout's own cybn.
     for so in (INSTALLED / "cybn" / "_kernels").iterdir():
         if so.suffix in (".so", ".pyd"):
             shutil.copy(so, source_tree / "cybn" / "_kernels")
-    assert _cybn_seen_by_harness(source_tree) == (source_tree / "cybn" / "__init__.py").resolve()
+    for cwd in (source_tree / "benchmarks", source_tree):
+        assert _cybn_seen_by_harness(source_tree, cwd) == (source_tree / "cybn" / "__init__.py").resolve()
