@@ -39,8 +39,10 @@ import numpy as np
 from ..data import channel_stats
 from ..nn import BatchNorm2D, Conv2D, SoftmaxCrossEntropy, cnn7
 from ..train import Callback, NonFiniteError, evaluate
+from ..recipe import TrainConfig, run
 from .probes import ChanceStop, GradientRecorder, PeriodicEval, PreactivationRecorder
-from .recipe import TrainConfig, run
+from .records import (EpsRow, LrRow, LrSweep, Results, RunGroup, RunResult, ScaleRow, StepsPart, StepsRatio,
+                      StepsRow, last_preactivation)
 
 CHANCE_LOSS = math.log(10.0)
 
@@ -172,7 +174,7 @@ class SmallInitExperiment:
         # Called with the results so far after every finished run, so a long experiment that is
         # interrupted still leaves its finished figures on disk.
         self.on_update = on_update or (lambda results: None)
-        self.results = {"options": dataclasses.asdict(options), "runs": {}}
+        self.results = Results(options=dataclasses.asdict(options))
 
     # ------------------------------------------------------------------ helpers
     def _config(self, **kw):
@@ -204,7 +206,7 @@ class SmallInitExperiment:
                   periodic_loader=None):
         """Train one full-length configuration, recording pre-activations, losses and (every
         ``eval_every`` steps, if given) the accuracy on ``periodic_loader`` (default: the test
-        set); returns its record for results.json."""
+        set); returns its RunResult."""
         o = self.o
         recorder = PreactivationRecorder(every=o.record_every, loss_every=o.loss_every)
         callbacks = [recorder, *callbacks]
@@ -217,25 +219,22 @@ class SmallInitExperiment:
             callbacks.append(stop)
         trainer, error, seconds = self._train(config, callbacks, eval_loader, data)
         history = trainer.history if trainer else []
-        return {
-            "label": label, "seed": config.seed, "config": config.to_json(), "error": error,
-            "history": history, "losses": recorder.losses, "preactivations": recorder.records,
-            "preact_at_init": recorder.at_init, "test_points": periodic.points if periodic else [],
-            "seconds": seconds, "eval_seconds": periodic.seconds if periodic else 0.0,
-            "images_per_s": float(np.mean([h["images_per_s"] for h in history])) if history else None,
-            "outcome": classify([v for _, v in recorder.losses]),
-            "stopped_at_chance_epoch": stop.stopped_epoch if stop else None,
-        }
+        return RunResult(
+            label=label, seed=config.seed, config=config.to_json(), error=error,
+            history=history, losses=recorder.losses, preactivations=recorder.records,
+            preact_at_init=recorder.at_init, test_points=periodic.points if periodic else [],
+            seconds=seconds, eval_seconds=periodic.seconds if periodic else 0.0,
+            images_per_s=float(np.mean([h["images_per_s"] for h in history])) if history else None,
+            outcome=classify([v for _, v in recorder.losses]),
+            stopped_at_chance_epoch=stop.stopped_epoch if stop else None)
 
-    def _add_run(self, key, part, label, record, **extra):
-        """File one seed's record under ``key`` (all seeds of a configuration share it)."""
-        entry = self.results["runs"].setdefault(key, {"label": label, "part": part, "seeds": [], **extra})
-        entry["seeds"].append(record)
-        history = record["history"]
-        last = history[-1] if history else {}
-        stopped = record["stopped_at_chance_epoch"]
-        self.log(f"[{part}] {label}, seed {record['seed']}: {record['outcome']}, train loss "
-                 f"{last.get('train_loss')}, test acc {last.get('test_accuracy')}, {record['seconds']:.0f} s"
+    def _add_run(self, key, part, label, record, **varied):
+        """File one seed's RunResult under ``key`` (all seeds of a configuration share its RunGroup)."""
+        group = self.results.runs.setdefault(key, RunGroup(label=label, part=part, **varied))
+        group.seeds.append(record)
+        stopped = record.stopped_at_chance_epoch
+        self.log(f"[{part}] {label}, seed {record.seed}: {record.outcome}, train loss "
+                 f"{record.final('train_loss')}, test acc {record.final('test_accuracy')}, {record.seconds:.0f} s"
                  + (f" (stopped at chance after epoch {stopped})" if stopped else ""))
         self.on_update(self.results)
 
@@ -258,8 +257,9 @@ class SmallInitExperiment:
         runs = [("steps_control", CONFIGS["d"]["label"], "none", "he", 1)]
         runs += [(f"steps_bn_{init}_x{m:g}", f"BN everywhere, {INIT_LABELS.get(init, init)}, lr ×{m:g}", "all", init, m)
                  for init in o.steps_inits for m in o.steps_multipliers]
-        rows = self.results.setdefault("steps", {"val_size": o.val_size, "eval_every": o.steps_eval_every,
-                                                 "rows": []})["rows"]
+        if self.results.steps is None:
+            self.results.steps = StepsPart(o.val_size, o.steps_eval_every)
+        rows = self.results.steps.rows
         for seed in o.seeds:
             for key, label, bn, init, mult in runs:
                 self.log(f"[steps] {label}, seed {seed}: {epochs} epochs, lr {o.lr * mult:g}")
@@ -267,17 +267,17 @@ class SmallInitExperiment:
                 record = self._full_run(label, config, o.steps_eval_every, data=split, eval_loader=False,
                                         periodic_loader=val)
                 self._add_run(key, "steps", label, record, init=init, multiplier=mult)
-            control = self.results["runs"]["steps_control"]["seeds"][-1]
+            control = self.results.runs["steps_control"].seeds[-1]
             for key, label, bn, init, mult in runs[1:]:
-                ratio = steps_to_accuracy(self.results["runs"][key]["seeds"][-1], control)
-                rows.append({"seed": seed, "key": key, "init": init, "multiplier": mult, **(ratio or {})})
+                ratio = steps_to_accuracy(self.results.runs[key].seeds[-1], control)
+                rows.append(StepsRow(seed, key, init, mult, **(dataclasses.asdict(ratio) if ratio else {})))
                 self.log(f"[steps] {label}, seed {seed}: {ratio}")
 
     def run_eps_sweep(self):
         """(c) with BN's epsilon from far above to far below the last layer's batch variance, at
         each learning rate, with the layers' biases and without them."""
         o = self.o
-        rows = self.results.setdefault("eps_sweep", [])
+        rows = self.results.eps_sweep
         for seed, bias, lr, eps in itertools.product(o.seeds, o.eps_biases, o.eps_lrs, o.eps_values):
             config = self._config(bn="last", init="uniform:0.001", bn_eps=eps, lr=lr, bias=bias,
                                   schedule="constant", epochs=10**6, max_steps=o.eps_steps,
@@ -285,18 +285,18 @@ class SmallInitExperiment:
             trace = LossTrace()
             recorder = PreactivationRecorder(every=10**9, loss_every=1)
             trainer, error, seconds = self._train(config, callbacks=(trace, recorder), eval_loader=False)
-            init = recorder.at_init
-            var = init.get("fc2", {}).get("channel_var", float("nan"))
+            _, last = last_preactivation(recorder.at_init)
+            var = last.channel_var if last else float("nan")
             losses = trace.losses
-            row = {"seed": seed, "bias": bias, "lr": lr, "eps": eps, "last_layer_var_at_init": var,
-                   "bn_gain_at_init": 1.0 / math.sqrt(var + eps),
-                   "xhat_scale_at_init": math.sqrt(var / (var + eps)),
-                   "final_loss": float(np.mean(losses[-10:])) if losses else None,
-                   "outcome": "diverged" if error else classify(losses),
-                   "error": error, "steps": len(losses), "seconds": seconds}
+            row = EpsRow(seed=seed, bias=bias, lr=lr, eps=eps, last_layer_var_at_init=var,
+                         bn_gain_at_init=1.0 / math.sqrt(var + eps),
+                         xhat_scale_at_init=math.sqrt(var / (var + eps)),
+                         final_loss=float(np.mean(losses[-10:])) if losses else None,
+                         outcome="diverged" if error else classify(losses),
+                         error=error, steps=len(losses), seconds=seconds)
             rows.append(row)
             self.log(f"[eps] seed {seed}, {'biases' if bias else 'no biases'}, lr {lr:g}, eps {eps:.0e}: "
-                     f"{row['outcome']} (final loss {row['final_loss']})")
+                     f"{row.outcome} (final loss {row.final_loss})")
         return rows
 
     def run_lr_sweep(self):
@@ -314,11 +314,11 @@ class SmallInitExperiment:
             if error is None:
                 acc = evaluate(trainer.model, trainer.loss_fn, test)["accuracy"]
             outcome = "diverged" if error else classify(trace.losses)
-            rows.append({"seed": seed, "bn": bn, "lr": lr, "multiplier": mult, "outcome": outcome, "error": error,
-                         "final_loss": float(np.mean(trace.losses[-10:])) if trace.losses else None,
-                         "test_accuracy": acc, "seconds": seconds})
+            rows.append(LrRow(seed=seed, bn=bn, lr=lr, multiplier=mult, outcome=outcome, error=error,
+                              final_loss=float(np.mean(trace.losses[-10:])) if trace.losses else None,
+                              test_accuracy=acc, seconds=seconds))
             self.log(f"[lr] seed {seed}, bn={bn} lr {lr:g}: {outcome}, test acc {acc}")
-        self.results["lr_sweep"] = {"rows": rows, "largest_lr_that_trains": largest_lr_that_trains(rows)}
+        self.results.lr_sweep = LrSweep(rows, largest_lr_that_trains(rows))
         return rows
 
     def run_dropout(self):
@@ -347,17 +347,17 @@ class SmallInitExperiment:
                                   lr=o.optimizer_lr, adam_eps=eps, weight_decay=o.optimizer_weight_decay)
             probe = GradientRecorder(o.probe_steps)
             record = self._full_run(label, config, eval_every, callbacks=(probe,))
-            record["gradients"] = probe.records
+            record.gradients = probe.records
             self._add_run(f"{o.optimizer}_{eps:g}_{key}", "optimizer", label, record, config_key=key, adam_eps=eps)
 
     def run_scale(self):
         rows = []
         for init in ("he", "uniform:0.001"):
             rows.extend(scale_invariance(self.data, init, self.o.scale_factors, seed=self.o.seeds[0]))
-        self.results["scale_invariance"] = rows
+        self.results.scale_invariance = rows
         for r in rows:
-            self.log(f"[scale] init {r['init']} k={r['k']:g}: output rel. change {r['output_rel_change']:.2e}, "
-                     f"grad ratio {r['grad_ratio']:.6g} (ideal {1 / r['k']:.6g})")
+            self.log(f"[scale] init {r.init} k={r.k:g}: output rel. change {r.output_rel_change:.2e}, "
+                     f"grad ratio {r.grad_ratio:.6g} (ideal {1 / r.k:.6g})")
         return rows
 
     def run(self):
@@ -368,8 +368,8 @@ class SmallInitExperiment:
         for part in sorted(self.o.parts, key=PARTS.index):
             part_start = time.perf_counter()
             runners[part]()
-            self.results.setdefault("part_seconds", {})[part] = time.perf_counter() - part_start
-            self.results["total_seconds"] = time.perf_counter() - start
+            self.results.part_seconds[part] = time.perf_counter() - part_start
+            self.results.total_seconds = time.perf_counter() - start
             self.on_update(self.results)
         return self.results
 
@@ -380,8 +380,8 @@ def largest_lr_that_trains(rows):
     for bn in ("all", "none"):
         by_lr = {}
         for r in rows:
-            if r["bn"] == bn:
-                by_lr.setdefault(r["lr"], []).append(r["outcome"] == "trains")
+            if r.bn == bn:
+                by_lr.setdefault(r.lr, []).append(r.outcome == "trains")
         ok = [lr for lr, trains in by_lr.items() if all(trains)]
         largest[bn] = max(ok) if ok else None
     return largest
@@ -394,12 +394,12 @@ def best_point(points):
 
 def steps_to_accuracy(bn_run, control_run):
     """Steps the BN run needs to reach the control's best (validation) accuracy, and the ratio."""
-    if not control_run["test_points"] or not bn_run["test_points"]:
+    if not control_run.test_points or not bn_run.test_points:
         return None
-    best_step, best_acc, _ = best_point(control_run["test_points"])
-    reached = next((s for s, acc, _ in bn_run["test_points"] if acc >= best_acc), None)
-    return {"control_best_accuracy": best_acc, "control_steps": best_step, "bn_steps": reached,
-            "ratio": (best_step / reached) if reached else None}
+    best_step, best_acc, _ = best_point(control_run.test_points)
+    reached = next((s for s, acc, _ in bn_run.test_points if acc >= best_acc), None)
+    return StepsRatio(control_best_accuracy=best_acc, control_steps=best_step, bn_steps=reached,
+                      ratio=(best_step / reached) if reached else None)
 
 
 def scale_invariance(data, init, factors, seed=0, batch=64):
@@ -429,11 +429,10 @@ def scale_invariance(data, init, factors, seed=0, batch=64):
     rows = []
     for k in factors:
         loss_k, out_k, grad_k, var_k, _ = forward_backward(k)
-        rows.append({
-            "init": init, "k": k, "conv_output_var": var1, "bn_eps": eps,
-            "output_rel_change": float(np.linalg.norm(out_k - out1) / np.linalg.norm(out1)),
-            "loss_change": float(abs(loss_k - loss1)),
-            "grad_ratio": float(np.vdot(grad_k, grad1) / np.vdot(grad1, grad1)),
-            "grad_rel_error": float(np.linalg.norm(grad_k * k - grad1) / np.linalg.norm(grad1)),
-        })
+        rows.append(ScaleRow(
+            init=init, k=k, conv_output_var=var1, bn_eps=eps,
+            output_rel_change=float(np.linalg.norm(out_k - out1) / np.linalg.norm(out1)),
+            loss_change=float(abs(loss_k - loss1)),
+            grad_ratio=float(np.vdot(grad_k, grad1) / np.vdot(grad1, grad1)),
+            grad_rel_error=float(np.linalg.norm(grad_k * k - grad1) / np.linalg.norm(grad1))))
     return rows

@@ -161,7 +161,8 @@ class SGD(_Optimizer):
 
 
 
-def _betas(betas):
+def check_betas(betas):
+    """Adam's (beta1, beta2), each a real number in [0, 1); TypeError/ValueError name the entry."""
     if not isinstance(betas, (tuple, list)):
         raise TypeError(f"betas must be a pair (beta1, beta2), got {type(betas).__name__}")
     if len(betas) != 2:
@@ -194,7 +195,7 @@ class Adam(_Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
                  decay_bn_and_bias=True):
         self.lr = _nonneg(lr, "lr")
-        self.betas = _betas(betas)
+        self.betas = check_betas(betas)
         self.eps = _nonneg(eps, "eps")
         self.weight_decay = _nonneg(weight_decay, "weight_decay")
         if not isinstance(amsgrad, (bool, np.bool_)):
