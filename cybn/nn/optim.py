@@ -13,6 +13,7 @@ resumed at step k gets exactly the learning rates of an uninterrupted run; the t
 ``opt.lr = schedule.lr_at(step)`` before each ``opt.step()``.
 """
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -258,16 +259,20 @@ class Adam(_Optimizer):
         return state
 
     def load_state_dict(self, state):
-        """Restore what ``state_dict`` returned; missing, unknown or mismatched entries raise (and
-        nothing is changed)."""
+        """Restore what ``state_dict`` returned. Like ``Module.load_state_dict``: unexpected or
+        missing entries are a ValueError listing them, a shape mismatch a ValueError and a dtype
+        mismatch a TypeError; nothing changes unless every check passes."""
+        who = type(self).__name__
+        if not isinstance(state, Mapping):
+            raise TypeError(f"optimizer state must be a mapping (from {who}.state_dict()), got {type(state).__name__}")
         expected = self.state_dict().keys()
-        unknown = sorted(k for k in state if k not in expected)
-        if unknown:
-            raise KeyError(f"{type(self).__name__} state has unknown entries {unknown}")
+        unexpected = sorted(k for k in state if k not in expected)
         missing = sorted(k for k in expected if k not in state)
-        if missing:
-            raise KeyError(f"{type(self).__name__} state lacks {missing}"
-                           + (" (was it saved with amsgrad=False?)" if any("max_" in k for k in missing) else ""))
+        if unexpected or missing:
+            parts = [f"missing {missing}" + (" (saved with amsgrad=False?)" if any("max_" in k for k in missing) else "")
+                     ] if missing else []
+            parts += [f"unexpected {unexpected}"] if unexpected else []
+            raise ValueError(f"error loading {who} state: " + "; ".join(parts))
         step = np.asarray(state["step"])
         if step.shape != () or step.dtype.kind not in "iu" or step < 0:
             raise ValueError(f"optimizer state 'step' must be an integer scalar >= 0, got {step!r}")
@@ -276,9 +281,10 @@ class Adam(_Optimizer):
             if k == "step":
                 continue
             value, p = np.asarray(state[k]), by_name[k.split("/", 1)[1]]
-            if value.shape != p.shape or value.dtype != p.dtype:
-                raise ValueError(f"optimizer state {k!r} is {value.shape} {value.dtype}, "
-                                 f"parameter is {p.shape} {p.dtype}")
+            if value.shape != p.shape:
+                raise ValueError(f"optimizer state {k!r} has shape {value.shape}, parameter has {p.shape}")
+            if value.dtype != p.dtype:
+                raise TypeError(f"optimizer state {k!r} has dtype {value.dtype}, parameter has {p.dtype}")
         self.step_count = int(step)
         for key, bufs in self._moments.items():
             for name, buf in bufs.items():
