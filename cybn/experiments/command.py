@@ -64,7 +64,7 @@ class SmallInitCommand:
                            help="run every configuration of every part once per seed (weights, data order, "
                                 "augmentation), e.g. 0,1,2 or 0-4; tables give mean ± std and min–max "
                                 "(default: %(default)s)")
-        seeds.add_argument("--seed", type=arg_type(lambda v: None, parse_seeds, "a seed"), dest="seeds",
+        seeds.add_argument("--seed", type=arg_type(lambda v: None, parse_seeds, "a seed"), dest="seeds", metavar="N",
                            help="one seed (the same as --seeds N)")
         p.add_argument("--parts", type=comma_list(str), default=DEFAULT_PARTS,
                        help=f"comma-separated parts to run, from {','.join(PARTS)}, or 'all' "
@@ -78,7 +78,7 @@ class SmallInitCommand:
                        help="epochs of each 'steps' run (default: --epochs)")
         p.add_argument("--val-size", type=positive_int, default=None,
                        help=f"'steps': training images held out for validation (default {d.val_size}; --quick: 1000)")
-        p.add_argument("--eval-every", type=positive_int, default=None, dest="steps_eval_every",
+        p.add_argument("--eval-every", type=positive_int, default=None, dest="steps_eval_every", metavar="N",
                        help=f"'steps': validation every N steps (default {d.steps_eval_every}; --quick: 10)")
         p.add_argument("--dropout-epochs", type=positive_int, default=None,
                        help=f"epochs of each 'dropout' run (default {d.dropout_epochs}; --quick: 4)")
