@@ -1,5 +1,5 @@
-"""2-D convolution kernels: im2col / col2im and Winograd F(2x2,3x3), fused per thread with
-single-threaded BLAS GEMMs (scipy.linalg.cython_blas sgemm/dgemm, called without the GIL).
+"""2-D convolution kernels: im2col / col2im and Winograd F(2x2,3x3) / F(4x4,3x3), fused per
+thread with single-threaded BLAS GEMMs (scipy.linalg.cython_blas sgemm/dgemm, called without the GIL).
 
 im2col path (any kernel, stride, padding). Work units (images, or fixed blocks of images for the
 backward) are handed out dynamically to the OpenMP threads; a thread unrolls one image into its
@@ -14,7 +14,9 @@ with the products avoids writing and re-reading a whole-batch im2col matrix (150
 128 x 32ch @ 32x32 float32); per-thread GEMMs avoid the BLAS pool's fork/join per product.
 
 Winograd path (3x3, stride 1; forward, and dx as the forward conv of dy with the flipped
-kernel): see ``conv2d_winograd`` below: 2.25x fewer GEMM flops, 16 GEMMs (F, C) @ (C, tiles).
+kernel): see ``conv2d_winograd`` below: F(2x2): 2.25x fewer GEMM flops, 16 GEMMs
+(F, C) @ (C, tiles); F(4x4): 4x fewer, 36 GEMMs. The transforms' hot loops are C with
+AVX-512 / AVX2 clones chosen at load time (``target_clones``), one portable build.
 
 The caller must cap the BLAS library at ONE thread while these run (OpenMP provides the
 parallelism). Reductions (dW, db) are summed per fixed block of images and the blocks combined
@@ -396,25 +398,214 @@ cdef extern from *:
     void cybn_wino_out_d(const double* m, long FT, double* o0, double* o1, double bf, int TW) nogil
 
 
-cdef void _wino_input(const floating* x, floating* U, floating* Z, floating* tmp, int C, int H,
-                      int W, int ph, int pw, int TH, int TW, int Tg, int t0) noexcept nogil:
-    """U[xi, c, t0 + th*TW + tw] = (B^T d B)[a, b] for the tiles of one image (ld = Tg).
+# Winograd F(4x4, 3x3): 6x6 input tiles at stride 4, 36 GEMMs over 16-pixel output tiles,
+# i.e. 36/16 = 2.25 multiply-adds per output pixel and (f, c) pair instead of 9 (4x fewer than
+# im2col, 1.78x fewer than F(2x2)); the transformed data is 2.25x the image instead of 4x.
+#   B^T = [[4,0,-5,0,1,0],[0,-4,-4,1,1,0],[0,4,-4,-1,1,0],[0,-2,-1,2,1,0],[0,2,-1,-2,1,0],
+#          [0,4,0,-5,0,1]],
+#   G = [[1/4,0,0],[-1/6,-1/6,-1/6],[-1/6,1/6,-1/6],[1/24,1/12,1/6],[1/24,-1/12,1/6],[0,0,1]],
+#   A^T = [[1,1,1,1,1,0],[0,1,-1,2,-2,0],[0,1,1,4,4,0],[0,1,-1,8,-8,1]].
+# The transforms are written with multiplications by powers of two only (5d = 4d + d), so an
+# FMA contraction in a vectorised clone rounds exactly like the separate multiply and add: every
+# clone gives the same bits.
 
-    Z: >= W zeros standing in for the padding rows; tmp: 4 padded rows of width 2*TW + 2.
+cdef extern from *:
     """
-    cdef int WZ = 2 * TW + 2
+    /* One portable baseline build; the hot transform loops get AVX-512 / AVX2 clones that the
+       loader picks for the running CPU (GCC on x86-64 ELF; elsewhere the plain code). */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
+    #define CYBN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+    #else
+    #define CYBN_CLONES
+    #endif
+
+    /* B^T along 6 input rows r[0..5] (a missing row points at zeros), written at column offset
+       pw of the 6 padded tile rows t + a*WZ (zero borders). */
+    #define CYBN_WINO4_ROWS(T, NAME)                                                     \
+    CYBN_CLONES static void NAME(const T* const* r, T* t, int W, int pw, int WZ) {      \
+        for (int a = 0; a < 6; ++a) {                                                   \
+            for (int i = 0; i < pw; ++i) t[a * WZ + i] = 0;                             \
+            for (int i = pw + W; i < WZ; ++i) t[a * WZ + i] = 0;                        \
+        }                                                                               \
+        const T *__restrict r0 = r[0], *__restrict r1 = r[1], *__restrict r2 = r[2];    \
+        const T *__restrict r3 = r[3], *__restrict r4 = r[4], *__restrict r5 = r[5];    \
+        T *__restrict t0 = t + pw, *__restrict t1 = t0 + WZ, *__restrict t2 = t1 + WZ;  \
+        T *__restrict t3 = t2 + WZ, *__restrict t4 = t3 + WZ, *__restrict t5 = t4 + WZ; \
+        for (int i = 0; i < W; ++i) {                                                   \
+            T a0 = r0[i], a1 = r1[i], a2 = r2[i], a3 = r3[i], a4 = r4[i], a5 = r5[i];   \
+            T p = a4 - a2, q = a3 - a1;                                                 \
+            t0[i] = 4 * (a0 - a2) + p;                                                  \
+            t1[i] = (a3 + a4) - 4 * (a1 + a2);                                          \
+            t2[i] = (a4 - a3) + 4 * (a1 - a2);                                          \
+            t3[i] = p + 2 * q;                                                          \
+            t4[i] = p - 2 * q;                                                          \
+            t5[i] = 4 * (a1 - a3) + (a5 - a3);                                          \
+        }                                                                               \
+    }
+    /* B along the columns of each tile of one padded row ta: stream b gets u[b*CT + tw]. */
+    #define CYBN_WINO4_IN(T, NAME)                                                       \
+    CYBN_CLONES static void NAME(const T* __restrict ta, T* __restrict u, long CT, int TW) { \
+        T *__restrict u0 = u, *__restrict u1 = u + CT, *__restrict u2 = u + 2 * CT;     \
+        T *__restrict u3 = u + 3 * CT, *__restrict u4 = u + 4 * CT, *__restrict u5 = u + 5 * CT; \
+        for (int tw = 0; tw < TW; ++tw) {                                               \
+            const T* d = ta + 4 * tw;                                                   \
+            T d0 = d[0], d1 = d[1], d2 = d[2], d3 = d[3], d4 = d[4], d5 = d[5];         \
+            T p = d4 - d2, q = d3 - d1;                                                 \
+            u0[tw] = 4 * (d0 - d2) + p;                                                 \
+            u1[tw] = (d3 + d4) - 4 * (d1 + d2);                                         \
+            u2[tw] = (d4 - d3) + 4 * (d1 - d2);                                         \
+            u3[tw] = p + 2 * q;                                                         \
+            u4[tw] = p - 2 * q;                                                         \
+            u5[tw] = 4 * (d1 - d3) + (d5 - d3);                                         \
+        }                                                                               \
+    }
+    /* A^T m A (+ bf) of n consecutive tiles: m[xi*FT + t] (xi = 6a + b) -> o[(4i + j)*n + t],
+       the 16 output pixels of each tile as 16 streams. The body works on one tile (scalar V)
+       or, with GCC vector types, on a 64-byte vector of tiles (the same operations lane by
+       lane, so the bits do not depend on the path); GCC leaves the plain loop scalar. */
+    #define CYBN_WINO4_OUT_BODY(V, LD, ST)                                               \
+        {                                                                               \
+            V s[4][6];                                                                  \
+            for (int b = 0; b < 6; ++b) {                                               \
+                V m0 = LD(q + b * FT), m1 = LD(q + (6 + b) * FT), m2 = LD(q + (12 + b) * FT); \
+                V m3 = LD(q + (18 + b) * FT), m4 = LD(q + (24 + b) * FT);               \
+                V m5 = LD(q + (30 + b) * FT);                                           \
+                V p = m1 + m2, d = m1 - m2, p2 = m3 + m4, d2 = m3 - m4;                 \
+                s[0][b] = (m0 + p) + p2; s[1][b] = d + 2 * d2;                          \
+                s[2][b] = p + 4 * p2; s[3][b] = (d + 8 * d2) + m5;                      \
+            }                                                                           \
+            for (int i = 0; i < 4; ++i) {                                               \
+                V p = s[i][1] + s[i][2], d = s[i][1] - s[i][2];                         \
+                V p2 = s[i][3] + s[i][4], d2 = s[i][3] - s[i][4];                       \
+                ST(oo + (4 * i) * n, ((s[i][0] + p) + p2) + bf);                        \
+                ST(oo + (4 * i + 1) * n, (d + 2 * d2) + bf);                            \
+                ST(oo + (4 * i + 2) * n, (p + 4 * p2) + bf);                            \
+                ST(oo + (4 * i + 3) * n, ((d + 8 * d2) + s[i][5]) + bf);                \
+            }                                                                           \
+        }
+    #define CYBN_LD_S(p) (*(p))
+    #define CYBN_ST_S(p, v) (*(p) = (v))
+    #if defined(__GNUC__)
+    typedef float cybn_vf __attribute__((vector_size(64), aligned(4), may_alias));
+    typedef double cybn_vd __attribute__((vector_size(64), aligned(8), may_alias));
+    #define CYBN_LD_VF(p) (*(const cybn_vf*)(p))
+    #define CYBN_ST_VF(p, v) (*(cybn_vf*)(p) = (v))
+    #define CYBN_LD_VD(p) (*(const cybn_vd*)(p))
+    #define CYBN_ST_VD(p, v) (*(cybn_vd*)(p) = (v))
+    #define CYBN_WINO4_OUT_VEC(VT, LDV, STV)                                             \
+        for (; t + (long)(sizeof(VT) / sizeof(*m)) <= n; t += sizeof(VT) / sizeof(*m)) { \
+            const __typeof__(*m)* q = m + t; __typeof__(*o)* oo = o + t;                \
+            CYBN_WINO4_OUT_BODY(VT, LDV, STV)                                           \
+        }
+    #else
+    #define CYBN_WINO4_OUT_VEC(VT, LDV, STV)
+    #endif
+    #define CYBN_WINO4_OUT(T, VT, LDV, STV, NAME)                                        \
+    CYBN_CLONES static void NAME(const T* __restrict m, long FT, T* __restrict o, long n, \
+                                 T bf) {                                                \
+        long t = 0;                                                                     \
+        CYBN_WINO4_OUT_VEC(VT, LDV, STV)                                                \
+        for (; t < n; ++t) {                                                            \
+            const T* q = m + t; T* oo = o + t;                                          \
+            CYBN_WINO4_OUT_BODY(T, CYBN_LD_S, CYBN_ST_S)                                \
+        }                                                                               \
+    }
+    /* Output row r = 4*th + i of one image plane from the tile streams o (see above):
+       y[4*tw + j] = o[(4i + j)*n + tw], for the Wo columns of the row. */
+    #define CYBN_WINO4_ROW(T, NAME)                                                      \
+    static void NAME(const T* __restrict o, long n, int i, T* __restrict y, int Wo) {    \
+        const T* o0 = o + (4 * i) * n;                                                  \
+        int tw = 0;                                                                     \
+        for (; 4 * tw + 4 <= Wo; ++tw) {                                                \
+            y[4 * tw] = o0[tw]; y[4 * tw + 1] = o0[n + tw];                             \
+            y[4 * tw + 2] = o0[2 * n + tw]; y[4 * tw + 3] = o0[3 * n + tw];             \
+        }                                                                               \
+        for (int j = 0; 4 * tw + j < Wo; ++j) y[4 * tw + j] = o0[j * n + tw];           \
+    }
+    CYBN_WINO4_ROWS(float, cybn_wino4_rows_f)
+    CYBN_WINO4_ROWS(double, cybn_wino4_rows_d)
+    CYBN_WINO4_IN(float, cybn_wino4_in_f)
+    CYBN_WINO4_IN(double, cybn_wino4_in_d)
+    CYBN_WINO4_OUT(float, cybn_vf, CYBN_LD_VF, CYBN_ST_VF, cybn_wino4_out_f)
+    CYBN_WINO4_OUT(double, cybn_vd, CYBN_LD_VD, CYBN_ST_VD, cybn_wino4_out_d)
+    CYBN_WINO4_ROW(float, cybn_wino4_row_f)
+    CYBN_WINO4_ROW(double, cybn_wino4_row_d)
+
+    /* V[(alpha*a + b)*F*C + f*C + c] = (G g G^T)[a, b] in double, rounded once, for every 3x3
+       kernel g = w[f, c] (alpha = 4: F(2x2); 6: F(4x4)); ``flipped``: g[i][j] = w[f, c, 2-i, 2-j]
+       stored at V[xi, c, f] (the weights of the dx conv). */
+    static const double cybn_G2[12] = {1, 0, 0, .5, .5, .5, .5, -.5, .5, 0, 0, 1};
+    static const double cybn_G4[18] = {1. / 4, 0, 0, -1. / 6, -1. / 6, -1. / 6,
+                                       -1. / 6, 1. / 6, -1. / 6, 1. / 24, 1. / 12, 1. / 6,
+                                       1. / 24, -1. / 12, 1. / 6, 0, 0, 1};
+    #define CYBN_WINO_WEIGHTS(T, NAME)                                                   \
+    static void NAME(const T* w, T* V, int F, int C, int flipped, int alpha) {          \
+        const double* G = alpha == 4 ? cybn_G2 : cybn_G4;                               \
+        long FC = (long)F * C;                                                          \
+        for (int f = 0; f < F; ++f)                                                     \
+            for (int c = 0; c < C; ++c) {                                               \
+                const T* k = w + ((long)f * C + c) * 9;                                 \
+                double g[9], r[18];                                                     \
+                for (int i = 0; i < 9; ++i) g[i] = flipped ? k[8 - i] : k[i];           \
+                for (int a = 0; a < alpha; ++a)                                         \
+                    for (int j = 0; j < 3; ++j)                                         \
+                        r[a * 3 + j] = G[a * 3] * g[j] + G[a * 3 + 1] * g[3 + j]        \
+                                       + G[a * 3 + 2] * g[6 + j];                       \
+                T* v = V + (flipped ? (long)c * F + f : (long)f * C + c);               \
+                for (int a = 0; a < alpha; ++a)                                         \
+                    for (int b = 0; b < alpha; ++b)                                     \
+                        v[(a * alpha + b) * FC] = (T)(r[a * 3] * G[b * 3]               \
+                            + r[a * 3 + 1] * G[b * 3 + 1] + r[a * 3 + 2] * G[b * 3 + 2]); \
+            }                                                                           \
+    }
+    CYBN_WINO_WEIGHTS(float, cybn_wino_weights_f)
+    CYBN_WINO_WEIGHTS(double, cybn_wino_weights_d)
+    """
+    void cybn_wino4_rows_f(const float* const* r, float* t, int W, int pw, int WZ) nogil
+    void cybn_wino4_rows_d(const double* const* r, double* t, int W, int pw, int WZ) nogil
+    void cybn_wino4_in_f(const float* ta, float* u, long CT, int TW) nogil
+    void cybn_wino4_in_d(const double* ta, double* u, long CT, int TW) nogil
+    void cybn_wino4_out_f(const float* m, long FT, float* o, long n, float bf) nogil
+    void cybn_wino4_out_d(const double* m, long FT, double* o, long n, double bf) nogil
+    void cybn_wino4_row_f(const float* o, long n, int i, float* y, int Wo) nogil
+    void cybn_wino4_row_d(const double* o, long n, int i, double* y, int Wo) nogil
+    void cybn_wino_weights_f(const float* w, float* V, int F, int C, int flipped, int alpha) nogil
+    void cybn_wino_weights_d(const double* w, double* V, int F, int C, int flipped,
+                             int alpha) nogil
+
+
+cdef void _wino_input(const floating* x, floating* U, floating* Z, floating* tmp, int C, int H,
+                      int W, int ph, int pw, int TH, int TW, int Tg, int t0, int m) noexcept nogil:
+    """U[xi, c, t0 + th*TW + tw] = (B^T d B)[a, b] for the tiles of one image (ld = Tg), with
+    output tiles of m x m (2: F(2x2, 3x3), 4: F(4x4, 3x3)).
+
+    Z: >= W zeros standing in for the padding rows; tmp: m + 2 padded rows of width m*TW + 2.
+    """
+    cdef int alpha = m + 2, WZ = m * TW + 2
     cdef int c, th, a, k, ih
     cdef Py_ssize_t CT = <Py_ssize_t>C * Tg
-    cdef const floating* r[4]
+    cdef const floating* r[6]
     cdef floating* ta
     cdef floating* u
     memset(Z, 0, W * sizeof(floating))
     for c in range(C):
         for th in range(TH):
-            for k in range(4):
-                ih = 2 * th - ph + k
+            for k in range(alpha):
+                ih = m * th - ph + k
                 r[k] = x + (<Py_ssize_t>c * H + ih) * W if 0 <= ih < H else Z
-            # B^T along the 4 rows (unit stride), then B along the columns of each tile
+            u = U + <Py_ssize_t>c * Tg + t0 + th * TW
+            # B^T along the rows (unit stride), then B along the columns of each tile
+            if m == 4:
+                if floating is float:
+                    cybn_wino4_rows_f(r, tmp, W, pw, WZ)
+                else:
+                    cybn_wino4_rows_d(r, tmp, W, pw, WZ)
+                for a in range(6):
+                    if floating is float:
+                        cybn_wino4_in_f(tmp + a * WZ, u + 6 * a * CT, CT, TW)
+                    else:
+                        cybn_wino4_in_d(tmp + a * WZ, u + 6 * a * CT, CT, TW)
+                continue
             if floating is float:
                 cybn_wino_rows_f(r[0], r[1], r[2], r[3], tmp, tmp + WZ, tmp + 2 * WZ,
                                  tmp + 3 * WZ, W, pw, WZ)
@@ -423,50 +614,85 @@ cdef void _wino_input(const floating* x, floating* U, floating* Z, floating* tmp
                                  tmp + 3 * WZ, W, pw, WZ)
             for a in range(4):
                 ta = tmp + a * WZ
-                u = U + (4 * a) * CT + <Py_ssize_t>c * Tg + t0 + th * TW
                 if floating is float:
-                    cybn_wino_in_f(ta, u, u + CT, u + 2 * CT, u + 3 * CT, TW)
+                    cybn_wino_in_f(ta, u + 4 * a * CT, u + (4 * a + 1) * CT,
+                                   u + (4 * a + 2) * CT, u + (4 * a + 3) * CT, TW)
                 else:
-                    cybn_wino_in_d(ta, u, u + CT, u + 2 * CT, u + 3 * CT, TW)
+                    cybn_wino_in_d(ta, u + 4 * a * CT, u + (4 * a + 1) * CT,
+                                   u + (4 * a + 2) * CT, u + (4 * a + 3) * CT, TW)
 
 
 cdef void _wino_output(const floating* M, floating* y, floating* tmp, const floating* bias,
                        bint has_bias, int F, int Ho, int Wo, int TH, int TW, int Tg,
                        int t0) noexcept nogil:
-    """y[f] = A^T m A (+ bias) for the tiles of one image; m[xi] = M[xi, f, t0 + tile]."""
-    cdef int f, th, tw, b, r
+    """F(2x2): y[f] = A^T m A (+ bias) for the tiles of one image; m[xi] = M[xi, f, t0 + tile].
+
+    tmp: 2 rows of width 2*TW (the tile row's output before it is cut to Wo columns)."""
+    cdef int f, th, r
     cdef Py_ssize_t FT = <Py_ssize_t>F * Tg
-    cdef const floating* m
+    cdef const floating* mp
     cdef floating bf
-    cdef floating* o0 = tmp
-    cdef floating* o1 = tmp + 2 * TW
     for f in range(F):
         bf = bias[f] if has_bias else 0
         for th in range(TH):
-            m = M + <Py_ssize_t>f * Tg + t0 + th * TW
+            mp = M + <Py_ssize_t>f * Tg + t0 + th * TW
             if floating is float:
-                cybn_wino_out_f(m, FT, o0, o1, bf, TW)
+                cybn_wino_out_f(mp, FT, tmp, tmp + 2 * TW, bf, TW)
             else:
-                cybn_wino_out_d(m, FT, o0, o1, bf, TW)
-            r = 2 * th
-            memcpy(y + (<Py_ssize_t>f * Ho + r) * Wo, o0, Wo * sizeof(floating))
-            if r + 1 < Ho:
-                memcpy(y + (<Py_ssize_t>f * Ho + r + 1) * Wo, o1, Wo * sizeof(floating))
+                cybn_wino_out_d(mp, FT, tmp, tmp + 2 * TW, bf, TW)
+            for r in range(2 * th, min(2 * th + 2, Ho)):
+                memcpy(y + (<Py_ssize_t>f * Ho + r) * Wo, tmp + (r - 2 * th) * 2 * TW,
+                       Wo * sizeof(floating))
+
+
+cdef void _wino4_output(const floating* M, floating* y, floating* O, const floating* bias,
+                        bint has_bias, int F, int Ho, int Wo, int TH, int TW, int Tg,
+                        int g0, int g1) noexcept nogil:
+    """F(4x4): y[g, f] = A^T m A (+ bias) for the images g0..g1 of a group: per f, all the
+    group's tiles at once (a long vector loop) into O (16 * Tg), then cut into the rows of y."""
+    cdef int f, g, th, i, r
+    cdef int T = TH * TW
+    cdef Py_ssize_t FT = <Py_ssize_t>F * Tg
+    cdef floating bf
+    cdef const floating* o
+    for f in range(F):
+        bf = bias[f] if has_bias else 0
+        if floating is float:
+            cybn_wino4_out_f(M + <Py_ssize_t>f * Tg, FT, O, Tg, bf)
+        else:
+            cybn_wino4_out_d(M + <Py_ssize_t>f * Tg, FT, O, Tg, bf)
+        for g in range(g0, g1):
+            for th in range(TH):
+                o = O + (g - g0) * T + th * TW
+                for i in range(4):
+                    r = 4 * th + i
+                    if r >= Ho:
+                        break
+                    if floating is float:
+                        cybn_wino4_row_f(o, Tg, i, y + ((<Py_ssize_t>g * F + f) * Ho + r) * Wo,
+                                         Wo)
+                    else:
+                        cybn_wino4_row_d(o, Tg, i, y + ((<Py_ssize_t>g * F + f) * Ho + r) * Wo,
+                                         Wo)
 
 
 def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] V,
                     const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
                     floating[:, ::1] U, floating[:, ::1] M, floating[:, ::1] Z, floating[:, ::1] tmp,
-                    double[::1] gemm_seconds, int ph, int pw, int group, int num_threads):
-    """3x3 stride-1 conv y = x * g (+ bias) by Winograd F(2x2, 3x3); V (16, F, C) = G g G^T.
+                    floating[:, ::1] O, double[::1] gemm_seconds, int ph, int pw, int m, int group,
+                    int num_threads):
+    """3x3 stride-1 conv y = x * g (+ bias) by Winograd F(m x m, 3x3), m = 2 or 4;
+    V ((m+2)^2, F, C) = G g G^T (``winograd_weights``).
 
     Groups of ``group`` images are handed out to the threads dynamically; per group: input
-    transform -> 16 GEMMs over the group's tiles -> output transform. Scratch per thread:
-    U (16*C*Tg), M (16*F*Tg) with Tg = group*TH*TW, Z (>= W), tmp (4*(2TW+2)).
+    transform -> (m+2)^2 GEMMs over the group's tiles -> output transform. Scratch per thread:
+    U ((m+2)^2*C*Tg), M ((m+2)^2*F*Tg) with Tg = group*TH*TW, TH = ceil(Ho/m), TW = ceil(Wo/m);
+    Z (>= W), tmp ((m+2)*(m*TW+2)), O (16*Tg for m = 4; unused for m = 2).
     """
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int F = V.shape[1], Ho = y.shape[2], Wo = y.shape[3]
-    cdef int TH = (Ho + 1) // 2, TW = (Wo + 1) // 2, T = TH * TW
+    cdef int TH = (Ho + m - 1) // m, TW = (Wo + m - 1) // m, T = TH * TW
+    cdef int nxi = (m + 2) * (m + 2)
     cdef int t, g0, g1, g, xi, Tg, ngroups, gi
     cdef floating* Ut
     cdef floating* Mt
@@ -483,53 +709,33 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] V,
         Tg = (g1 - g0) * T
         for g in range(g0, g1):
             _wino_input(&x[g, 0, 0, 0], Ut, &Z[t, 0], &tmp[t, 0], C, H, W, ph, pw, TH, TW,
-                        Tg, (g - g0) * T)
+                        Tg, (g - g0) * T, m)
         tt = CYBN_WTIME()
-        for xi in range(16):
+        for xi in range(nxi):
             _gemm_rm(c'N', c'N', F, Tg, C, <floating*>&V[xi, 0, 0], C,
                      Ut + <Py_ssize_t>xi * C * Tg, Tg, 0, Mt + <Py_ssize_t>xi * F * Tg, Tg)
         gemm_seconds[t] += CYBN_WTIME() - tt
-        for g in range(g0, g1):
-            _wino_output(Mt, &y[g, 0, 0, 0], &tmp[t, 0], &bias[0], has_bias, F, Ho, Wo, TH,
-                         TW, Tg, (g - g0) * T)
-
+        if m == 4:
+            _wino4_output(Mt, &y[0, 0, 0, 0], &O[t, 0], &bias[0], has_bias, F, Ho, Wo, TH, TW,
+                          Tg, g0, g1)
+        else:
+            for g in range(g0, g1):
+                _wino_output(Mt, &y[g, 0, 0, 0], &tmp[t, 0], &bias[0], has_bias, F, Ho, Wo,
+                             TH, TW, Tg, (g - g0) * T)
 
 
 def winograd_weights(const floating[:, :, :, ::1] w, floating[:, :, ::1] V, bint flipped):
-    """V[4a + b] = (G g G^T)[a, b] for every 3x3 kernel g of w (F, C, 3, 3), in double.
+    """V[xi] = (G g G^T)[a, b] (xi = alpha*a + b) for every 3x3 kernel g of w (F, C, 3, 3), in
+    double; alpha = sqrt(V.shape[0]) (4: F(2x2, 3x3), 6: F(4x4, 3x3)).
 
-    V is (16, F, C); with ``flipped`` it is (16, C, F) built from the flipped kernels
+    V is (alpha^2, F, C); with ``flipped`` it is (alpha^2, C, F) built from the flipped kernels
     g[i, j] = w[f, c, 2 - i, 2 - j]: the weights of the dx conv (dy convolved with the flipped,
-    transposed kernel). G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]].
+    transposed kernel).
     """
     cdef int F = w.shape[0], C = w.shape[1]
-    cdef int f, c, i, j, a
-    cdef double g[3][3]
-    cdef double r[4][3]
-    cdef double v0, v1, v2, v3
+    cdef int alpha = 4 if V.shape[0] == 16 else 6
     with nogil:
-        for f in range(F):
-            for c in range(C):
-                for i in range(3):
-                    for j in range(3):
-                        g[i][j] = w[f, c, 2 - i, 2 - j] if flipped else w[f, c, i, j]
-                for j in range(3):  # G along the rows
-                    r[0][j] = g[0][j]
-                    r[1][j] = (g[0][j] + g[1][j] + g[2][j]) * 0.5
-                    r[2][j] = (g[0][j] - g[1][j] + g[2][j]) * 0.5
-                    r[3][j] = g[2][j]
-                for a in range(4):  # G^T along the columns
-                    v0 = r[a][0]
-                    v1 = (r[a][0] + r[a][1] + r[a][2]) * 0.5
-                    v2 = (r[a][0] - r[a][1] + r[a][2]) * 0.5
-                    v3 = r[a][2]
-                    if flipped:
-                        V[4 * a, c, f] = <floating>v0
-                        V[4 * a + 1, c, f] = <floating>v1
-                        V[4 * a + 2, c, f] = <floating>v2
-                        V[4 * a + 3, c, f] = <floating>v3
-                    else:
-                        V[4 * a, f, c] = <floating>v0
-                        V[4 * a + 1, f, c] = <floating>v1
-                        V[4 * a + 2, f, c] = <floating>v2
-                        V[4 * a + 3, f, c] = <floating>v3
+        if floating is float:
+            cybn_wino_weights_f(&w[0, 0, 0, 0], &V[0, 0, 0], F, C, flipped, alpha)
+        else:
+            cybn_wino_weights_d(&w[0, 0, 0, 0], &V[0, 0, 0], F, C, flipped, alpha)

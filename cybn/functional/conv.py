@@ -1,15 +1,16 @@
 """2-D convolution (NCHW, zero padding, any kernel/stride): validated front end of ``_kernels.conv``.
 
 The maths is in ``cybn.reference.conv``. Algorithms (see the kernel module docstring):
-- 3x3 stride-1 layers with >= 16 input and output channels: Winograd F(2x2, 3x3) for the
+- 3x3 stride-1 layers with >= 16 input and output channels: Winograd F(4x4, 3x3) for the
   forward and for dx (dx = forward conv of dy with the flipped, transposed kernel), im2col for dW;
 - everything else: im2col / col2im per image, fused with single-threaded BLAS GEMMs.
-Measured on the shared 2-core EPYC (1 thread, CPU-time medians of interleaved runs, forward +
-backward with dx, batch 128, float32), Winograd (fwd + dx) vs im2col: 145 vs 177 ms (32->32
-@32x32), 72 vs 87 (32->64 @16x16), 132 vs 173 (64->64 @16x16), 76 vs 88 (64->128 @8x8); for
-3->32 Winograd was 2x slower (48 vs 24 ms: GEMMs with 3 rows), hence the channel threshold.
-Winograd for dW as well (16 GEMMs over the tiles) measured 5-10% slower than im2col, so dW
-stays im2col. Per-thread single-threaded GEMMs on one image beat one whole-batch numpy GEMM
+Measured on the shared 2-core Xeon (AVX-512; 1 thread, CPU-time medians of interleaved runs,
+batch 128, float32), forward ms F(4x4) vs F(2x2): 15.1 vs 18.1 (32->32 @32x32), 6.1 vs 8.0
+(32->64 @16x16), 11.0 vs 17.1 (64->64 @16x16), 6.0 vs 9.1 (64->128 @8x8); F(2x2) itself beat
+im2col by 1.2-1.3x. For 3->32 Winograd was 2x slower (GEMMs with 3 rows), hence the channel
+threshold. F(4x4)'s float32 error is ~5x F(2x2)'s (~5e-6 of max |y|; see tests/test_conv.py).
+Winograd F(2x2) for dW as well (16 GEMMs over the tiles) measured 5-10% slower than im2col, so
+dW stays im2col. Per-thread single-threaded GEMMs on one image beat one whole-batch numpy GEMM
 per product (BLAS-threaded): see ``python benchmarks/bench_conv.py --alternatives``.
 
 The BLAS library (scipy's OpenBLAS, used through scipy.linalg.cython_blas) is held at one thread
@@ -89,13 +90,15 @@ def _buffer(name, shape, dtype):
     return buf[:size].reshape(shape)
 
 
-# Winograd F(2x2, 3x3) for 3x3 stride-1 layers (forward and dx); see the kernel. Switchable so
-# the benchmark can time it against plain im2col. _WINO_TILES: tiles per GEMM group (how many
-# images one thread transforms before its 16 GEMMs: enough columns for efficient GEMMs, small
-# enough for the transformed block to stay in cache).
+# Winograd for 3x3 stride-1 layers (forward and dx); see the kernel. _WINO_M: the output tile
+# (2: F(2x2, 3x3), 4: F(4x4, 3x3)); _WINOGRAD = False: im2col only. Switchable so the benchmark
+# can time the algorithms against each other. _WINO_TILES: tiles per GEMM group for each tile
+# size (how many images one thread transforms before its GEMMs: enough columns for efficient
+# GEMMs, few enough for the transformed block to stay in cache).
 _WINOGRAD = True
-_WINO_TILES = 256
-_WINO_MIN_CHANNELS = 16  # below, the 16 GEMMs have a tiny inner (C) or outer (C for dx) size
+_WINO_M = 4
+_WINO_TILES = {2: 256, 4: 64}
+_WINO_MIN_CHANNELS = 16  # below, the GEMMs have a tiny inner (C) or outer (C for dx) size
 
 
 def _use_winograd(kh, kw, sh, sw, C, F):
@@ -104,30 +107,33 @@ def _use_winograd(kh, kw, sh, sw, C, F):
 
 
 def _winograd(x, weight, bias, ph, pw, Ho, Wo, key, flipped=False):
-    """y = conv2d(x, weight, bias, 1, (ph, pw)) for a 3x3 kernel, by Winograd F(2x2, 3x3).
+    """y = conv2d(x, weight, bias, 1, (ph, pw)) for a 3x3 kernel, by Winograd F(m x m, 3x3).
 
     ``flipped``: use weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1] instead (the dx conv).
     """
     N, C, _, W = x.shape
     F = weight.shape[1] if flipped else weight.shape[0]
+    m = _WINO_M
+    alpha = m + 2
     y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
     nt = min(kernel_threads(), N)
-    TH, TW = (Ho + 1) // 2, (Wo + 1) // 2
+    TH, TW = -(-Ho // m), -(-Wo // m)
     T = TH * TW
     # ~_WINO_TILES tiles per group, and >= 8 groups to balance the threads; not depending on the
     # thread count keeps results bitwise identical for any number of threads
-    group = max(1, min(-(-N // 8), _WINO_TILES // T))
-    V = np.empty((16, F, C), dtype=x.dtype)  # (G g G^T) of every kernel, rounded once
+    group = max(1, min(-(-N // 8), _WINO_TILES[m] // T))
+    V = np.empty((alpha * alpha, F, C), dtype=x.dtype)  # (G g G^T) of every kernel, rounded once
     _k.winograd_weights(weight, V, flipped)
-    U = _buffer("wino_U", (nt, 16 * C * group * T), x.dtype)
-    M = _buffer("wino_M", (nt, 16 * F * group * T), x.dtype)
+    U = _buffer("wino_U", (nt, alpha * alpha * C * group * T), x.dtype)
+    M = _buffer("wino_M", (nt, alpha * alpha * F * group * T), x.dtype)
     Z = _buffer("wino_Z", (nt, W), x.dtype)
-    tmp = _buffer("wino_tmp", (nt, 4 * (2 * TW + 2)), x.dtype)
+    tmp = _buffer("wino_tmp", (nt, alpha * (m * TW + 2)), x.dtype)
+    O = _buffer("wino_O", (nt, 16 * group * T if m == 4 else 1), x.dtype)
     b = bias if bias is not None else np.zeros(F, dtype=x.dtype)
     gemm_seconds = _gemm_seconds[key] = np.zeros(nt)
     with _single_threaded_blas:
-        _k.conv2d_winograd(x, V, b, bias is not None, y, U, M, Z, tmp, gemm_seconds, ph, pw,
-                           group, nt)
+        _k.conv2d_winograd(x, V, b, bias is not None, y, U, M, Z, tmp, O, gemm_seconds, ph, pw,
+                           m, group, nt)
     return y
 
 
