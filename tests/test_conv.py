@@ -5,7 +5,18 @@ import pytest
 import cybn
 from cybn import functional as fn
 from cybn import reference as ref
+from cybn.functional import conv as fconv
 from gradcheck import numerical_grad
+
+_REAL_MIN_FLOPS = fconv._MIN_FLOPS_PER_THREAD
+
+
+@pytest.fixture(autouse=True)
+def _thread_every_call(monkeypatch):
+    """The test shapes are small; without this, the small-work rule would run them all on one
+    thread and the 2-thread runs would not test the threaded paths."""
+    monkeypatch.setattr(fconv, "_MIN_FLOPS_PER_THREAD", 0)
+
 
 # (N, C, H, W, F, kh, kw, stride, padding, bias)
 CASES = [
@@ -71,7 +82,6 @@ WINO_F32_TOL = {2: 1e-4, 4: 1e-4}
 @pytest.mark.parametrize("tiles", [1, 256], ids=["one-image-groups", "multi-image-groups"])
 @pytest.mark.parametrize("case", WINO_CASES, ids=[str(c) for c in WINO_CASES])
 def test_winograd_path(rng, monkeypatch, case, tiles, m, threads):
-    from cybn.functional import conv as fconv
     monkeypatch.setattr(fconv, "_WINO_M", m)
     monkeypatch.setattr(fconv, "_WINO_TILES", {m: tiles})
     N, C, H, W, F, p = case
@@ -97,7 +107,6 @@ def test_winograd_path(rng, monkeypatch, case, tiles, m, threads):
 def test_winograd_float32_error(rng, monkeypatch, m):
     """The float32 error of a deep layer (64 channels, 16x16) stays at the measured level (see
     WINO_F32_TOL): ~4e-7 for F(2x2), ~7e-6 for F(4x4), as a share of the largest |y|."""
-    from cybn.functional import conv as fconv
     monkeypatch.setattr(fconv, "_WINO_M", m)
     x = rng.standard_normal((4, 64, 16, 16))
     w = rng.standard_normal((64, 64, 3, 3)) / np.sqrt(9 * 64)
@@ -110,7 +119,6 @@ def test_winograd_float32_error(rng, monkeypatch, m):
 @pytest.mark.parametrize("m", [2, 4], ids=["F2x2", "F4x4"])
 def test_winograd_matches_im2col(rng, monkeypatch, m):
     """Both algorithms of the same 3x3 layer agree (float32, batch > threads * group)."""
-    from cybn.functional import conv as fconv
     x = rng.standard_normal((9, 32, 10, 10)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
     dy = rng.standard_normal((9, 32, 10, 10)).astype(np.float32)
@@ -127,7 +135,6 @@ def test_winograd_matches_im2col(rng, monkeypatch, m):
 @pytest.mark.parametrize("chunk_bytes", [1, 700, 0])
 def test_row_chunks(rng, monkeypatch, chunk_bytes, threads):
     """Images cut into blocks of 1 / a few / all output rows give the same result."""
-    from cybn.functional import conv as fconv
     monkeypatch.setattr(fconv, "_CHUNK_BYTES", chunk_bytes)
     for case in (CASES[1], CASES[5]):
         x, w, b, s, p = make(rng, case)
@@ -187,7 +194,6 @@ def test_compute_dx_false(rng, threads):
 def test_one_vs_two_threads_and_deterministic(rng, monkeypatch, dtype, C, m):
     """Work is split in fixed blocks (dW/db summed per block, blocks in order), so results are
     bitwise identical run to run AND for 1 vs 2 threads."""
-    from cybn.functional import conv as fconv
     monkeypatch.setattr(fconv, "_WINO_M", m)
     x = rng.standard_normal((37, C, 9, 8)).astype(dtype)
     w = rng.standard_normal((C + 1, C, 3, 3)).astype(dtype)
@@ -203,6 +209,22 @@ def test_one_vs_two_threads_and_deterministic(rng, monkeypatch, dtype, C, m):
         res[n] = first
     for a, c in zip(res[1], res[2]):
         np.testing.assert_array_equal(a, c)
+
+
+def test_small_work_runs_on_fewer_threads(monkeypatch):
+    """Calls with little work use fewer kernel threads than the setting (never 0, never more
+    than the images); as the splits are fixed, the results stay the same bits (tested above)."""
+    monkeypatch.setattr(fconv, "_MIN_FLOPS_PER_THREAD", _REAL_MIN_FLOPS)
+    with cybn.num_threads(2):
+        assert fconv._threads_for(1, 32, 32, 3, 3, 32, 32) == 1  # batch 1
+        assert fconv._threads_for(2, 64, 128, 3, 3, 8, 8) == 1    # 19 MFLOP
+        assert fconv._threads_for(128, 32, 32, 3, 3, 32, 32) == 2
+        assert fconv._threads_for(8, 64, 128, 3, 3, 8, 8, products=2) == 2
+        monkeypatch.setattr(fconv, "_MIN_FLOPS_PER_THREAD", 0)
+        assert fconv._threads_for(1, 1, 1, 1, 1, 1, 1) == 1
+        assert fconv._threads_for(5, 1, 1, 1, 1, 1, 1) == 2
+    with cybn.num_threads(1):
+        assert fconv._threads_for(128, 32, 32, 3, 3, 32, 32) == 1
 
 
 def test_matches_torch(rng):

@@ -538,25 +538,43 @@ cdef extern from *:
     static const double cybn_G4[18] = {1. / 4, 0, 0, -1. / 6, -1. / 6, -1. / 6,
                                        -1. / 6, 1. / 6, -1. / 6, 1. / 24, 1. / 12, 1. / 6,
                                        1. / 24, -1. / 12, 1. / 6, 0, 0, 1};
-    #define CYBN_WINO_WEIGHTS(T, NAME)                                                   \
-    static void NAME(const T* w, T* V, int F, int C, int flipped, int alpha) {          \
-        const double* G = alpha == 4 ? cybn_G2 : cybn_G4;                               \
+    /* ALPHA and G are compile-time constants, so the loops unroll. The ALPHA^2 streams of V
+       lie F*C apart (often a power of two: they would share cache sets), so each block of up
+       to 64 kernels of one output row is transformed into a local buffer first and then
+       stored stream by stream, contiguously. */
+    #define CYBN_WINO_WEIGHTS_A(T, NAME, ALPHA, G)                                       \
+    static void NAME(const T* w, T* V, int F, int C, int flipped) {                     \
         long FC = (long)F * C;                                                          \
-        for (int f = 0; f < F; ++f)                                                     \
-            for (int c = 0; c < C; ++c) {                                               \
-                const T* k = w + ((long)f * C + c) * 9;                                 \
-                double g[9], r[18];                                                     \
-                for (int i = 0; i < 9; ++i) g[i] = flipped ? k[8 - i] : k[i];           \
-                for (int a = 0; a < alpha; ++a)                                         \
-                    for (int j = 0; j < 3; ++j)                                         \
-                        r[a * 3 + j] = G[a * 3] * g[j] + G[a * 3 + 1] * g[3 + j]        \
-                                       + G[a * 3 + 2] * g[6 + j];                       \
-                T* v = V + (flipped ? (long)c * F + f : (long)f * C + c);               \
-                for (int a = 0; a < alpha; ++a)                                         \
-                    for (int b = 0; b < alpha; ++b)                                     \
-                        v[(a * alpha + b) * FC] = (T)(r[a * 3] * G[b * 3]               \
-                            + r[a * 3 + 1] * G[b * 3 + 1] + r[a * 3 + 2] * G[b * 3 + 2]); \
+        int R = flipped ? C : F, Q = flipped ? F : C;                                   \
+        double buf[ALPHA * ALPHA][64];                                                  \
+        for (int o = 0; o < R; ++o)                                                     \
+            for (int q0 = 0; q0 < Q; q0 += 64) {                                        \
+                int nq = Q - q0 < 64 ? Q - q0 : 64;                                     \
+                for (int q = 0; q < nq; ++q) {                                          \
+                    long f = flipped ? q0 + q : o, c = flipped ? o : q0 + q;            \
+                    const T* k = w + (f * C + c) * 9;                                   \
+                    double g[9], r[ALPHA * 3];                                          \
+                    for (int i = 0; i < 9; ++i) g[i] = flipped ? k[8 - i] : k[i];       \
+                    for (int a = 0; a < ALPHA; ++a)                                     \
+                        for (int j = 0; j < 3; ++j)                                     \
+                            r[a * 3 + j] = G[a * 3] * g[j] + G[a * 3 + 1] * g[3 + j]    \
+                                           + G[a * 3 + 2] * g[6 + j];                   \
+                    for (int a = 0; a < ALPHA; ++a)                                     \
+                        for (int b = 0; b < ALPHA; ++b)                                 \
+                            buf[a * ALPHA + b][q] = r[a * 3] * G[b * 3]                 \
+                                + r[a * 3 + 1] * G[b * 3 + 1] + r[a * 3 + 2] * G[b * 3 + 2]; \
+                }                                                                       \
+                for (int xi = 0; xi < ALPHA * ALPHA; ++xi) {                            \
+                    T* v = V + xi * FC + (long)o * Q + q0;                              \
+                    for (int q = 0; q < nq; ++q) v[q] = (T)buf[xi][q];                  \
+                }                                                                       \
             }                                                                           \
+    }
+    #define CYBN_WINO_WEIGHTS(T, NAME)                                                   \
+    CYBN_WINO_WEIGHTS_A(T, NAME##_2, 4, cybn_G2)                                        \
+    CYBN_WINO_WEIGHTS_A(T, NAME##_4, 6, cybn_G4)                                        \
+    static void NAME(const T* w, T* V, int F, int C, int flipped, int alpha) {          \
+        if (alpha == 4) NAME##_2(w, V, F, C, flipped); else NAME##_4(w, V, F, C, flipped); \
     }
     CYBN_WINO_WEIGHTS(float, cybn_wino_weights_f)
     CYBN_WINO_WEIGHTS(double, cybn_wino_weights_d)
