@@ -615,11 +615,11 @@ cdef extern from *:
     /* dw[f, c] (3x3) = G^T dv G from dv[xi*FC + f*C + c] (double, 36 streams), blocked like
        the weight transform so the streams are read contiguously. */
     #define CYBN_WINO4_DW(T, NAME)                                                       \
-    static void NAME(const double* dv, T* dw, int F, int C) {                           \
+    static void NAME(const double* dv, T* dw, int F, int C, int f0, int f1) {           \
         const double* G = cybn_G4;                                                      \
         long FC = (long)F * C;                                                          \
         double buf[36][64];                                                             \
-        for (int f = 0; f < F; ++f)                                                     \
+        for (int f = f0; f < f1; ++f)                                                   \
             for (int c0 = 0; c0 < C; c0 += 64) {                                        \
                 int nc = C - c0 < 64 ? C - c0 : 64;                                     \
                 for (int xi = 0; xi < 36; ++xi)                                         \
@@ -659,8 +659,8 @@ cdef extern from *:
     void cybn_wino4_dy_f(const float* const* r, float* t, int Wo, int TW, float* y, long FT) nogil
     void cybn_wino4_dy_d(const double* const* r, double* t, int Wo, int TW, double* y,
                          long FT) nogil
-    void cybn_wino4_dw_f(const double* dv, float* dw, int F, int C) nogil
-    void cybn_wino4_dw_d(const double* dv, double* dw, int F, int C) nogil
+    void cybn_wino4_dw_f(const double* dv, float* dw, int F, int C, int f0, int f1) nogil
+    void cybn_wino4_dw_d(const double* dv, double* dw, int F, int C, int f0, int f1) nogil
 
 
 cdef inline Py_ssize_t _stream(Py_ssize_t n) noexcept nogil:
@@ -912,18 +912,24 @@ def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
                          Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg, beta, dvp + xi * FC, C)
             gemm_seconds[t] += CYBN_WTIME() - tt
             g0 = g1
-    # fixed-order combination of the block partials, in double; then G^T dV G
+    # fixed-order combination of the block partials (block 0, 1, ... for every element), in
+    # double, then G^T dV G: per output channel f, so the threads share it without changing a bit
     cdef double* acc = &dv_acc[0]
-    with nogil:
-        for q in range(36 * FC):
-            acc[q] = dv_part[0, q]
+    cdef int xf, c
+    cdef Py_ssize_t o
+    for xf in prange(36 * F, num_threads=num_threads, schedule="static", nogil=True):
+        o = <Py_ssize_t>xf * C  # the row (xi, f) = xf of the (36, F, C) partials
+        for c in range(C):
+            acc[o + c] = dv_part[0, o + c]
         for blk in range(1, nblocks):
-            for q in range(36 * FC):
-                acc[q] += dv_part[blk, q]
+            for c in range(C):
+                acc[o + c] += dv_part[blk, o + c]
+    for f in prange(F, num_threads=num_threads, schedule="static", nogil=True):
         if floating is float:
-            cybn_wino4_dw_f(acc, &dweight[0, 0, 0, 0], F, C)
+            cybn_wino4_dw_f(acc, &dweight[0, 0, 0, 0], F, C, f, f + 1)
         else:
-            cybn_wino4_dw_d(acc, &dweight[0, 0, 0, 0], F, C)
+            cybn_wino4_dw_d(acc, &dweight[0, 0, 0, 0], F, C, f, f + 1)
+    with nogil:
         for f in range(F):
             s = 0
             for blk in range(nblocks):

@@ -121,6 +121,7 @@ _WINO_TILES = {2: 256, 4: 64}
 # layer takes the Winograd path; False: im2col dW. _WINO_DW_TILES: tiles per GEMM group.
 _WINO_DW = True
 _WINO_DW_TILES = 64
+_WINO_DW_BLOCK_TILES = 128
 _WINO_MIN_CHANNELS = 16  # below, the GEMMs have a tiny inner (C) or outer (C for dx) size
 
 
@@ -168,7 +169,10 @@ def _winograd_dw(dy, x, ph, pw, key):
     TH, TW = -(-Ho // 4), -(-Wo // 4)
     T = TH * TW
     nt = _threads_for(N, F, C, 3, 3, Ho, Wo)
-    nblocks = min(N, _BLOCKS)
+    # fixed image blocks, each with its own 36*F*C partial dV: with few tiles per image (8x8
+    # planes) 16 blocks would make combining the partials cost more than the GEMMs, so a block
+    # gets >= _WINO_DW_BLOCK_TILES tiles (up to _BLOCKS blocks); the split depends on shapes only
+    nblocks = max(1, min(N, _BLOCKS, N * T // _WINO_DW_BLOCK_TILES))
     # groups inside a block of images: fixed by the shapes, never by the thread count
     group = max(1, min(-(-N // nblocks), _WINO_DW_TILES // T))
     U = _buffer("wino_U", (nt, 36 * (C * group * T + 16)), x.dtype)
