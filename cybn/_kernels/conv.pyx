@@ -524,7 +524,7 @@ cdef extern from *:
     }
     CYBN_WINO4_ROWS(float, cybn_wino4_rows_f)
     CYBN_WINO4_ROWS(double, cybn_wino4_rows_d)
-    CYBN_WINO4_IN(float, cybn_wino4_in_f)
+    CYBN_WINO4_IN(float, cybn_wino4_in_f_scalar)
     CYBN_WINO4_IN(double, cybn_wino4_in_d)
     CYBN_WINO4_OUT(float, cybn_vf, CYBN_LD_VF, CYBN_ST_VF, cybn_wino4_out_f)
     CYBN_WINO4_OUT(double, cybn_vd, CYBN_LD_VD, CYBN_ST_VD, cybn_wino4_out_d)
@@ -587,7 +587,16 @@ cdef extern from *:
     #define CYBN_WINO4_A(z, d0, d1, d2, d3) {                                            \
         __typeof__(d0) p = d0 + d2, q = d1 + d3, p4 = d0 + 4 * d2, q4 = 2 * d1 + 8 * d3; \
         z[0] = d0; z[1] = p + q; z[2] = p - q; z[3] = p4 + q4; z[4] = p4 - q4; z[5] = d3; }
-    #define CYBN_WINO4_DY(T, NAME)                                                       \
+    /* B along the tiles of one row ta of the vertical transform: y[b*FT + tw], b < 6. */
+    #define CYBN_WINO4_DYH(T, NAME)                                                      \
+    static void NAME(const T* __restrict ta, T* __restrict ya, long FT, int tw, int TW) { \
+        for (; tw < TW; ++tw) {                                                         \
+            T z[6];                                                                     \
+            CYBN_WINO4_A(z, ta[4 * tw], ta[4 * tw + 1], ta[4 * tw + 2], ta[4 * tw + 3]) \
+            for (int b = 0; b < 6; ++b) ya[b * FT + tw] = z[b];                         \
+        }                                                                               \
+    }
+    #define CYBN_WINO4_DY(T, NAME, HNAME)                                                \
     CYBN_CLONES static void NAME(const T* const* r, T* __restrict t, int Wo, int TW,    \
                                  T* __restrict y, long FT) {                            \
         int WT = 4 * TW;                                                                \
@@ -600,18 +609,74 @@ cdef extern from *:
         }                                                                               \
         for (int a = 0; a < 6; ++a)                                                     \
             for (int i = Wo; i < WT; ++i) t[a * WT + i] = 0;                            \
-        for (int a = 0; a < 6; ++a) {                                                   \
-            const T* ta = t + a * WT;                                                   \
-            T* ya = y + 6 * a * FT;                                                     \
-            for (int tw = 0; tw < TW; ++tw) {                                           \
-                T z[6];                                                                 \
-                CYBN_WINO4_A(z, ta[4 * tw], ta[4 * tw + 1], ta[4 * tw + 2], ta[4 * tw + 3]) \
-                for (int b = 0; b < 6; ++b) ya[b * FT + tw] = z[b];                     \
-            }                                                                           \
-        }                                                                               \
+        for (int a = 0; a < 6; ++a) HNAME(t + a * WT, y + 6 * a * FT, FT, 0, TW);       \
     }
-    CYBN_WINO4_DY(float, cybn_wino4_dy_f)
-    CYBN_WINO4_DY(double, cybn_wino4_dy_d)
+    CYBN_WINO4_DYH(float, cybn_wino4_dyh_f_scalar)
+    CYBN_WINO4_DYH(double, cybn_wino4_dyh_d)
+
+    /* float: the stride-4 tile (de)interleaving of the F(4x4) transforms with SSE 4x4
+       transposes, 4 tiles at a time (GCC leaves these loops scalar even in the AVX-512
+       clones); the same operations as the scalar code, so the bits do not depend on the path.
+       cybn_wino4_in_f reads 2 floats past the row's last tile (the caller's slack). */
+    #if defined(__SSE__) || defined(_M_X64)
+    #define CYBN_T4(r0, r1, r2, r3, d0, d1, d2, d3) {                                    \
+        __m128 t0_ = _mm_unpacklo_ps(r0, r1), t1_ = _mm_unpackhi_ps(r0, r1);            \
+        __m128 t2_ = _mm_unpacklo_ps(r2, r3), t3_ = _mm_unpackhi_ps(r2, r3);            \
+        d0 = _mm_movelh_ps(t0_, t2_); d1 = _mm_movehl_ps(t2_, t0_);                     \
+        d2 = _mm_movelh_ps(t1_, t3_); d3 = _mm_movehl_ps(t3_, t1_); }
+    static void cybn_wino4_in_f(const float* ta, float* u, long CT, int TW) {
+        const __m128 two = _mm_set1_ps(2), four = _mm_set1_ps(4);
+        int tw = 0;
+        for (; tw + 4 <= TW; tw += 4) {
+            const float* d = ta + 4 * tw;
+            __m128 r0 = _mm_loadu_ps(d), r1 = _mm_loadu_ps(d + 4), r2 = _mm_loadu_ps(d + 8);
+            __m128 r3 = _mm_loadu_ps(d + 12), r4 = _mm_loadu_ps(d + 16);
+            __m128 d0, d1, d2, d3;
+            CYBN_T4(r0, r1, r2, r3, d0, d1, d2, d3)
+            __m128 s0 = _mm_unpacklo_ps(r1, r2), s1 = _mm_unpacklo_ps(r3, r4);
+            __m128 d4 = _mm_movelh_ps(s0, s1), d5 = _mm_movehl_ps(s1, s0);
+            __m128 p = _mm_sub_ps(d4, d2), q = _mm_sub_ps(d3, d1);
+            float* o = u + tw;
+            _mm_storeu_ps(o, _mm_add_ps(_mm_mul_ps(four, _mm_sub_ps(d0, d2)), p));
+            _mm_storeu_ps(o + CT, _mm_sub_ps(_mm_add_ps(d3, d4),
+                                             _mm_mul_ps(four, _mm_add_ps(d1, d2))));
+            _mm_storeu_ps(o + 2 * CT, _mm_add_ps(_mm_sub_ps(d4, d3),
+                                                 _mm_mul_ps(four, _mm_sub_ps(d1, d2))));
+            _mm_storeu_ps(o + 3 * CT, _mm_add_ps(p, _mm_mul_ps(two, q)));
+            _mm_storeu_ps(o + 4 * CT, _mm_sub_ps(p, _mm_mul_ps(two, q)));
+            _mm_storeu_ps(o + 5 * CT, _mm_add_ps(_mm_mul_ps(four, _mm_sub_ps(d1, d3)),
+                                                 _mm_sub_ps(d5, d3)));
+        }
+        cybn_wino4_in_f_scalar(ta + 4 * tw, u + tw, CT, TW - tw);
+    }
+    static void cybn_wino4_dyh_f(const float* ta, float* ya, long FT, int tw, int TW) {
+        const __m128 two = _mm_set1_ps(2), four = _mm_set1_ps(4), eight = _mm_set1_ps(8);
+        for (; tw + 4 <= TW; tw += 4) {
+            const float* d = ta + 4 * tw;
+            __m128 d0, d1, d2, d3;
+            CYBN_T4(_mm_loadu_ps(d), _mm_loadu_ps(d + 4), _mm_loadu_ps(d + 8),
+                    _mm_loadu_ps(d + 12), d0, d1, d2, d3)
+            __m128 p = _mm_add_ps(d0, d2), q = _mm_add_ps(d1, d3);
+            __m128 p4 = _mm_add_ps(d0, _mm_mul_ps(four, d2));
+            __m128 q4 = _mm_add_ps(_mm_mul_ps(two, d1), _mm_mul_ps(eight, d3));
+            float* o = ya + tw;
+            _mm_storeu_ps(o, d0);
+            _mm_storeu_ps(o + FT, _mm_add_ps(p, q));
+            _mm_storeu_ps(o + 2 * FT, _mm_sub_ps(p, q));
+            _mm_storeu_ps(o + 3 * FT, _mm_add_ps(p4, q4));
+            _mm_storeu_ps(o + 4 * FT, _mm_sub_ps(p4, q4));
+            _mm_storeu_ps(o + 5 * FT, d3);
+        }
+        cybn_wino4_dyh_f_scalar(ta, ya, FT, tw, TW);
+    }
+    #else
+    static void cybn_wino4_in_f(const float* ta, float* u, long CT, int TW)
+        { cybn_wino4_in_f_scalar(ta, u, CT, TW); }
+    static void cybn_wino4_dyh_f(const float* ta, float* ya, long FT, int tw, int TW)
+        { cybn_wino4_dyh_f_scalar(ta, ya, FT, tw, TW); }
+    #endif
+    CYBN_WINO4_DY(float, cybn_wino4_dy_f, cybn_wino4_dyh_f)
+    CYBN_WINO4_DY(double, cybn_wino4_dy_d, cybn_wino4_dyh_d)
     /* dw[f, c] (3x3) = G^T dv G from dv[xi*FC + f*C + c] (double, 36 streams), blocked like
        the weight transform so the streams are read contiguously. */
     #define CYBN_WINO4_DW(T, NAME)                                                       \

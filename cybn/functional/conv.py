@@ -152,7 +152,7 @@ def _winograd(x, weight, bias, ph, pw, Ho, Wo, key, flipped=False):
     U = _buffer("wino_U", (nt, alpha * alpha * (C * group * T + 16)), x.dtype)
     M = _buffer("wino_M", (nt, alpha * alpha * (F * group * T + 16)), x.dtype)
     Z = _buffer("wino_Z", (nt, W), x.dtype)
-    tmp = _buffer("wino_tmp", (nt, alpha * (m * TW + 2)), x.dtype)
+    tmp = _buffer("wino_tmp", (nt, alpha * (m * TW + 2) + 4), x.dtype)  # + the SSE over-read
     O = _buffer("wino_O", (nt, 16 * group * T if m == 4 else 1), x.dtype)
     b = bias if bias is not None else np.zeros(F, dtype=x.dtype)
     gemm_seconds = _gemm_seconds[key] = np.zeros(nt)
@@ -178,7 +178,7 @@ def _winograd_dw(dy, x, ph, pw, key):
     U = _buffer("wino_U", (nt, 36 * (C * group * T + 16)), x.dtype)
     Y = _buffer("wino_M", (nt, 36 * (F * group * T + 16)), x.dtype)
     Z = _buffer("wino_Z", (nt, max(W, Wo)), x.dtype)
-    tmp = _buffer("wino_tmp", (nt, 6 * (4 * TW + 2)), x.dtype)
+    tmp = _buffer("wino_tmp", (nt, 6 * (4 * TW + 2) + 4), x.dtype)
     dv_part = _buffer("dw_part", (nblocks, 36 * F * C), x.dtype)
     dv_acc = _buffer("dw_acc", (36 * F * C,), np.float64)
     db_part = _buffer("db_part", (nblocks, F), np.float64)
