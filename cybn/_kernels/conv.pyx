@@ -418,6 +418,13 @@ cdef extern from *:
     #else
     #define CYBN_CLONES
     #endif
+    /* The streams of a transform never overlap; `restrict` on local pointers is not enough for
+       GCC to vectorise these loops without alias checks (too many streams for them). */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #define CYBN_IVDEP _Pragma("GCC ivdep")
+    #else
+    #define CYBN_IVDEP
+    #endif
 
     /* B^T along 6 input rows r[0..5] (a missing row points at zeros), written at column offset
        pw of the 6 padded tile rows t + a*WZ (zero borders). */
@@ -431,6 +438,7 @@ cdef extern from *:
         const T *__restrict r3 = r[3], *__restrict r4 = r[4], *__restrict r5 = r[5];    \
         T *__restrict t0 = t + pw, *__restrict t1 = t0 + WZ, *__restrict t2 = t1 + WZ;  \
         T *__restrict t3 = t2 + WZ, *__restrict t4 = t3 + WZ, *__restrict t5 = t4 + WZ; \
+        CYBN_IVDEP                                                                      \
         for (int i = 0; i < W; ++i) {                                                   \
             T a0 = r0[i], a1 = r1[i], a2 = r2[i], a3 = r3[i], a4 = r4[i], a5 = r5[i];   \
             T p = a4 - a2, q = a3 - a1;                                                 \
@@ -602,6 +610,7 @@ cdef extern from *:
         int WT = 4 * TW;                                                                \
         const T *__restrict r0 = r[0], *__restrict r1 = r[1];                           \
         const T *__restrict r2 = r[2], *__restrict r3 = r[3];                           \
+        CYBN_IVDEP                                                                      \
         for (int i = 0; i < Wo; ++i) {                                                  \
             T z[6];                                                                     \
             CYBN_WINO4_A(z, r0[i], r1[i], r2[i], r3[i])                                 \
@@ -617,14 +626,16 @@ cdef extern from *:
     /* float: the stride-4 tile (de)interleaving of the F(4x4) transforms with SSE 4x4
        transposes, 4 tiles at a time (GCC leaves these loops scalar even in the AVX-512
        clones); the same operations as the scalar code, so the bits do not depend on the path.
-       cybn_wino4_in_f reads 2 floats past the row's last tile (the caller's slack). */
+       cybn_wino4_in_f reads 2 floats past the row's last tile (the caller's slack). Cloned as
+       well, so that AVX-512 code never calls legacy-SSE code (measured: the SSE/AVX state
+       transitions made the dy transform 2x slower than scalar code). */
     #if defined(__SSE__) || defined(_M_X64)
     #define CYBN_T4(r0, r1, r2, r3, d0, d1, d2, d3) {                                    \
         __m128 t0_ = _mm_unpacklo_ps(r0, r1), t1_ = _mm_unpackhi_ps(r0, r1);            \
         __m128 t2_ = _mm_unpacklo_ps(r2, r3), t3_ = _mm_unpackhi_ps(r2, r3);            \
         d0 = _mm_movelh_ps(t0_, t2_); d1 = _mm_movehl_ps(t2_, t0_);                     \
         d2 = _mm_movelh_ps(t1_, t3_); d3 = _mm_movehl_ps(t3_, t1_); }
-    static void cybn_wino4_in_f(const float* ta, float* u, long CT, int TW) {
+    CYBN_CLONES static void cybn_wino4_in_f(const float* ta, float* u, long CT, int TW) {
         const __m128 two = _mm_set1_ps(2), four = _mm_set1_ps(4);
         int tw = 0;
         for (; tw + 4 <= TW; tw += 4) {
@@ -649,7 +660,8 @@ cdef extern from *:
         }
         cybn_wino4_in_f_scalar(ta + 4 * tw, u + tw, CT, TW - tw);
     }
-    static void cybn_wino4_dyh_f(const float* ta, float* ya, long FT, int tw, int TW) {
+    CYBN_CLONES static void cybn_wino4_dyh_f(const float* ta, float* ya, long FT, int tw,
+                                             int TW) {
         const __m128 two = _mm_set1_ps(2), four = _mm_set1_ps(4), eight = _mm_set1_ps(8);
         for (; tw + 4 <= TW; tw += 4) {
             const float* d = ta + 4 * tw;
