@@ -45,7 +45,7 @@ def executed_gemm_flops(n, c, f, hw):
     def wino(m):  # (m+2)^2 products per m x m output tile
         return (m + 2) ** 2 * 2.0 * n * f * c * (-(-hw // m)) ** 2
 
-    if not fconv._use_winograd(3, 3, 1, 1, c, f):
+    if not fconv._use_winograd(3, 3, 1, 1, c, f, n * hw * hw):
         return 3 * im2col
     return 2 * wino(fconv._WINO_M) + (wino(4) if fconv._WINO_DW else im2col)
 

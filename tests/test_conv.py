@@ -14,8 +14,10 @@ _REAL_MIN_FLOPS = fconv._MIN_FLOPS_PER_THREAD
 @pytest.fixture(autouse=True)
 def _thread_every_call(monkeypatch):
     """The test shapes are small; without this, the small-work rule would run them all on one
-    thread and the 2-thread runs would not test the threaded paths."""
+    thread and the 2-thread runs would not test the threaded paths; likewise the Winograd
+    paths are taken whatever the batch."""
     monkeypatch.setattr(fconv, "_MIN_FLOPS_PER_THREAD", 0)
+    monkeypatch.setattr(fconv, "_WINO_MIN_PIXELS", 0)
 
 
 # (N, C, H, W, F, kh, kw, stride, padding, bias)
@@ -85,7 +87,7 @@ def test_winograd_path(rng, monkeypatch, case, tiles, m, threads):
     monkeypatch.setattr(fconv, "_WINO_M", m)
     monkeypatch.setattr(fconv, "_WINO_TILES", {m: tiles})
     N, C, H, W, F, p = case
-    assert fconv._use_winograd(3, 3, 1, 1, C, F)
+    assert fconv._use_winograd(3, 3, 1, 1, C, F, 1)
     x = rng.standard_normal((N, C, H, W))
     w = rng.standard_normal((F, C, 3, 3))
     b = rng.standard_normal(F)
@@ -225,6 +227,19 @@ def test_small_work_runs_on_fewer_threads(monkeypatch):
         assert fconv._threads_for(5, 1, 1, 1, 1, 1, 1) == 2
     with cybn.num_threads(1):
         assert fconv._threads_for(128, 32, 32, 3, 3, 32, 32) == 1
+
+
+def test_small_batches_use_im2col(rng, monkeypatch):
+    """Below _WINO_MIN_PIXELS output pixels the weight transform does not pay: im2col, with the
+    same results as Winograd up to float rounding."""
+    monkeypatch.setattr(fconv, "_WINO_MIN_PIXELS", 512)
+    assert not fconv._use_winograd(3, 3, 1, 1, 64, 128, 1 * 8 * 8)
+    assert fconv._use_winograd(3, 3, 1, 1, 64, 128, 8 * 8 * 8)
+    x = rng.standard_normal((1, 16, 8, 8))
+    w = rng.standard_normal((16, 16, 3, 3))
+    small = fn.conv2d(x, w, None, 1, 1)
+    monkeypatch.setattr(fconv, "_WINO_MIN_PIXELS", 0)
+    np.testing.assert_allclose(small, fn.conv2d(x, w, None, 1, 1), rtol=1e-10, atol=1e-11)
 
 
 def test_matches_torch(rng):
