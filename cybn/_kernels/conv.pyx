@@ -551,11 +551,11 @@ cdef extern from *:
        to 64 kernels of one output row is transformed into a local buffer first and then
        stored stream by stream, contiguously. */
     #define CYBN_WINO_WEIGHTS_A(T, NAME, ALPHA, G)                                       \
-    static void NAME(const T* w, T* V, int F, int C, int flipped) {                     \
+    static void NAME(const T* w, T* V, int F, int C, int flipped, int o0, int o1) {     \
         long FC = (long)F * C;                                                          \
-        int R = flipped ? C : F, Q = flipped ? F : C;                                   \
+        int Q = flipped ? F : C;                                                        \
         double buf[ALPHA * ALPHA][64];                                                  \
-        for (int o = 0; o < R; ++o)                                                     \
+        for (int o = o0; o < o1; ++o)                                                   \
             for (int q0 = 0; q0 < Q; q0 += 64) {                                        \
                 int nq = Q - q0 < 64 ? Q - q0 : 64;                                     \
                 for (int q = 0; q < nq; ++q) {                                          \
@@ -581,8 +581,10 @@ cdef extern from *:
     #define CYBN_WINO_WEIGHTS(T, NAME)                                                   \
     CYBN_WINO_WEIGHTS_A(T, NAME##_2, 4, cybn_G2)                                        \
     CYBN_WINO_WEIGHTS_A(T, NAME##_4, 6, cybn_G4)                                        \
-    static void NAME(const T* w, T* V, int F, int C, int flipped, int alpha) {          \
-        if (alpha == 4) NAME##_2(w, V, F, C, flipped); else NAME##_4(w, V, F, C, flipped); \
+    static void NAME(const T* w, T* V, int F, int C, int flipped, int alpha, int o0,    \
+                     int o1) {                                                          \
+        if (alpha == 4) NAME##_2(w, V, F, C, flipped, o0, o1);                          \
+        else NAME##_4(w, V, F, C, flipped, o0, o1);                                     \
     }
     CYBN_WINO_WEIGHTS(float, cybn_wino_weights_f)
     CYBN_WINO_WEIGHTS(double, cybn_wino_weights_d)
@@ -730,9 +732,10 @@ cdef extern from *:
     void cybn_wino4_out_d(const double* m, long FT, double* o, long n, double bf) nogil
     void cybn_wino4_row_f(const float* o, long n, int i, float* y, int Wo) nogil
     void cybn_wino4_row_d(const double* o, long n, int i, double* y, int Wo) nogil
-    void cybn_wino_weights_f(const float* w, float* V, int F, int C, int flipped, int alpha) nogil
+    void cybn_wino_weights_f(const float* w, float* V, int F, int C, int flipped, int alpha,
+                             int o0, int o1) nogil
     void cybn_wino_weights_d(const double* w, double* V, int F, int C, int flipped,
-                             int alpha) nogil
+                             int alpha, int o0, int o1) nogil
     void cybn_wino4_dy_f(const float* const* r, float* t, int Wo, int TW, float* y, long FT) nogil
     void cybn_wino4_dy_d(const double* const* r, double* t, int Wo, int TW, double* y,
                          long FT) nogil
@@ -898,21 +901,24 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] V,
                              TH, TW, Tg, (g - g0) * T)
 
 
-def winograd_weights(const floating[:, :, :, ::1] w, floating[:, :, ::1] V, bint flipped):
+def winograd_weights(const floating[:, :, :, ::1] w, floating[:, :, ::1] V, bint flipped,
+                     int num_threads):
     """V[xi] = (G g G^T)[a, b] (xi = alpha*a + b) for every 3x3 kernel g of w (F, C, 3, 3), in
     double; alpha = sqrt(V.shape[0]) (4: F(2x2, 3x3), 6: F(4x4, 3x3)).
 
     V is (alpha^2, F, C); with ``flipped`` it is (alpha^2, C, F) built from the flipped kernels
     g[i, j] = w[f, c, 2 - i, 2 - j]: the weights of the dx conv (dy convolved with the flipped,
-    transposed kernel).
+    transposed kernel). Rows of V (f, or c when flipped) are shared out to the threads.
     """
     cdef int F = w.shape[0], C = w.shape[1]
     cdef int alpha = 4 if V.shape[0] == 16 else 6
-    with nogil:
+    cdef int R = C if flipped else F
+    cdef int o
+    for o in prange(R, num_threads=num_threads, schedule="static", nogil=True):
         if floating is float:
-            cybn_wino_weights_f(&w[0, 0, 0, 0], &V[0, 0, 0], F, C, flipped, alpha)
+            cybn_wino_weights_f(&w[0, 0, 0, 0], &V[0, 0, 0], F, C, flipped, alpha, o, o + 1)
         else:
-            cybn_wino_weights_d(&w[0, 0, 0, 0], &V[0, 0, 0], F, C, flipped, alpha)
+            cybn_wino_weights_d(&w[0, 0, 0, 0], &V[0, 0, 0], F, C, flipped, alpha, o, o + 1)
 
 
 cdef void _wino4_dy(const floating* dy, floating* Y, const floating* Z, floating* tmp, int F,

@@ -153,7 +153,7 @@ def _winograd(x, weight, bias, ph, pw, Ho, Wo, key, flipped=False):
     # thread count keeps results bitwise identical for any number of threads
     group = max(1, min(-(-N // 8), _WINO_TILES[m] // T))
     V = np.empty((alpha * alpha, F, C), dtype=x.dtype)  # (G g G^T) of every kernel, rounded once
-    _k.winograd_weights(weight, V, flipped)
+    _k.winograd_weights(weight, V, flipped, nt)
     # one stream per xi, each padded by 16 elements (see _stream in the kernel)
     U = _buffer("wino_U", (nt, alpha * alpha * (C * group * T + 16)), x.dtype)
     M = _buffer("wino_M", (nt, alpha * alpha * (F * group * T + 16)), x.dtype)
