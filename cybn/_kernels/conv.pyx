@@ -1,5 +1,5 @@
 """2-D convolution kernels: im2col / col2im and Winograd F(2x2,3x3) / F(4x4,3x3), fused per
-thread with single-threaded BLAS GEMMs (scipy.linalg.cython_blas sgemm/dgemm, called without the GIL).
+thread with single-threaded BLAS GEMMs (scipy.linalg.cython_blas sgemm/dgemm, without the GIL).
 
 im2col path (any kernel, stride, padding). Work units (images, or fixed blocks of images for the
 backward) are handed out dynamically to the OpenMP threads; a thread unrolls one image into its
@@ -15,8 +15,10 @@ with the products avoids writing and re-reading a whole-batch im2col matrix (150
 
 Winograd path (3x3, stride 1; forward, and dx as the forward conv of dy with the flipped
 kernel): see ``conv2d_winograd`` below: F(2x2): 2.25x fewer GEMM flops, 16 GEMMs
-(F, C) @ (C, tiles); F(4x4): 4x fewer, 36 GEMMs. The transforms' hot loops are C with
-AVX-512 / AVX2 clones chosen at load time (``target_clones``), one portable build.
+(F, C) @ (C, tiles); F(4x4): 4x fewer, 36 GEMMs. dW by F(4x4) as well
+(``conv2d_winograd_dw``: 36 GEMMs (F, tiles) @ (tiles, C) per group of images). The
+transforms' hot loops are C with AVX-512 / AVX2 clones chosen at load time
+(``target_clones``: one portable baseline build).
 
 The caller must cap the BLAS library at ONE thread while these run (OpenMP provides the
 parallelism). Reductions (dW, db) are summed per fixed block of images and the blocks combined
@@ -129,6 +131,12 @@ cdef void _col2im(const floating* cols, floating* dx, int C, int H, int W, int k
                     src += Wo
 
 
+cdef inline int _block_start(int N, int blk, int nblocks) noexcept nogil:
+    """First image of fixed block blk of nblocks (the split depends on N only); returned, not
+    written through a pointer, so that prange keeps the caller's variable thread-private."""
+    return <int>((<long long>N * blk) // nblocks)
+
+
 cdef inline double _sum(const floating* a, Py_ssize_t n) noexcept nogil:
     """Sum in double with 8 independent accumulators (fixed order, so deterministic): one
     serial accumulator would be latency-bound, 4 cycles per element."""
@@ -220,8 +228,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     for blk in prange(nblocks, num_threads=num_threads, schedule="dynamic", chunksize=1,
                       nogil=True):
         t = threadid()
-        n0 = <int>((<long long>N * blk) // nblocks)
-        n1 = <int>((<long long>N * (blk + 1)) // nblocks)
+        n0 = _block_start(N, blk, nblocks)
+        n1 = _block_start(N, blk + 1, nblocks)
         ct = &cols[t, 0]
         dct = &dcols[t, 0]
         dwt = &dw_part[blk, 0]
@@ -426,6 +434,12 @@ cdef extern from *:
     #define CYBN_IVDEP
     #endif
 
+    /* z = B^T d for the 6 values d0..d5 of one input column or row (see B^T above). */
+    #define CYBN_WINO4_B(T, z, d0, d1, d2, d3, d4, d5) {                                 \
+        T p_ = (d4) - (d2), q_ = (d3) - (d1);                                           \
+        z[0] = 4 * ((d0) - (d2)) + p_; z[1] = ((d3) + (d4)) - 4 * ((d1) + (d2));        \
+        z[2] = ((d4) - (d3)) + 4 * ((d1) - (d2)); z[3] = p_ + 2 * q_; z[4] = p_ - 2 * q_; \
+        z[5] = 4 * ((d1) - (d3)) + ((d5) - (d3)); }
     /* B^T along 6 input rows r[0..5] (a missing row points at zeros), written at column offset
        pw of the 6 padded tile rows t + a*WZ (zero borders). */
     #define CYBN_WINO4_ROWS(T, NAME)                                                     \
@@ -440,14 +454,10 @@ cdef extern from *:
         T *__restrict t3 = t2 + WZ, *__restrict t4 = t3 + WZ, *__restrict t5 = t4 + WZ; \
         CYBN_IVDEP                                                                      \
         for (int i = 0; i < W; ++i) {                                                   \
-            T a0 = r0[i], a1 = r1[i], a2 = r2[i], a3 = r3[i], a4 = r4[i], a5 = r5[i];   \
-            T p = a4 - a2, q = a3 - a1;                                                 \
-            t0[i] = 4 * (a0 - a2) + p;                                                  \
-            t1[i] = (a3 + a4) - 4 * (a1 + a2);                                          \
-            t2[i] = (a4 - a3) + 4 * (a1 - a2);                                          \
-            t3[i] = p + 2 * q;                                                          \
-            t4[i] = p - 2 * q;                                                          \
-            t5[i] = 4 * (a1 - a3) + (a5 - a3);                                          \
+            T z[6];                                                                     \
+            CYBN_WINO4_B(T, z, r0[i], r1[i], r2[i], r3[i], r4[i], r5[i])                \
+            t0[i] = z[0]; t1[i] = z[1]; t2[i] = z[2];                                   \
+            t3[i] = z[3]; t4[i] = z[4]; t5[i] = z[5];                                   \
         }                                                                               \
     }
     /* B along the columns of each tile of one padded row ta: stream b gets u[b*CT + tw]. */
@@ -457,14 +467,10 @@ cdef extern from *:
         T *__restrict u3 = u + 3 * CT, *__restrict u4 = u + 4 * CT, *__restrict u5 = u + 5 * CT; \
         for (int tw = 0; tw < TW; ++tw) {                                               \
             const T* d = ta + 4 * tw;                                                   \
-            T d0 = d[0], d1 = d[1], d2 = d[2], d3 = d[3], d4 = d[4], d5 = d[5];         \
-            T p = d4 - d2, q = d3 - d1;                                                 \
-            u0[tw] = 4 * (d0 - d2) + p;                                                 \
-            u1[tw] = (d3 + d4) - 4 * (d1 + d2);                                         \
-            u2[tw] = (d4 - d3) + 4 * (d1 - d2);                                         \
-            u3[tw] = p + 2 * q;                                                         \
-            u4[tw] = p - 2 * q;                                                         \
-            u5[tw] = 4 * (d1 - d3) + (d5 - d3);                                         \
+            T z[6];                                                                     \
+            CYBN_WINO4_B(T, z, d[0], d[1], d[2], d[3], d[4], d[5])                      \
+            u0[tw] = z[0]; u1[tw] = z[1]; u2[tw] = z[2];                                \
+            u3[tw] = z[3]; u4[tw] = z[4]; u5[tw] = z[5];                                \
         }                                                                               \
     }
     /* A^T m A (+ bf) of n consecutive tiles: m[xi*FT + t] (xi = 6a + b) -> o[(4i + j)*n + t],
@@ -594,15 +600,15 @@ cdef extern from *:
        points at zeros) -> 6 rows of t (width WT = 4*TW, zero past Wo) -> per tile, stream
        6a + b gets y[(6a + b)*FT + tw]. A = (A^T)^T: z = (d0, d0+d1+d2+d3, d0-d1+d2-d3,
        d0+2d1+4d2+8d3, d0-2d1+4d2-8d3, d3). */
-    #define CYBN_WINO4_A(z, d0, d1, d2, d3) {                                            \
-        __typeof__(d0) p = d0 + d2, q = d1 + d3, p4 = d0 + 4 * d2, q4 = 2 * d1 + 8 * d3; \
+    #define CYBN_WINO4_A(T, z, d0, d1, d2, d3) {                                         \
+        T p = d0 + d2, q = d1 + d3, p4 = d0 + 4 * d2, q4 = 2 * d1 + 8 * d3; \
         z[0] = d0; z[1] = p + q; z[2] = p - q; z[3] = p4 + q4; z[4] = p4 - q4; z[5] = d3; }
     /* B along the tiles of one row ta of the vertical transform: y[b*FT + tw], b < 6. */
     #define CYBN_WINO4_DYH(T, NAME)                                                      \
     static void NAME(const T* __restrict ta, T* __restrict ya, long FT, int tw, int TW) { \
         for (; tw < TW; ++tw) {                                                         \
             T z[6];                                                                     \
-            CYBN_WINO4_A(z, ta[4 * tw], ta[4 * tw + 1], ta[4 * tw + 2], ta[4 * tw + 3]) \
+            CYBN_WINO4_A(T, z, ta[4 * tw], ta[4 * tw + 1], ta[4 * tw + 2], ta[4 * tw + 3]) \
             for (int b = 0; b < 6; ++b) ya[b * FT + tw] = z[b];                         \
         }                                                                               \
     }
@@ -615,7 +621,7 @@ cdef extern from *:
         CYBN_IVDEP                                                                      \
         for (int i = 0; i < Wo; ++i) {                                                  \
             T z[6];                                                                     \
-            CYBN_WINO4_A(z, r0[i], r1[i], r2[i], r3[i])                                 \
+            CYBN_WINO4_A(T, z, r0[i], r1[i], r2[i], r3[i])                                 \
             for (int a = 0; a < 6; ++a) t[a * WT + i] = z[a];                           \
         }                                                                               \
         for (int a = 0; a < 6; ++a)                                                     \
@@ -972,8 +978,8 @@ def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
         Ut = &U[t, 0]
         Yt = &Y[t, 0]
         dvp = &dv_part[blk, 0]
-        n0 = <int>((<long long>N * blk) // nblocks)
-        n1 = <int>((<long long>N * (blk + 1)) // nblocks)
+        n0 = _block_start(N, blk, nblocks)
+        n1 = _block_start(N, blk + 1, nblocks)
         for f in range(F):
             db_part[blk, f] = 0
         memset(&Z[t, 0], 0, Z.shape[1] * sizeof(floating))

@@ -1,17 +1,17 @@
 """2-D convolution (NCHW, zero padding, any kernel/stride): validated front end of ``_kernels.conv``.
 
 The maths is in ``cybn.reference.conv``. Algorithms (see the kernel module docstring):
-- 3x3 stride-1 layers with >= 16 input and output channels: Winograd F(4x4, 3x3) for the
-  forward and for dx (dx = forward conv of dy with the flipped, transposed kernel), im2col for dW;
+- 3x3 stride-1 layers with >= 16 input and output channels and >= _WINO_MIN_PIXELS output
+  pixels: Winograd F(4x4, 3x3) for the forward, for dx (the forward conv of dy with the flipped,
+  transposed kernel) and for dW;
 - everything else: im2col / col2im per image, fused with single-threaded BLAS GEMMs.
 Measured on the shared 2-core Xeon (AVX-512; 1 thread, CPU-time medians of interleaved runs,
-batch 128, float32), forward ms F(4x4) vs F(2x2): 15.1 vs 18.1 (32->32 @32x32), 6.1 vs 8.0
-(32->64 @16x16), 11.0 vs 17.1 (64->64 @16x16), 6.0 vs 9.1 (64->128 @8x8); F(2x2) itself beat
-im2col by 1.2-1.3x. For 3->32 Winograd was 2x slower (GEMMs with 3 rows), hence the channel
-threshold. F(4x4)'s float32 error is ~5x F(2x2)'s (~5e-6 of max |y|; see tests/test_conv.py).
-Winograd F(2x2) for dW as well (16 GEMMs over the tiles) measured 5-10% slower than im2col, so
-dW stays im2col. Per-thread single-threaded GEMMs on one image beat one whole-batch numpy GEMM
-per product (BLAS-threaded): see ``python benchmarks/bench_conv.py --alternatives``.
+batch 128, float32, forward + backward with dx, ms) F(4x4) fwd/dx/dW vs F(4x4) + im2col dW vs
+F(2x2) + im2col dW (the previous design): 32->32 @32x32 31.1 / 40.1 / 42.4, 32->64 @16x16
+17.7 / 19.6 / 23.7, 64->64 @16x16 23.9 / 33.4 / 41.9, 64->128 @8x8 18.2 / 19.8 / 24.7 (before
+the later transform speed-ups). For 3->32 Winograd was 2x slower (GEMMs with 3 rows), hence
+the channel threshold. F(4x4)'s float32 error is ~5x F(2x2)'s (~5e-6 of max |y|; see
+tests/test_conv.py). ``python benchmarks/bench_conv.py --alternatives`` times them all.
 
 The BLAS library (scipy's OpenBLAS, used through scipy.linalg.cython_blas) is held at one thread
 for the duration of a call, since OpenMP provides the parallelism. Scratch buffers are cached
