@@ -18,6 +18,7 @@ def _thread_every_call(monkeypatch):
     paths are taken whatever the batch."""
     monkeypatch.setattr(fconv, "_MIN_FLOPS_PER_THREAD", 0)
     monkeypatch.setattr(fconv, "_WINO_MIN_PIXELS", 0)
+    monkeypatch.setattr(fconv, "_WINO_DW_BLOCK_TILES", 1)  # Winograd dW: several image blocks
 
 
 # (N, C, H, W, F, kh, kw, stride, padding, bias)
@@ -105,17 +106,25 @@ def test_winograd_path(rng, monkeypatch, case, tiles, m, threads):
         np.testing.assert_allclose(g, r, rtol=tol, atol=tol * np.abs(r).max())
 
 
-@pytest.mark.parametrize("m", [2, 4], ids=["F2x2", "F4x4"])
-def test_winograd_float32_error(rng, monkeypatch, m):
+@pytest.mark.parametrize("algo", ["im2col", "F2x2", "F4x4"])
+def test_float32_error_of_each_algorithm(rng, monkeypatch, algo):
     """The float32 error of a deep layer (64 channels, 16x16) stays at the measured level (see
-    WINO_F32_TOL): ~4e-7 for F(2x2), ~7e-6 for F(4x4), as a share of the largest |y|."""
-    monkeypatch.setattr(fconv, "_WINO_M", m)
+    WINO_F32_TOL), as a share of the largest |value|: y and dx ~5e-7 (im2col), ~4e-7 (F(2x2)),
+    ~7e-6 (F(4x4)); dW ~4e-7 (im2col) and ~2e-6 (F(4x4)); the bounds leave ~3x margin."""
+    monkeypatch.setattr(fconv, "_WINOGRAD", algo != "im2col")
+    monkeypatch.setattr(fconv, "_WINO_M", 2 if algo == "F2x2" else 4)
+    monkeypatch.setattr(fconv, "_WINO_DW", algo == "F4x4")
     x = rng.standard_normal((4, 64, 16, 16))
     w = rng.standard_normal((64, 64, 3, 3)) / np.sqrt(9 * 64)
-    y = ref.conv2d(x, w, None, 1, 1)
-    y32 = fn.conv2d(x.astype(np.float32), w.astype(np.float32), None, 1, 1)
-    err = np.abs(y32 - y).max() / np.abs(y).max()
-    assert err < {2: 2e-6, 4: 2e-5}[m]
+    dy = rng.standard_normal((4, 64, 16, 16))
+    f32 = lambda a: a.astype(np.float32)
+    want = (ref.conv2d(x, w, None, 1, 1),) + ref.conv2d_backward(dy, x, w, 1, 1)[:2]
+    got = (fn.conv2d(f32(x), f32(w), None, 1, 1),) + fn.conv2d_backward(f32(dy), f32(x), f32(w),
+                                                                       1, 1)[:2]
+    bound = {"im2col": (2e-6, 2e-6, 2e-6), "F2x2": (2e-6, 2e-6, 2e-6),
+             "F4x4": (2e-5, 2e-5, 6e-6)}[algo]
+    for g, r, b in zip(got, want, bound):
+        assert np.abs(g - r).max() / np.abs(r).max() < b
 
 
 @pytest.mark.parametrize("m", [2, 4], ids=["F2x2", "F4x4"])
