@@ -5,12 +5,12 @@ The maths is in ``cybn.reference.conv``. Algorithms (see the kernel module docst
   pixels: Winograd F(4x4, 3x3) for the forward, for dx (the forward conv of dy with the flipped,
   transposed kernel) and for dW;
 - everything else: im2col / col2im per image, fused with single-threaded BLAS GEMMs.
-Measured on the shared 2-core Xeon (AVX-512; 1 thread, CPU-time medians of interleaved runs,
-batch 128, float32, forward + backward with dx, ms) F(4x4) fwd/dx/dW vs F(4x4) + im2col dW vs
-F(2x2) + im2col dW (the previous design): 32->32 @32x32 31.1 / 40.1 / 42.4, 32->64 @16x16
-17.7 / 19.6 / 23.7, 64->64 @16x16 23.9 / 33.4 / 41.9, 64->128 @8x8 18.2 / 19.8 / 24.7 (before
-the later transform speed-ups). For 3->32 Winograd was 2x slower (GEMMs with 3 rows), hence
-the channel threshold. F(4x4)'s float32 error is ~5x F(2x2)'s (~5e-6 of max |y|; see
+Measured on the shared 2-core Xeon (AVX-512; 1 thread, CPU-time medians, batch 128, float32,
+forward + backward with dx, ms), this design vs the previous one (F(2x2) forward/dx, im2col
+dW, SSE-only transforms): 32->32 @32x32 35 vs 63, 32->64 @16x16 16 vs 31, 64->64 @16x16 26 vs
+58, 64->128 @8x8 16 vs 33. With the transforms as they are now, im2col dW instead of F(4x4) dW
+costs 10-40% more per layer. For 3->32 Winograd was 2x slower (GEMMs with 3 rows), hence the
+channel threshold. F(4x4)'s float32 error is ~5x F(2x2)'s (~5e-6 of max |y|; see
 tests/test_conv.py). ``python benchmarks/bench_conv.py --alternatives`` times them all.
 
 The BLAS library (scipy's OpenBLAS, used through scipy.linalg.cython_blas) is held at one thread
@@ -168,8 +168,9 @@ def _winograd(x, weight, bias, ph, pw, Ho, Wo, key, flipped=False):
     return y
 
 
-def _winograd_dw(dy, x, ph, pw, key):
-    """(dweight, dbias) of a 3x3 stride-1 conv by Winograd F(4x4, 3x3); see the kernel."""
+def _winograd_dw(dy, x, ph, pw, dweight, dbias, key):
+    """dweight, dbias (filled in) of a 3x3 stride-1 conv by Winograd F(4x4, 3x3); see the
+    kernel."""
     N, C, H, W = x.shape
     _, F, Ho, Wo = dy.shape
     TH, TW = -(-Ho // 4), -(-Wo // 4)
@@ -188,13 +189,10 @@ def _winograd_dw(dy, x, ph, pw, key):
     dv_part = _buffer("dw_part", (nblocks, 36 * F * C), x.dtype)
     dv_acc = _buffer("dw_acc", (36 * F * C,), np.float64)
     db_part = _buffer("db_part", (nblocks, F), np.float64)
-    dweight = np.empty((F, C, 3, 3), dtype=x.dtype)
-    dbias = np.empty(F, dtype=x.dtype)
     gemm_seconds = _gemm_seconds[key] = np.zeros(nt)
     with _single_threaded_blas:
         _k.conv2d_winograd_dw(dy, x, dv_part, dv_acc, db_part, U, Y, Z, tmp, dweight, dbias,
                               gemm_seconds, ph, pw, group, nt)
-    return dweight, dbias
 
 
 def _rows_per_chunk(K, Ho, Wo, itemsize):
@@ -294,7 +292,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, compute_dx=True):
     elif compute_dx:
         dx = np.empty_like(x)
     if _WINO_DW and not compute_dx and _use_winograd(kh, kw, sh, sw, C, F, N * Ho * Wo):
-        dweight, dbias = _winograd_dw(dy, x, ph, pw, "backward")
+        _winograd_dw(dy, x, ph, pw, dweight, dbias, "backward")
         return dx, dweight, dbias
     nt = _threads_for(N, F, C, kh, kw, Ho, Wo, 2 if compute_dx else 1)
     K = C * kh * kw
