@@ -966,7 +966,6 @@ def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
     cdef int nblocks = dv_part.shape[0]
     cdef Py_ssize_t FC = <Py_ssize_t>F * C
     cdef int t, blk, n0, n1, g0, g1, g, f, xi, Tg
-    cdef Py_ssize_t q
     cdef floating* Ut
     cdef floating* Yt
     cdef floating* dvp
