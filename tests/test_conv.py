@@ -76,8 +76,9 @@ WINO_CASES = [  # 3x3 stride 1: the Winograd paths (forward and dx)
 # float32 tolerance per output tile size m (relative to the largest |value| of the result):
 # the rounding of each transformed value is amplified by the transform coefficients. Measured
 # on the cnn7 layers (32-128 channels, normal data, He-scaled weights; max |err| / max |y|):
-# im2col 5e-7, F(2x2) 4e-7, F(4x4) 2.5e-6 - 7.5e-6 (B^T, A^T entries up to 5 and 8). 1e-4 leaves
-# >10x margin for F(4x4) while still catching any wrong transform entry (errors of O(1)).
+# im2col 5e-7, F(2x2) 4e-7, F(4x4) 2.5e-6 - 9e-6 for y and dx, 2e-6 - 6e-6 for dW (batch 4-32;
+# B^T, A^T entries up to 5 and 8). 1e-4 leaves >10x margin for F(4x4) while still catching any
+# wrong transform entry (errors of O(1)).
 WINO_F32_TOL = {2: 1e-4, 4: 1e-4}
 
 
@@ -109,8 +110,8 @@ def test_winograd_path(rng, monkeypatch, case, tiles, m, threads):
 @pytest.mark.parametrize("algo", ["im2col", "F2x2", "F4x4"])
 def test_float32_error_of_each_algorithm(rng, monkeypatch, algo):
     """The float32 error of a deep layer (64 channels, 16x16) stays at the measured level (see
-    WINO_F32_TOL), as a share of the largest |value|: y and dx ~5e-7 (im2col), ~4e-7 (F(2x2)),
-    ~7e-6 (F(4x4)); dW ~4e-7 (im2col) and ~2e-6 (F(4x4)); the bounds leave ~3x margin."""
+    WINO_F32_TOL), as a share of the largest |value| (4 seeds): y, dx, dW 2e-7 - 6e-7 (im2col
+    and F(2x2)), y and dx 6e-6 - 9e-6, dW 5e-6 - 6e-6 (F(4x4)); the bounds leave >= 3x."""
     monkeypatch.setattr(fconv, "_WINOGRAD", algo != "im2col")
     monkeypatch.setattr(fconv, "_WINO_M", 2 if algo == "F2x2" else 4)
     monkeypatch.setattr(fconv, "_WINO_DW", algo == "F4x4")
@@ -122,7 +123,7 @@ def test_float32_error_of_each_algorithm(rng, monkeypatch, algo):
     got = (fn.conv2d(f32(x), f32(w), None, 1, 1),) + fn.conv2d_backward(f32(dy), f32(x), f32(w),
                                                                        1, 1)[:2]
     bound = {"im2col": (2e-6, 2e-6, 2e-6), "F2x2": (2e-6, 2e-6, 2e-6),
-             "F4x4": (2e-5, 2e-5, 6e-6)}[algo]
+             "F4x4": (3e-5, 3e-5, 2e-5)}[algo]
     for g, r, b in zip(got, want, bound):
         assert np.abs(g - r).max() / np.abs(r).max() < b
 
