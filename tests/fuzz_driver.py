@@ -27,9 +27,7 @@ that killed it; faulthandler also prints the Python stack to stderr. A case runn
 ``--case-timeout`` seconds dumps the stacks and exits with status 3.
 
 The last stdout line is JSON: {"cases": ..., "outcomes": {...}, "errors_by_type": {...},
-"per_target": {...}, "failures": [...], "known_bug_hits": {...}}. Failures matching a
-reported bug (KNOWN_BUGS, each with a reproducer in tests/test_fuzz.py) are listed with their
-``bug`` id; the exit status is 0 whenever the run completed.
+"per_target": {...}, "failures": [...]}; the exit status is 0 whenever the run completed.
 """
 import argparse
 import collections
@@ -57,40 +55,6 @@ from cybn import nn  # noqa: E402
 from cybn import data as D  # noqa: E402
 
 FLOATS = (np.float32, np.float64)
-
-# --------------------------------------------------------------------------------------------
-# Reported bugs: (id, target regex, category regex, message regex). A failure matching one is
-# tagged with the id instead of counting as new; tests/test_fuzz.py holds a strict-xfail
-# reproducer for each, so the entry can be deleted once the owner fixes it.
-KNOWN_BUGS = [
-    # (id, target, category, message, mutation) regexes; tests/test_fuzz.py: test_reported_bug_*
-]
-
-
-def known_bug(target, category, message, mutation=""):
-    for bug_id, t, c, m, mut in KNOWN_BUGS:
-        if (re.search(t, target) and re.search(c, category) and re.search(m, message or "")
-                and re.search(mut, mutation)):
-            return bug_id
-    return None
-
-
-# Reported bugs that kill the process (memory corruption): such cases are not run (they would
-# end the session), only counted under the bug id; ``--run-known-crashes`` runs them anyway.
-# Entries: (id, predicate(case) -> bool). None is open.
-KNOWN_CRASHES = []
-
-
-def known_crash(case):
-    if case.kind == "layout" and "contiguous_args" in case.extra:
-        twin = Case(case.target, case.fn, case.extra["contiguous_args"])
-        if known_crash(twin):
-            return known_crash(twin)
-    for bug_id, pred in KNOWN_CRASHES:
-        if pred(case):
-            return bug_id
-    return None
-
 
 # --------------------------------------------------------------------------------------------
 # Describing values (for the case log and failure reports)
@@ -1293,10 +1257,8 @@ class Runner:
         self.errors_by_type = collections.Counter()
         self.per_target = collections.defaultdict(collections.Counter)
         self.failures = {}
-        self.known_hits = collections.Counter()
         self.compared = 0
         self._log = open(case_log, "w") if case_log else None
-        self.run_known_crashes = False
 
     def log_case(self, text):
         if self._log is None:
@@ -1308,16 +1270,12 @@ class Runner:
         os.fsync(self._log.fileno())
 
     def fail(self, case, category, message, desc):
-        bug = known_bug(case.target, category, message, ", ".join(case.mutated) + " " + case.kind)
-        outcome = "known_bug" if bug else "failure"
-        self.outcomes[outcome] += 1
-        self.per_target[case.target][outcome] += 1
-        if bug:
-            self.known_hits[bug] += 1
-        key = (case.target, category, re.sub(r"\d+", "#", (message or "")[:80]), bug)
+        self.outcomes["failure"] += 1
+        self.per_target[case.target]["failure"] += 1
+        key = (case.target, category, re.sub(r"\d+", "#", (message or "")[:80]))
         if key not in self.failures:
             self.failures[key] = {"target": case.target, "kind": case.kind, "category": category,
-                                  "message": (message or "")[:400], "case": desc, "count": 0, "bug": bug}
+                                  "message": (message or "")[:400], "case": desc, "count": 0}
         self.failures[key]["count"] += 1
 
     def run(self, case, do_compare):
@@ -1325,12 +1283,6 @@ class Runner:
         desc = (f"{case.target} [{case.kind}{': ' + ', '.join(case.mutated) if case.mutated else ''}] "
                 + ", ".join(f"{k}={describe(v)}" for k, v in case.args.items()))
         self.log_case(f"case #{self.cases}: {desc}")
-        crash = None if self.run_known_crashes else known_crash(case)
-        if crash:
-            self.outcomes["known_bug"] += 1
-            self.per_target[case.target]["known_bug"] += 1
-            self.known_hits[crash + " (not run)"] += 1
-            return
         expected = None
         try:
             if case.kind == "layout":
@@ -1427,8 +1379,7 @@ class Runner:
                 "compared_with_reference": self.compared,
                 "errors_by_type": dict(self.errors_by_type),
                 "per_target": {k: dict(v) for k, v in sorted(self.per_target.items())},
-                "known_bug_hits": dict(self.known_hits),
-                "failures": sorted(self.failures.values(), key=lambda f: (f["bug"] is not None, f["target"]))}
+                "failures": sorted(self.failures.values(), key=lambda f: f["target"])}
 
 
 def run_target(runner, name, builder, examples, seed, compare_fraction):
@@ -1455,8 +1406,6 @@ def main(argv=None):
     p.add_argument("--compare-fraction", type=float, default=0.5,
                    help="share of valid cases also compared with cybn.reference")
     p.add_argument("--only", default=None, help="regex: run only the matching targets")
-    p.add_argument("--run-known-crashes", action="store_true",
-                   help="also run the cases of KNOWN_CRASHES (they may kill the process)")
     p.add_argument("--threads", type=int, default=None, help="cybn.set_num_threads for the run")
     a = p.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -1467,7 +1416,6 @@ def main(argv=None):
     targets = {k: v for k, v in BUILDERS.items() if a.only is None or re.search(a.only, k)}
     per = max(1, a.examples // max(1, len(targets)))
     runner = Runner(a.case_log, a.case_timeout, a.compare_fraction)
-    runner.run_known_crashes = a.run_known_crashes
     t0 = time.perf_counter()
     for i, (name, builder) in enumerate(targets.items()):
         try:
