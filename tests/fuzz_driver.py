@@ -31,6 +31,7 @@ The last stdout line is JSON: {"cases": ..., "outcomes": {...}, "errors_by_type"
 """
 import argparse
 import collections
+import copy
 import faulthandler
 import json
 import math
@@ -364,6 +365,21 @@ def b_batch_norm_eval(draw, rng):
     return Case("batch_norm_eval", F.batch_norm_eval, args,
                 ("x", "weight", "bias", "running_mean", "running_var", "eps"), ("x", "weight", "bias"),
                 check, lambda a: R.batch_norm_eval(**a))
+
+
+def b_batch_norm_eval_backward(draw, rng):
+    c = b_batch_norm_eval(draw, rng)
+    args = dict(dy=rand(rng, c.args["x"].shape, c.args["x"].dtype))
+    args.update((k, v) for k, v in c.args.items() if k != "bias")
+
+    def check(r, a):
+        x = a["x"]
+        for got, shape, what in zip(r, (x.shape, (x.shape[1],), (x.shape[1],)), ("dx", "dweight", "dbias")):
+            _is_float_array(got, x.dtype, shape, what)
+
+    return Case("batch_norm_eval_backward", F.batch_norm_eval_backward, args,
+                ("dy", "x", "weight", "running_mean", "running_var", "eps"), ("dy", "x", "weight"), check,
+                lambda a: R.batch_norm_eval_backward(**a))
 
 
 def b_update_running_stats(draw, rng):
@@ -854,6 +870,42 @@ def b_dropout_layer(draw, rng):
                 ("x", "dy"), check)
 
 
+def _fresh(rng):
+    """A Generator passed to an op is consumed: every call of a case draws from its own copy, so a
+    layout twin sees the same stream (anything else goes to the op unchanged, to be rejected)."""
+    return copy.deepcopy(rng) if isinstance(rng, np.random.Generator) else rng
+
+
+def b_dropout(draw, rng):
+    shape = _any_shape(draw)
+    d = dt(draw)
+    args = dict(x=rand(rng, shape, d), p=draw(st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+                rng=np.random.default_rng(draw(st.integers(0, 2**32))))
+
+    def run(x, p, rng):
+        return F.dropout(x, p, _fresh(rng))
+
+    def check(r, a):
+        _is_float_array(r[0], a["x"].dtype, a["x"].shape, "y")
+        assert isinstance(r[1], np.ndarray) and r[1].dtype == np.bool_ and r[1].shape == a["x"].shape, "mask"
+
+    return Case("dropout", run, args, ("x", "p", "rng", "probability"), ("x",), check,
+                lambda a: R.dropout(a["x"].astype(d), a["p"], _fresh(a["rng"])))  # the mask is drawn in x's dtype
+
+
+def b_dropout_backward(draw, rng):
+    shape = _any_shape(draw)
+    p = draw(st.sampled_from([0.0, 0.25, 0.5, 1.0]))
+    dy = rand(rng, shape, dt(draw))  # (rand makes a 0-d shape (1,))
+    args = dict(dy=dy, mask=np.asarray(rng.random(dy.shape) >= p), p=p)
+
+    def check(r, a):
+        _is_float_array(r, a["dy"].dtype, a["dy"].shape, "dx")
+
+    return Case("dropout_backward", F.dropout_backward, args, ("dy", "mask", "p", "probability"), ("dy",),
+                check, lambda a: R.dropout_backward(**a))
+
+
 def b_xent_layer(draw, rng):
     x = _logits(draw, rng)
     args = dict(logits=x, labels=_labels(draw, rng, *x.shape), grad=draw(st.sampled_from([1.0, 0.5])))
@@ -1045,6 +1097,23 @@ def b_crop_flip_normalize(draw, rng):
                  "channel", "integers"), (), check, ref)
 
 
+def b_crop_flip_lut(draw, rng):
+    images = _images(draw, rng)
+    N, C = images.shape[:2]
+    B = draw(st.integers(0, 2 * N))
+    padding = draw(st.integers(0, 3))
+    args = dict(images=images, lut=rand(rng, (C, 256), dt(draw)), index=rng.integers(0, N, B),
+                oy=rng.integers(0, 2 * padding + 1, B), ox=rng.integers(0, 2 * padding + 1, B),
+                flips=rng.integers(0, 2, B), padding=padding)
+
+    def check(r, a):
+        _is_float_array(r, a["lut"].dtype, (len(a["index"]),) + a["images"].shape[1:], "batch")
+
+    return Case("crop_flip_lut", F.crop_flip_lut, args,
+                ("images", "lut", "index", "oy", "ox", "flips", "padding", "pixels", "uint8", "NCHW", "integer"),
+                ("lut",), check, lambda a: R.crop_flip_lut(**a), rtol32=0.0)
+
+
 def b_constructors(draw, rng):
     """Constructors of every layer class with their (valid) arguments (mutated generically)."""
     which = draw(st.sampled_from(["Conv2D", "Linear", "BatchNorm2D", "BatchNorm1D", "MaxPool2D", "Dropout"]))
@@ -1096,6 +1165,7 @@ BUILDERS = {
     "batch_norm_train": b_batch_norm_train,
     "batch_norm_backward": b_batch_norm_backward,
     "batch_norm_eval": b_batch_norm_eval,
+    "batch_norm_eval_backward": b_batch_norm_eval_backward,
     "update_running_stats": b_update_running_stats,
     "softmax": b_softmax,
     "log_softmax": b_log_softmax,
@@ -1109,6 +1179,9 @@ BUILDERS = {
     "max_pool2d_backward": b_max_pool2d_backward,
     "relu": b_relu,
     "relu_backward": b_relu_backward,
+    "dropout": b_dropout,
+    "dropout_backward": b_dropout_backward,
+    "crop_flip_lut": b_crop_flip_lut,
     "Conv2D.forward_backward": b_conv2d_layer,
     "Linear.forward_backward": b_linear_layer,
     "BatchNorm2D.forward_backward": b_bn2d_layer,
@@ -1204,9 +1277,10 @@ def mutate(case, draw, rng):
             except Exception:  # the logits were mutated first
                 c = int(v.max()) + 1 if v.size else 1
             options = bad_labels(v, rng, n, c)
-        elif k in ("oy", "ox", "flips") and isinstance(v, np.ndarray):
+        elif k in ("oy", "ox", "flips", "index") and isinstance(v, np.ndarray):
             p = case.args.get("padding") if isinstance(case.args.get("padding"), int) else 1
-            hi = 1 if k == "flips" else 2 * p
+            n = case.args["images"].shape[0] if isinstance(case.args.get("images"), np.ndarray) else 1
+            hi = {"flips": 1, "index": n - 1}.get(k, 2 * p)
             options = [("above range", np.full(v.shape, hi + 1)), ("negative", np.full(v.shape, -1)),
                        ("huge", np.full(v.shape, 2**40)), ("bool", v.astype(bool))] + bad_array_values(v, rng)
         elif k in INT_ARGS:

@@ -199,7 +199,7 @@ def update_running_stats(running_mean, running_var, mean, var, count, momentum=0
         raise ValueError("running_mean and running_var must not share memory")
     mean = _stat(mean, "mean", C)
     var = _stat(var, "var", C, nonnegative=True)
-    count = integer(count, "count (values per channel in the batch)", minimum=2)
+    count = integer(count, "count", minimum=2)
     momentum = real(momentum, "momentum", 0.0, 1.0)
     # O(C) work: plain NumPy, computed in float64 and stored in the running arrays' dtype.
     unbiased = var * (count / (count - 1))

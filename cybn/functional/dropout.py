@@ -9,7 +9,7 @@ memory-bound already; a kernel would not be faster.
 """
 import numpy as np
 
-from .._validation import check_float_array, float_array, plain_array, real, shape_is
+from .._validation import check_float_array, plain_array, real, shape_is
 
 __all__ = ["dropout", "dropout_backward"]
 
@@ -33,19 +33,21 @@ def dropout(x, p, rng):
     elif p == 1.0:
         keep = np.zeros(x.shape, bool)
     else:
-        keep = rng.random(x.shape, dtype=x.dtype.type) >= p
-    y = np.multiply(x, keep)
-    y *= x.dtype.type(_scale(p))
-    return y, keep
+        keep = np.asarray(rng.random(x.shape, dtype=x.dtype.type) >= p)  # a 0-d draw is a scalar
+    return _masked(x, keep, p), keep
+
+
+def _masked(a, keep, p):
+    out = np.multiply(a, keep, out=np.empty_like(a))  # out=: an array also for 0-d input
+    out *= a.dtype.type(_scale(p))
+    return out
 
 
 def dropout_backward(dy, mask, p):
     """dx = dy * mask / (1 - p) for the ``mask`` that ``dropout`` returned (0 where dropped)."""
-    dy = float_array(dy, "dy")
+    check_float_array(dy, "dy")
     plain_array(mask, "mask")
     if mask.dtype != np.bool_:
         raise TypeError(f"mask must be the bool array dropout returned, got dtype {mask.dtype}")
     shape_is(mask, dy.shape, "mask (the shape of dy)")
-    dx = np.multiply(dy, mask)
-    dx *= dy.dtype.type(_scale(_p(p)))
-    return dx
+    return _masked(dy, mask, _p(p))

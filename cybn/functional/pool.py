@@ -59,7 +59,7 @@ def _input_shape(input_shape, dy_shape):
         raise TypeError(f"input_shape must be a tuple (N, C, H, W), got {type(input_shape).__name__}")
     if len(input_shape) != 4:
         raise ValueError(f"input_shape must be a 4-tuple (N, C, H, W), got {input_shape!r}")
-    input_shape = tuple(positive_int(v, f"input_shape {tuple(input_shape)}") for v in input_shape)
+    input_shape = tuple(positive_int(v, f"input_shape {tuple(input_shape)}: each size") for v in input_shape)
     if input_shape[:2] != dy_shape[:2]:
         raise ValueError(f"input_shape {input_shape} and dy of shape {dy_shape} disagree on (N, C)")
     return input_shape

@@ -34,7 +34,9 @@ _XENT_BACKWARD = _by_dtype(_k.xent_backward)
 
 def _matrix(x, name):
     """x as a C-contiguous float32/float64 (N >= 1, C >= 1) array, or raise naming the problem."""
-    check_float_array(x, name, ndim=2)
+    check_float_array(x, name)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must have 2 dimensions (N, C), got shape {x.shape}")
     n, c = x.shape
     if n == 0 or c == 0:
         raise ValueError(f"{name} must have N >= 1 rows and C >= 1 classes, got shape {x.shape}")

@@ -13,16 +13,16 @@ def _mask(shape, p, rng, dtype):
         return np.ones(shape, bool)
     if p == 1:
         return np.zeros(shape, bool)
-    return rng.random(shape, dtype=dtype) >= p
+    return np.asarray(rng.random(shape, dtype=dtype) >= p)
 
 
 def dropout(x, p, rng):
     """(y, mask) with y = x / (1 - p) where mask, else 0 (all 0 for p = 1)."""
     mask = _mask(x.shape, p, rng, x.dtype.type)
-    y = np.where(mask, x / (1 - p) if p < 1 else 0, 0).astype(x.dtype)
+    y = np.asarray(np.where(mask, x / (1 - p) if p < 1 else 0, 0), dtype=x.dtype)
     return y, mask
 
 
 def dropout_backward(dy, mask, p):
     """dx = dy / (1 - p) where mask, else 0: dropout is linear in x for a fixed mask."""
-    return np.where(mask, dy / (1 - p) if p < 1 else 0, 0).astype(dy.dtype)
+    return np.asarray(np.where(mask, dy / (1 - p) if p < 1 else 0, 0), dtype=dy.dtype)
