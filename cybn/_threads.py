@@ -37,7 +37,7 @@ def _default_num_threads():
 def _apply(n):
     global _num_threads
     _num_threads = n
-    threadpool_limits(limits=n, user_api="blas")
+    threadpool_limits(limits=n, user_api="blas")  # applied on construction; nothing restores it
 
 
 def get_num_threads():

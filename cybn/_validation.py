@@ -32,7 +32,7 @@ import numpy as np
 
 __all__ = ["MAX_INT", "FLOAT_DTYPES", "is_integer", "integer", "positive_int", "nonnegative_int",
            "pair", "flag", "real", "finite_float", "nonnegative_float", "positive_float", "choice",
-           "float_dtype", "plain_array", "check_float_array", "float_array", "uint8_images", "shape_is",
+           "float_dtype", "plain_array", "check_float_array", "ndim_is", "float_array", "uint8_images", "shape_is",
            "as_generator", "conv_output_size", "from_text", "arg_type"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -198,10 +198,16 @@ def check_float_array(x, name, ndim=None, dtype=None):
     if dtype is not None and x.dtype != dtype:
         raise TypeError(f"{name} has dtype {x.dtype} but the other operands are {np.dtype(dtype)}")
     if ndim is not None:
-        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-        if x.ndim not in allowed:
-            want = " or ".join(str(a) for a in allowed)
-            raise ValueError(f"{name} must have {want} dimensions, got shape {x.shape}")
+        ndim_is(x, ndim, name)
+    return x
+
+
+def ndim_is(x, ndim, name):
+    """Raise ValueError unless ``x.ndim`` is ``ndim`` (an int or a tuple of allowed ranks)."""
+    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if x.ndim not in allowed:
+        want = " or ".join(str(a) for a in allowed)
+        raise ValueError(f"{name} must have {want} dimensions, got shape {x.shape}")
     return x
 
 

@@ -109,15 +109,21 @@ def batch_norm_train(x, weight, bias, eps=1e-5):
     return y, mean, var
 
 
+def _backward_args(dy, x, weight, mean, var, eps, names=("mean", "var")):
+    """The validated arguments of both backward passes (``names``: what the statistics are)."""
+    x = _input(x)
+    dy = float_array(dy, "dy", dtype=x.dtype)
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    C = x.shape[1]
+    return (dy, x, _param(weight, "weight", x), _stat(mean, names[0], C),
+            _stat(var, names[1], C, nonnegative=True), _eps(eps))
+
+
 def batch_norm_backward(dy, x, weight, mean, var, eps=1e-5):
     """(dx, dweight, dbias) of batch_norm_train; dweight/dbias are (C,) in x's dtype."""
-    x = _input(x)
-    dy = _dy_like(dy, x)
-    weight = _param(weight, "weight", x)
+    dy, x, weight, mean, var, eps = _backward_args(dy, x, weight, mean, var, eps)
     C = x.shape[1]
-    mean = _stat(mean, "mean", C)
-    var = _stat(var, "var", C, nonnegative=True)
-    eps = _eps(eps)
     m = _need_two(x, "batch_norm_backward")
     threads = kernel_threads()
     dt = x.dtype
@@ -152,24 +158,13 @@ def batch_norm_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
     return _normalize(x, running_mean, 1.0 / np.sqrt(running_var + eps), weight, bias)
 
 
-def _dy_like(dy, x):
-    dy = float_array(dy, "dy", dtype=x.dtype)
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
-    return dy
-
-
 def batch_norm_eval_backward(dy, x, weight, running_mean, running_var, eps=1e-5):
     """(dx, dweight, dbias) of batch_norm_eval: a fixed per-channel affine map, so with
     invstd = 1/sqrt(running_var + eps): dx = weight * invstd * dy, dweight = sum(dy * x_hat),
     dbias = sum(dy); sums in float64, results in x's dtype (dweight/dbias also when weight is None)."""
-    x = _input(x)
-    dy = _dy_like(dy, x)
-    weight = _param(weight, "weight", x)
+    dy, x, weight, running_mean, running_var, eps = _backward_args(
+        dy, x, weight, running_mean, running_var, eps, ("running_mean", "running_var"))
     C = x.shape[1]
-    running_mean = _stat(running_mean, "running_mean", C)
-    running_var = _stat(running_var, "running_var", C, nonnegative=True)
-    eps = _eps(eps)
     dt = x.dtype
     sum_dy = np.zeros(C, dtype=np.float64)
     sum_dyxc = np.zeros(C, dtype=np.float64)

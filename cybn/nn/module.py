@@ -30,7 +30,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .._validation import flag, plain_array
+from .._validation import flag, ndim_is, plain_array
 
 
 def check_grad_output(dy, shape, dtype, owner):
@@ -131,10 +131,7 @@ class Module:
                             f"(convert the input with .astype(np.{self.dtype}) or build the layer "
                             f"with dtype=np.{x.dtype})")
         if ndim is not None:
-            allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-            if x.ndim not in allowed:
-                want = " or ".join(str(a) for a in allowed)
-                raise ValueError(f"{name} expects a {want}-d input, got shape {x.shape}")
+            ndim_is(x, ndim, f"{name}'s input x")
         return x
 
     # ---- parameters / state -------------------------------------------------------------------
