@@ -33,7 +33,7 @@ import numpy as np
 __all__ = ["MAX_INT", "FLOAT_DTYPES", "is_integer", "integer", "positive_int", "nonnegative_int",
            "pair", "flag", "real", "finite_float", "nonnegative_float", "positive_float", "choice",
            "float_dtype", "plain_array", "check_float_array", "ndim_is", "float_array", "uint8_images", "shape_is",
-           "as_generator", "conv_output_size", "from_text", "arg_type"]
+           "generator", "as_generator", "conv_output_size", "from_text", "arg_type"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -162,6 +162,13 @@ def float_dtype(dtype, name="dtype"):
     if dt not in FLOAT_DTYPES:
         raise TypeError(f"{name} must be float32 or float64, got {dt}")
     return dt
+
+
+def generator(rng, name="rng"):
+    """A ``numpy.random.Generator`` itself (no seed: a seed would replay the same draws per call)."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{name} must be a numpy.random.Generator, got {_found(rng)}")
+    return rng
 
 
 def as_generator(rng, name="rng"):

@@ -107,6 +107,9 @@ def test_choice_dtype_generator_arrays():
         with pytest.raises(TypeError, match="dtype must be float32 or float64"):
             V.float_dtype(bad)
     g = np.random.default_rng(0)
+    assert V.generator(g) is g
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator, got int 3"):
+        V.generator(3)
     assert V.as_generator(g) is g and isinstance(V.as_generator(None), np.random.Generator)
     np.testing.assert_array_equal(V.as_generator(3).random(2), np.random.default_rng(3).random(2))
     with pytest.raises(ValueError, match=r"rng \(an int seed\) must be >= 0, got -1"):

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..functional import crop_flip_lut
-from .._validation import MAX_INT, flag, float_dtype, integer, nonnegative_int, positive_int, uint8_images
+from .._validation import (MAX_INT, flag, float_dtype, generator, integer, nonnegative_int, positive_int,
+                           uint8_images)
 
 __all__ = ["channel_stats", "normalization_lut", "normalize", "crop_flip_normalize",
            "augment_normalize", "DataLoader"]
@@ -106,8 +107,7 @@ def augment_normalize(images, mean, std, rng, padding=4, flip=True, dtype=np.flo
     n = images.shape[0]
     padding = nonnegative_int(padding, "padding", MAX_INT)
     flip = flag(flip, "flip")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    generator(rng)
     oy = rng.integers(0, 2 * padding + 1, n)
     ox = rng.integers(0, 2 * padding + 1, n)
     flips = rng.integers(0, 2, n) if flip else np.zeros(n, dtype=np.int64)

@@ -9,7 +9,7 @@ memory-bound already; a kernel would not be faster.
 """
 import numpy as np
 
-from .._validation import check_float_array, plain_array, real, shape_is
+from .._validation import check_float_array, generator, plain_array, real, shape_is
 
 __all__ = ["dropout", "dropout_backward"]
 
@@ -26,8 +26,7 @@ def dropout(x, p, rng):
     """(y, mask): mask (bool, x's shape) is True where a value is kept; y = x * mask / (1 - p)."""
     x = check_float_array(x, "x")
     p = _p(p)
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    generator(rng)
     if p == 0.0:
         keep = np.ones(x.shape, bool)
     elif p == 1.0:
