@@ -2,8 +2,9 @@
 per-channel lookup-table normalisation in one pass (validated front end of ``_kernels.augment``).
 
 The maths is in ``cybn.reference.augment``. The kernel trusts its inputs (an index or offset out
-of range would read outside the images), so every one is checked here; at a batch of 128 that
-costs a few microseconds against ~0.25 ms of work.
+of range would read outside the images), so every one is checked here. Measured (1 thread, CPU
+time, batch of 128 CIFAR images): 169 us validated vs 142 us for the kernel alone, i.e. ~25 us of
+checks (mostly the eight min/max reductions), nothing against a training step.
 """
 import numpy as np
 
