@@ -13,6 +13,10 @@
                             same clone, so results stay deterministic on it).
    Build with CFLAGS=-DCYBN_NO_CLONES to get the baseline code only.
 
+   OpenMP:
+   - CYBN_OPENMP_ENABLED    1 when the kernels are compiled with OpenMP, else 0;
+   - CYBN_WTIME()           omp_get_wtime() (0.0 without OpenMP), for per-thread timings.
+
    Fixed-order double sums (the same bits on every ISA and build):
    - CYBN_HAVE_VECTOR_EXT   defined when GCC/clang vector extensions are available
                             (cybn_d4 = 4 doubles, cybn_f4 = 4 floats, CYBN_LOAD4_float/double
@@ -26,6 +30,15 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#ifdef _OPENMP
+#  include <omp.h>
+#  define CYBN_OPENMP_ENABLED 1
+#  define CYBN_WTIME() omp_get_wtime()
+#else
+#  define CYBN_OPENMP_ENABLED 0
+#  define CYBN_WTIME() 0.0
+#endif
 
 #if defined(_MSC_VER)
 #  define CYBN_RESTRICT __restrict

@@ -6,7 +6,8 @@ ctypedef fused floating:
     double
 
 cdef extern from "_common.h":
-    """"""
+    bint CYBN_OPENMP_ENABLED
+    double CYBN_WTIME() nogil
 
 
 cdef inline int threads_for(Py_ssize_t work, Py_ssize_t min_work, Py_ssize_t units,

@@ -1,17 +1,14 @@
 """What the compiler gave us: is OpenMP compiled in, and how many threads would it use."""
+from cybn._kernels._common cimport CYBN_OPENMP_ENABLED
 
 cdef extern from *:
     """
     #ifdef _OPENMP
-    #include <omp.h>
-    #define CYBN_OPENMP_ENABLED 1
     #define CYBN_OMP_MAX_THREADS() omp_get_max_threads()
     #else
-    #define CYBN_OPENMP_ENABLED 0
     #define CYBN_OMP_MAX_THREADS() 1
     #endif
     """
-    bint CYBN_OPENMP_ENABLED
     int CYBN_OMP_MAX_THREADS() nogil
 
 

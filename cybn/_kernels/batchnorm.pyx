@@ -33,9 +33,7 @@ import numpy as np
 cimport cython
 from cython.parallel cimport prange
 
-ctypedef fused floating:
-    float
-    double
+from cybn._kernels._common cimport floating
 
 cdef enum:
     # Values per channel and statistics block: bounds the shifted-sum error to BLOCK * 2^-53.
@@ -68,46 +66,27 @@ cdef extern from *:
     """
     /* Hot inner loops of the reductions, in C so that the double accumulation is SIMD without
        -ffast-math: 8 accumulator lanes (two 4-wide vectors, element i goes to lane i % 8), then a
-       fixed combination tree, then the tail in order. The scalar fallback (compilers without
-       vector extensions) uses the same lanes and tree, so every build gives the same bits. */
-    #if defined(__has_builtin)
-    #  if __has_builtin(__builtin_convertvector) && !defined(CYBN_NO_VECTOR_EXT)
-    #    define CYBN_VEC 1
-    #  endif
-    #endif
-    #include <string.h>
-    #ifdef CYBN_VEC
-    /* On x86-64 Linux/GCC an AVX2 clone is also compiled and picked at load time (ifunc); the
-       lanes and the combination tree are fixed by the C vector types, not by the ISA, and FMA is
-       not enabled, so both clones return identical bits. */
-    #  if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    #    define CYBN_CLONES __attribute__((target_clones("avx2", "default")))
-    #  else
-    #    define CYBN_CLONES
-    #  endif
-    typedef double cybn_d4 __attribute__((vector_size(32)));
-    typedef float cybn_f4 __attribute__((vector_size(16)));
-    #define CYBN_LOAD4_float(dst, p) do { cybn_f4 f_; memcpy(&f_, (p), sizeof f_); \
-                                          (dst) = __builtin_convertvector(f_, cybn_d4); } while (0)
-    #define CYBN_LOAD4_double(dst, p) memcpy(&(dst), (p), sizeof(cybn_d4))
-    /* lanes 0..7 = a[0..3], b[0..3] */
-    #define CYBN_HSUM(a, b) ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((b)[0] + (b)[1]) + ((b)[2] + (b)[3])))
+       fixed combination tree (CYBN_SUM_4_4), then the tail in order. The scalar fallback
+       (compilers without vector extensions) uses the same lanes and tree (CYBN_SUM8), so every
+       build gives the same bits. The vector types, loads, sums and CYBN_CLONES_EXACT (an AVX2
+       clone without FMA: identical bits) come from _common.h. */
+    #ifdef CYBN_HAVE_VECTOR_EXT
     /* *sd += sum(x - k), *sq += sum((x - k)^2): shifted sums of one block. */
     #define CYBN_SHIFTED(T) \
-    CYBN_CLONES static void cybn_shifted_##T(const T *p, Py_ssize_t n, double k, double *sd, double *sq) { \
+    CYBN_CLONES_EXACT static void cybn_shifted_##T(const T *p, Py_ssize_t n, double k, double *sd, double *sq) { \
         cybn_d4 kk = {k, k, k, k}, a0 = {0, 0, 0, 0}, a1 = a0, q0 = a0, q1 = a0, d0, d1; \
         Py_ssize_t i = 0; double s, q; \
         for (; i + 8 <= n; i += 8) { \
             CYBN_LOAD4_##T(d0, p + i); CYBN_LOAD4_##T(d1, p + i + 4); \
             d0 -= kk; d1 -= kk; a0 += d0; a1 += d1; q0 += d0 * d0; q1 += d1 * d1; \
         } \
-        s = CYBN_HSUM(a0, a1); q = CYBN_HSUM(q0, q1); \
+        s = CYBN_SUM_4_4(a0, a1); q = CYBN_SUM_4_4(q0, q1); \
         for (; i < n; i++) { double d = (double)p[i] - k; s += d; q += d * d; } \
         *sd += s; *sq += q; \
     }
     /* *sg += sum(g), *sgx += sum(g * (x - mu)): the two backward reductions of one plane. */
     #define CYBN_BWD(T) \
-    CYBN_CLONES static void cybn_bwd_##T(const T *g, const T *x, Py_ssize_t n, double mu, double *sg, double *sgx) { \
+    CYBN_CLONES_EXACT static void cybn_bwd_##T(const T *g, const T *x, Py_ssize_t n, double mu, double *sg, double *sgx) { \
         cybn_d4 mm = {mu, mu, mu, mu}, a0 = {0, 0, 0, 0}, a1 = a0, b0 = a0, b1 = a0, g0, g1, x0, x1; \
         Py_ssize_t i = 0; double s, t; \
         for (; i + 8 <= n; i += 8) { \
@@ -115,18 +94,17 @@ cdef extern from *:
             CYBN_LOAD4_##T(x0, x + i); CYBN_LOAD4_##T(x1, x + i + 4); \
             a0 += g0; a1 += g1; b0 += g0 * (x0 - mm); b1 += g1 * (x1 - mm); \
         } \
-        s = CYBN_HSUM(a0, a1); t = CYBN_HSUM(b0, b1); \
+        s = CYBN_SUM_4_4(a0, a1); t = CYBN_SUM_4_4(b0, b1); \
         for (; i < n; i++) { double gi = (double)g[i]; s += gi; t += gi * ((double)x[i] - mu); } \
         *sg += s; *sgx += t; \
     }
     #else
-    #define CYBN_HSUM8(a) ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7])))
     #define CYBN_SHIFTED(T) \
     static void cybn_shifted_##T(const T *p, Py_ssize_t n, double k, double *sd, double *sq) { \
         double a[8] = {0}, q8[8] = {0}, s, q, d; Py_ssize_t i = 0; int j; \
         for (; i + 8 <= n; i += 8) for (j = 0; j < 8; j++) { \
             d = (double)p[i + j] - k; a[j] += d; q8[j] += d * d; } \
-        s = CYBN_HSUM8(a); q = CYBN_HSUM8(q8); \
+        s = CYBN_SUM8(a); q = CYBN_SUM8(q8); \
         for (; i < n; i++) { d = (double)p[i] - k; s += d; q += d * d; } \
         *sd += s; *sq += q; \
     }
@@ -135,7 +113,7 @@ cdef extern from *:
         double a[8] = {0}, b[8] = {0}, s, t, gi; Py_ssize_t i = 0; int j; \
         for (; i + 8 <= n; i += 8) for (j = 0; j < 8; j++) { \
             gi = (double)g[i + j]; a[j] += gi; b[j] += gi * ((double)x[i + j] - mu); } \
-        s = CYBN_HSUM8(a); t = CYBN_HSUM8(b); \
+        s = CYBN_SUM8(a); t = CYBN_SUM8(b); \
         for (; i < n; i++) { gi = (double)g[i]; s += gi; t += gi * ((double)x[i] - mu); } \
         *sg += s; *sgx += t; \
     }
