@@ -3,6 +3,8 @@ import os
 
 import numpy as np
 
+from .. import _formats
+from .._validation import flag, positive_int
 from .module import Module
 
 __all__ = ["Sequential", "HookHandle"]
@@ -42,7 +44,7 @@ class Sequential(Module):
         self.layers = list(layers)
         self._hooks = {}
         self._next_hook = 0
-        self.needs_input_grad = bool(input_grad)
+        self.needs_input_grad = flag(input_grad, "input_grad")
 
     # needs_input_grad is forwarded to the first layer (the only one whose input gradient is optional)
     @property
@@ -125,8 +127,7 @@ class Sequential(Module):
         """Outputs for ``x`` in eval mode, ``batch_size`` rows at a time; the previous mode is
         restored afterwards and cached activations are discarded (do not call between a training
         forward and its backward)."""
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = positive_int(batch_size, "batch_size")
         was_training = self.training
         modes = [layer.training for layer in self.layers]
         self.eval()
@@ -160,18 +161,25 @@ class Sequential(Module):
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path):
-        """Write ``state_dict()`` to an uncompressed ``.npz`` (atomically: temp file + rename).
+        """Write ``state_dict()`` to an uncompressed ``.npz`` (atomically: temp file + rename),
+        with its format version (``cybn._formats.STATE_DICT``) as the array ``format_version``.
         The path is used exactly as given (no ``.npz`` appended)."""
         path = os.fspath(path)
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "wb") as f:
-            np.savez(f, **self.state_dict())
+            np.savez(f, **self.state_dict(), **{_formats.KEY: np.array(_formats.STATE_DICT)})
         os.replace(tmp, path)
 
     def load(self, path, strict=True):
-        """Load a file written by ``save`` (read with ``allow_pickle=False``)."""
-        with np.load(os.fspath(path), allow_pickle=False) as data:
+        """Load a file written by ``save`` (read with ``allow_pickle=False``). A file without a
+        version (older cybn) is read as version 1; a newer version raises ``FormatError``."""
+        path = os.fspath(path)
+        with np.load(path, allow_pickle=False) as data:
             state = {k: data[k] for k in data.files}
+        version = state.pop(_formats.KEY, None)
+        if version is not None:
+            version = int(version) if version.shape == () and version.dtype.kind in "iu" else repr(version)
+        _formats.check_version(version, _formats.STATE_DICT, "state-dict file", path)
         return self.load_state_dict(state, strict=strict)
 
     # ---- description -------------------------------------------------------------------------
