@@ -25,37 +25,11 @@ parallelism). Reductions (dW, db) are summed per fixed block of images and the b
 in order, so results are deterministic and the same for any thread count. Kernels trust their
 inputs (validation is in cybn.functional.conv).
 """
-from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset, memcpy
-from scipy.linalg.cython_blas cimport sgemm, dgemm
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    #define CYBN_WTIME() omp_get_wtime()
-    #else
-    #define CYBN_WTIME() 0.0
-    #endif
-    """
-    double CYBN_WTIME() nogil
-
-
-cdef inline void _gemm_rm(char ta, char tb, int m, int n, int k, floating* a, int lda,
-                          floating* b, int ldb, floating beta, floating* c, int ldc) noexcept nogil:
-    """Row-major C (m, n) = op(A) (m, k) @ op(B) (k, n) + beta*C via column-major BLAS.
-
-    A row-major matrix is its transpose in column-major storage, so C^T = op(B)^T op(A)^T:
-    swap the operands and the m/n roles, keep the transpose flags.
-    """
-    cdef floating one = 1
-    if m == 0 or n == 0:
-        return
-    if floating is float:
-        sgemm(&tb, &ta, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc)
-    else:
-        dgemm(&tb, &ta, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc)
+from cybn._kernels._blas cimport gemm_rm
+from cybn._kernels._common cimport floating, CYBN_WTIME
 
 
 cdef inline void _valid_cols(int W, int kw_j, int sw, int pw, int Wo, int* ow0, int* ow1) noexcept nogil:
@@ -192,7 +166,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                     for p in range(L):
                         yp[<Py_ssize_t>f * P + p] = bias[f]
             t0 = CYBN_WTIME()
-            _gemm_rm(c'N', c'N', F, L, K, <floating*>&weight[0, 0, 0, 0], K, ct, L, beta, yp, P)
+            gemm_rm(c'N', c'N', F, L, K, <floating*>&weight[0, 0, 0, 0], K, ct, L, beta, yp, P)
             gemm_seconds[t] += CYBN_WTIME() - t0
 
 
@@ -250,11 +224,11 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                 t0 = CYBN_WTIME()
                 # dW^T (K, F) += cols (K, L) @ dy^T (L, F): measured up to 1.4x faster in OpenBLAS
                 # than dW = dy @ cols^T for these shapes (the long operand is packed as A)
-                _gemm_rm(c'N', c'T', K, F, L, ct, L, dyp, P, beta, dwt, F)
+                gemm_rm(c'N', c'T', K, F, L, ct, L, dyp, P, beta, dwt, F)
                 gemm_seconds[t] += CYBN_WTIME() - t0
                 if compute_dx:
                     t0 = CYBN_WTIME()
-                    _gemm_rm(c'T', c'N', K, L, F, <floating*>&weight[0, 0, 0, 0], K, dyp, P,
+                    gemm_rm(c'T', c'N', K, L, F, <floating*>&weight[0, 0, 0, 0], K, dyp, P,
                              0, dct, L)
                     gemm_seconds[t] += CYBN_WTIME() - t0
                     _col2im(dct, &dx[n, 0, 0, 0], C, H, W, kh, kw, sh, sw, ph, pw, Wo, oh0, oh1)
@@ -420,8 +394,12 @@ cdef extern from *:
 cdef extern from *:
     """
     /* One portable baseline build; the hot transform loops get AVX-512 / AVX2 clones that the
-       loader picks for the running CPU (GCC on x86-64 ELF; elsewhere the plain code). */
-    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
+       loader picks for the running CPU (GCC on x86-64 Linux; elsewhere, or with
+       -DCYBN_NO_CLONES, the plain code). Like _common.h's CYBN_CLONES_EXACT plus an AVX-512
+       clone: these transforms multiply by powers of two only, so the FMA contraction of the
+       AVX-512 clone cannot change a bit. */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+        && !defined(CYBN_NO_CLONES)
     #define CYBN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
     #else
     #define CYBN_CLONES
@@ -894,7 +872,7 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] V,
                         Tg, (g - g0) * T, m)
         tt = CYBN_WTIME()
         for xi in range(nxi):
-            _gemm_rm(c'N', c'N', F, Tg, C, <floating*>&V[xi, 0, 0], C,
+            gemm_rm(c'N', c'N', F, Tg, C, <floating*>&V[xi, 0, 0], C,
                      Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg, 0,
                      Mt + xi * _stream(<Py_ssize_t>F * Tg), Tg)
         gemm_seconds[t] += CYBN_WTIME() - tt
@@ -996,7 +974,7 @@ def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
             beta = 0 if g0 == n0 else 1
             tt = CYBN_WTIME()
             for xi in range(36):
-                _gemm_rm(c'N', c'T', F, C, Tg, Yt + xi * _stream(<Py_ssize_t>F * Tg), Tg,
+                gemm_rm(c'N', c'T', F, C, Tg, Yt + xi * _stream(<Py_ssize_t>F * Tg), Tg,
                          Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg, beta, dvp + xi * FC, C)
             gemm_seconds[t] += CYBN_WTIME() - tt
             g0 = g1
