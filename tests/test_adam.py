@@ -296,7 +296,7 @@ def test_load_state_dict_refuses_mismatches(rng):
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(betas=(1.0, 0.999)), ValueError, r"betas\[0\] must lie in \[0, 1\), got 1.0"),
+    (dict(betas=(1.0, 0.999)), ValueError, r"betas\[0\] must be a finite number in \[0, 1\), got 1.0"),
     (dict(betas=(0.9, -0.1)), ValueError, r"betas\[1\]"),
     (dict(betas=(0.9, float("nan"))), ValueError, r"betas\[1\]"),
     (dict(betas=("0.9", 0.999)), TypeError, r"betas\[0\]"),

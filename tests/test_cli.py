@@ -57,18 +57,18 @@ def test_help_and_version():
 @pytest.mark.parametrize("args,message", [
     (["--bn", "some"], "argument --bn: invalid choice: 'some'"),
     (["--init", "uniform:x"], "argument --init: bad init spec 'uniform:x'"),
-    (["--lr", "-1"], "argument --lr: expected a finite number >= 0, got -1.0"),
-    (["--lr", "nan"], "argument --lr: expected a finite number >= 0, got nan"),
-    (["--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
-    (["--threads", "two"], "argument --threads: expected a positive integer, got 'two'"),
+    (["--lr", "-1"], "argument --lr: value must be a finite number >= 0, got -1.0"),
+    (["--lr", "nan"], "argument --lr: value must be a finite number >= 0, got nan"),
+    (["--epochs", "0"], "argument --epochs: value must be >= 1, got 0"),
+    (["--threads", "two"], "argument --threads: value must be an integer, got 'two'"),
     (["--schedule", "wobbly"], "argument --schedule: bad lr schedule 'wobbly'"),
-    (["--dropout", "1"], "argument --dropout: expected a probability in [0, 1), got 1.0"),
-    (["--bn-eps", "0"], "argument --bn-eps: expected a finite number > 0, got 0.0"),
+    (["--dropout", "1"], "argument --dropout: value must be a finite number in [0, 1), got 1.0"),
+    (["--bn-eps", "0"], "argument --bn-eps: value must be a finite number > 0, got 0.0"),
     (["--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
-    (["--betas", "0.9,1.0"], "argument --betas: betas[1] must lie in [0, 1), got 1.0"),
+    (["--betas", "0.9,1.0"], "argument --betas: betas[1] must be a finite number in [0, 1), got 1.0"),
     (["--betas", "0.9"], "argument --betas: betas must be a pair (beta1, beta2), got 1 values"),
-    (["--betas", "0.9,x"], "argument --betas: expected B1,B2 (two numbers), got '0.9,x'"),
-    (["--adam-eps=-1e-8"], "argument --adam-eps: expected a finite number >= 0, got -1e-08"),
+    (["--betas", "0.9,x"], "argument --betas: betas must be two numbers B1,B2, got '0.9,x'"),
+    (["--adam-eps=-1e-8"], "argument --adam-eps: value must be a finite number >= 0, got -1e-08"),
 ])
 def test_bad_values_are_clear_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -80,12 +80,12 @@ def test_bad_values_are_clear_errors(args, message, capsys):
 @pytest.mark.parametrize("args,message", [
     (["--parts", "main,wobble"], "unknown part or configuration ['wobble']"),
     (["--configs", "a,e"], "unknown part or configuration ['e']"),
-    (["--seeds", "0,x"], "argument --seeds: expected seeds like 0,1,2 or 0-4, got '0,x'"),
+    (["--seeds", "0,x"], "argument --seeds: seeds must be integers like 0,1,2 or 0-4, got '0,x'"),
     (["--seeds", "1", "--seed", "2"], "argument --seed: not allowed with argument --seeds"),
     (["--dropout-schedule", "wobbly"], "argument --dropout-schedule: bad lr schedule 'wobbly'"),
     (["--optimizer", "sgd"], "argument --optimizer: invalid choice: 'sgd'"),
-    (["--chance-tol", "-1"], "argument --chance-tol: expected a finite number >= 0, got -1.0"),
-    (["--optimizer-eps", "1e-8,-1"], "argument --optimizer-eps: expected one or more numbers >= 0"),
+    (["--chance-tol", "-1"], "argument --chance-tol: value must be a finite number >= 0, got -1.0"),
+    (["--optimizer-eps", "1e-8,-1"], "argument --optimizer-eps: optimizer_eps must be one or more numbers >= 0"),
 ])
 def test_bad_experiment_parts_are_clear_errors(tmp_path, args, message):
     r = run_cli("experiment", "small-init", "--out", str(tmp_path), *args)

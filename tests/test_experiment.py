@@ -153,7 +153,7 @@ def test_dropout_part_overfits_and_reports_the_gap(mini_data, tmp_path):
 def test_optimizer_part_adam_eps_decides_whether_small_weights_move(mini_data):
     """(a) at U(±0.001): gradients ~1e-15 on this set. At Adam's eps 1e-8 the step is ~lr * g / eps,
     so the weights barely move; at eps 1e-30, sqrt(v) sets the step and the weights move by ~lr,
-    except where (1 - beta2) * g * g underflows float32 (fc1's tiniest gradients): there v = 0 and
+    except where (1 - beta2) * g * g underflows float32 (the deep layers' tiniest gradients): there v = 0 and
     the step is lr * g / eps, far above lr."""
     options = tiny(parts=("optimizer",), configs=("a", "b"), epochs=1, train_limit=320, probe_steps=4)
     results = SmallInitExperiment(mini_data, options, log=lambda *a: None).run()
@@ -169,9 +169,14 @@ def test_optimizer_part_adam_eps_decides_whether_small_weights_move(mini_data):
     for name in ("conv3", "fc1"):
         small = first["adam_1e-08_a"][name]
         assert small["update_rms"] < 1e-3 * small["weight_rms"] and small["eps_dominated"] == 1.0
-    conv3, fc1 = first["adam_1e-30_a"]["conv3"], first["adam_1e-30_a"]["fc1"]
-    assert 0.5e-3 < conv3["update_rms"] < 1.01e-3 and conv3["v_underflow"] < 0.05
-    assert fc1["v_underflow"] > 0 and fc1["update_rms"] > 1.0  # a few weights, each moved by ~1e4
+    tiny_eps = first["adam_1e-30_a"]
+    for name, layer in tiny_eps.items():
+        if layer["v_underflow"] == 0:  # sqrt(v) sets the step: every weight moves by ~lr
+            assert 0.5e-3 < layer["update_rms"] < 1.01e-3, name
+        else:  # the few weights with v = 0 jump by lr * g / eps, ~1e4
+            assert layer["update_rms"] > 1.0, name
+    assert tiny_eps["conv1"]["v_underflow"] == 0  # the largest gradients
+    assert tiny_eps["fc1"]["v_underflow"] > 0  # the smallest
 
 
 def test_bn_last_trains_with_tiny_eps_only_without_biases(cifar_mini):

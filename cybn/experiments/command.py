@@ -5,7 +5,8 @@ import os
 import platform
 import time
 
-from .._argtypes import arg_type, comma_list, nonnegative_float, positive_float, positive_int
+from .._validation import (arg_type, comma_list, nonnegative_float_arg, positive_float_arg, positive_int_arg,
+                           spec_arg)
 from ..nn import schedule_from_spec
 from ..recipe import CifarData, RunError, add_data_options
 from .seeds import parse_seeds
@@ -16,9 +17,14 @@ def _check_schedule(spec):
     schedule_from_spec(spec, 1.0, total_steps=1)
 
 
-def _check_eps(values):
+def _check_eps(values, name):
     if not values or any(v < 0 for v in values):
-        raise ValueError(f"expected one or more numbers >= 0, got {values}")
+        raise ValueError(f"{name} must be one or more numbers >= 0, got {values}")
+    return values
+
+
+def _seeds(text, name):
+    return parse_seeds(text)
 
 
 class ExperimentGroup:
@@ -53,50 +59,50 @@ class SmallInitCommand:
                         "Dropout where the model overfits, (a)-(d) under Adam and BN scale invariance, "
                         "each over --seeds. Writes results.json, report.md and plots (with matplotlib) to --out.")
         d = Options()
-        p.add_argument("--epochs", type=positive_int, default=None,
+        p.add_argument("--epochs", type=positive_int_arg, default=None,
                        help=f"epochs per configuration (default {d.epochs}; --quick: 2)")
-        p.add_argument("--lr", type=positive_float, default=d.lr,
+        p.add_argument("--lr", type=positive_float_arg, default=d.lr,
                        help="peak learning rate of the shared cosine schedule (default: %(default)s)")
-        p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="(default: %(default)s)")
+        p.add_argument("--batch-size", type=positive_int_arg, default=d.batch_size, help="(default: %(default)s)")
         seeds = p.add_mutually_exclusive_group()
-        seeds.add_argument("--seeds", type=arg_type(lambda v: None, parse_seeds, "seeds like 0,1,2 or 0-4"),
+        seeds.add_argument("--seeds", type=arg_type(_seeds, parse=str, name="seeds"),
                            default=d.seeds, metavar="S,S,...",
                            help="run every configuration of every part once per seed (weights, data order, "
                                 "augmentation), e.g. 0,1,2 or 0-4; tables give mean ± std and min–max "
                                 "(default: %(default)s)")
-        seeds.add_argument("--seed", type=arg_type(lambda v: None, parse_seeds, "a seed"), dest="seeds", metavar="N",
+        seeds.add_argument("--seed", type=arg_type(_seeds, parse=str, name="seed"), dest="seeds", metavar="N",
                            help="one seed (the same as --seeds N)")
         p.add_argument("--parts", type=comma_list(str), default=DEFAULT_PARTS,
                        help=f"comma-separated parts to run, from {','.join(PARTS)}, or 'all' "
                             f"(default: {','.join(DEFAULT_PARTS)})")
         p.add_argument("--configs", type=comma_list(str), default=tuple(CONFIGS),
                        help="configurations for the main and optimizer parts, from a,b,c,d (default: all)")
-        p.add_argument("--chance-tol", type=nonnegative_float, default=d.chance_tol,
+        p.add_argument("--chance-tol", type=nonnegative_float_arg, default=d.chance_tol,
                        help="stop a full-length run after an epoch whose mean training loss is within this of "
                             "ln 10 (and no batch beyond 0.05): it sits at chance; 0 never stops (default: %(default)s)")
-        p.add_argument("--steps-epochs", type=positive_int, default=None,
+        p.add_argument("--steps-epochs", type=positive_int_arg, default=None,
                        help="epochs of each 'steps' run (default: --epochs)")
-        p.add_argument("--val-size", type=positive_int, default=None,
+        p.add_argument("--val-size", type=positive_int_arg, default=None,
                        help=f"'steps': training images held out for validation (default {d.val_size}; --quick: 1000)")
-        p.add_argument("--eval-every", type=positive_int, default=None, dest="steps_eval_every", metavar="N",
+        p.add_argument("--eval-every", type=positive_int_arg, default=None, dest="steps_eval_every", metavar="N",
                        help=f"'steps': validation every N steps (default {d.steps_eval_every}; --quick: 10)")
-        p.add_argument("--dropout-epochs", type=positive_int, default=None,
+        p.add_argument("--dropout-epochs", type=positive_int_arg, default=None,
                        help=f"epochs of each 'dropout' run (default {d.dropout_epochs}; --quick: 4)")
-        p.add_argument("--dropout-schedule", type=arg_type(_check_schedule), default=d.dropout_schedule,
+        p.add_argument("--dropout-schedule", type=spec_arg(_check_schedule), default=d.dropout_schedule,
                        help="'dropout': lr schedule, constant or step:STEPS[:GAMMA] (default: %(default)s)")
         p.add_argument("--optimizer", choices=("adam", "adamw"), default=d.optimizer,
                        help="'optimizer': the optimizer (default: %(default)s)")
-        p.add_argument("--optimizer-lr", type=positive_float, default=d.optimizer_lr,
+        p.add_argument("--optimizer-lr", type=positive_float_arg, default=d.optimizer_lr,
                        help="'optimizer': its peak learning rate (cosine) (default: %(default)s)")
-        p.add_argument("--optimizer-eps", type=arg_type(_check_eps, comma_list(float), "comma-separated numbers"),
+        p.add_argument("--optimizer-eps", type=arg_type(_check_eps, parse=comma_list(float), name="optimizer_eps"),
                        default=d.optimizer_eps, help="'optimizer': the Adam epsilons to run (default: %(default)s)")
-        p.add_argument("--optimizer-weight-decay", type=nonnegative_float, default=d.optimizer_weight_decay,
+        p.add_argument("--optimizer-weight-decay", type=nonnegative_float_arg, default=d.optimizer_weight_decay,
                        help="'optimizer': L2 (adam) or decoupled (adamw) weight decay (default: %(default)s)")
-        p.add_argument("--optimizer-epochs", type=positive_int, default=None,
+        p.add_argument("--optimizer-epochs", type=positive_int_arg, default=None,
                        help="epochs of each 'optimizer' run (default: --epochs)")
-        p.add_argument("--sweep-steps", type=positive_int, default=None,
+        p.add_argument("--sweep-steps", type=positive_int_arg, default=None,
                        help=f"steps of each learning-rate sweep run (default {d.sweep_steps})")
-        p.add_argument("--eps-steps", type=positive_int, default=None,
+        p.add_argument("--eps-steps", type=positive_int_arg, default=None,
                        help=f"steps of each epsilon sweep run (default {d.eps_steps})")
         p.add_argument("--quick", action="store_true",
                        help="a small version: 5,000 training / 1,000 test images, 2 epochs, short sweeps")
