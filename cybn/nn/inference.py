@@ -1,0 +1,96 @@
+"""Forward-only inference: eval-mode outputs without keeping anything for a backward.
+
+A training forward keeps every layer's input (or output) for ``backward``, so its memory is the
+sum of all activations. Under ``inference_mode()`` layers keep nothing, so a layer's input is
+freed as soon as the next layer has consumed it: memory is one layer's input plus its output.
+``infer`` goes one step further and runs a large batch through the whole network in chunks of
+images, so that in + out of the largest layer stay within ``max_chunk_bytes`` whatever the
+batch size; the chunks run on the same kernels as a whole batch.
+"""
+import contextlib
+import math
+
+import numpy as np
+
+from .module import _inference, _not_plain_array
+
+__all__ = ["inference_mode", "infer", "DEFAULT_CHUNK_BYTES"]
+
+# Bytes of (input + output) of the largest layer per chunk. Chunks of this size cost no speed
+# (cnn7, batch 500, 1 thread: see benchmarks/bench_inference.py --chunks) and bound the memory.
+DEFAULT_CHUNK_BYTES = 16 << 20
+
+
+@contextlib.contextmanager
+def inference_mode():
+    """Within the block (in this Python thread), forward keeps no activations; a ``backward``
+    after such a forward raises RuntimeError. Does not change train/eval mode."""
+    previous = getattr(_inference, "on", False)
+    _inference.on = True
+    try:
+        yield
+    finally:
+        _inference.on = previous
+
+
+def _peak_elements(module, shape):
+    """(output shape, largest input + output element count of one leaf layer) for ``shape``;
+    children are taken to run in order (``Sequential``)."""
+    children = list(module.children())
+    if not children:
+        out = tuple(module.output_shape(shape))
+        return out, math.prod(shape) + math.prod(out)
+    peak = 0
+    for child in children:
+        shape, p = _peak_elements(child, shape)
+        peak = max(peak, p)
+    return shape, peak
+
+
+def _chunk_size(model, x, max_chunk_bytes):
+    """Images per chunk so that the largest layer's input + output fit ``max_chunk_bytes``."""
+    try:
+        _, per_image = _peak_elements(model, (1,) + x.shape[1:])
+    except (ValueError, TypeError, IndexError):
+        return len(x)  # shapes the layers reject: one pass, so forward reports the error itself
+    return max(1, min(len(x), max_chunk_bytes // max(1, per_image * x.itemsize)))
+
+
+def infer(model, x, max_chunk_bytes=DEFAULT_CHUNK_BYTES):
+    """``model``'s eval-mode output for the batch ``x``, keeping no activations.
+
+    The batch runs in chunks of whole images sized so that the input + output of the largest
+    layer stay within ``max_chunk_bytes`` (None: the whole batch at once); peak memory is then
+    the output plus about ``max_chunk_bytes``, for any batch size. The result equals
+    ``model.eval().forward(x)`` up to float rounding (GEMM blocking can depend on the batch
+    size). Each module's train/eval mode is restored afterwards (the model is briefly in eval
+    mode: do not train it from another thread meanwhile). Forward hooks see each chunk.
+    """
+    if type(x) is not np.ndarray:
+        raise _not_plain_array(x, "infer: x")
+    if x.ndim < 1:
+        raise ValueError(f"infer: x must have a batch axis, got a 0-d array (shape {x.shape})")
+    if max_chunk_bytes is None:
+        chunk = len(x)
+    elif isinstance(max_chunk_bytes, (bool, np.bool_)) or not isinstance(max_chunk_bytes, (int, np.integer)):
+        raise TypeError(f"max_chunk_bytes must be an int or None, got {type(max_chunk_bytes).__name__}")
+    elif max_chunk_bytes < 1:
+        raise ValueError(f"max_chunk_bytes must be >= 1, got {max_chunk_bytes}")
+    else:
+        chunk = _chunk_size(model, x, int(max_chunk_bytes))
+    modes = [(m, m.training) for _, m in model.named_modules()]
+    model.eval()
+    try:
+        with inference_mode():
+            if chunk >= len(x):
+                return model.forward(x)
+            y = model.forward(x[:chunk])
+            out = np.empty((len(x),) + y.shape[1:], dtype=y.dtype)
+            out[:chunk] = y
+            del y
+            for i in range(chunk, len(x), chunk):
+                out[i:i + chunk] = model.forward(x[i:i + chunk])
+            return out
+    finally:
+        for m, mode in modes:
+            m.training = mode
