@@ -129,7 +129,8 @@ def to_onnx(model, path, input_shape=None, opset=ONNX_OPSET):
     The graph computes the eval-mode model: input "input" (N, ...) with a symbolic batch N,
     output "output". ``input_shape``: one sample's shape without the batch axis, e.g.
     (3, 32, 32); by default it comes from the first layer, with symbolic spatial dims.
-    ``opset``: the ONNX opset (default ``ONNX_OPSET``). The model is checked by
+    ``opset``: the ONNX opset (default ``ONNX_OPSET``). A float64 model gives a DOUBLE graph
+    (valid ONNX, but ONNX Runtime's CPU provider has no double Conv). The model is checked by
     ``onnx.checker`` (with shape inference) before it is written. Returns the ``onnx.ModelProto``.
     """
     leaves = _leaves(model)
