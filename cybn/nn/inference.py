@@ -76,8 +76,8 @@ def infer(model, x, max_chunk_bytes=DEFAULT_CHUNK_BYTES):
         raise TypeError(f"max_chunk_bytes must be an int or None, got {type(max_chunk_bytes).__name__}")
     elif max_chunk_bytes < 1:
         raise ValueError(f"max_chunk_bytes must be >= 1, got {max_chunk_bytes}")
-    else:
-        chunk = _chunk_size(model, x, int(max_chunk_bytes))
+    else:  # (one image needs no shape walk)
+        chunk = _chunk_size(model, x, int(max_chunk_bytes)) if len(x) > 1 else len(x)
     modes = [(m, m.training) for _, m in model.named_modules()]
     model.eval()
     try:
