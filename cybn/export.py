@@ -166,23 +166,34 @@ def to_onnx(model, path, input_shape=None, opset=ONNX_OPSET):
         shape = f"input_shape {tuple(dims)}" if input_shape is not None else "the model"
         raise ValueError(f"the ONNX graph of {shape} is inconsistent (do the layer sizes fit "
                          f"the input?): {str(e).splitlines()[0]}") from None
+    _write_atomically(path, lambda f: f.write(proto.SerializeToString()))
+    return proto
+
+
+def _write_atomically(path, write):
+    """``write(file)`` into a temporary file beside ``path``, renamed over it when complete."""
     path = os.fspath(path)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(proto.SerializeToString())
-    os.replace(tmp, path)
-    return proto
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 # -------------------------------------------------------------------------- PyTorch state dict
 def to_state_dict_file(model, path):
     """Write the parameters and buffers of ``model`` under PyTorch's keys ("0.weight",
     "1.running_var", ...) to an uncompressed ``.npz`` at ``path``: the matching
-    ``torch.nn.Sequential`` (see ``to_torch``) loads it with ``load_state_dict`` after
-    ``{k: torch.from_numpy(v) for k, v in numpy.load(path).items()}``. Returns the keys."""
+    ``torch.nn.Sequential`` (see ``to_torch``) loads it strictly with ``load_state_dict`` after
+    ``{k: torch.from_numpy(v) for k, v in numpy.load(path).items()}``, so the file holds those
+    tensors only (no format-version entry; ``Sequential.load`` reads it too). Returns the keys."""
     _leaves(model)  # every layer must have a torch twin
-    model.save(path)
-    return list(model.state_dict())
+    state = model.state_dict()
+    _write_atomically(path, lambda f: np.savez(f, **state))
+    return list(state)
 
 
 def to_torch(model):
