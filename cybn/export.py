@@ -122,7 +122,7 @@ def _onnx_nodes(leaves, onnx, elem):
     return nodes, inits
 
 
-def to_onnx(model, path, input_shape=None, opset=ONNX_OPSET):
+def to_onnx(model, path, input_shape=None, opset=ONNX_OPSET, metadata=None):
     """Write ``model`` (a ``Sequential`` of Conv2D, Linear, BatchNorm1D/2D, ReLU, MaxPool2D,
     Flatten and Dropout, nested Sequentials allowed) as an ONNX file at ``path``.
 
@@ -130,7 +130,9 @@ def to_onnx(model, path, input_shape=None, opset=ONNX_OPSET):
     output "output". ``input_shape``: one sample's shape without the batch axis, e.g.
     (3, 32, 32); by default it comes from the first layer, with symbolic spatial dims.
     ``opset``: the ONNX opset (default ``ONNX_OPSET``). A float64 model gives a DOUBLE graph
-    (valid ONNX, but ONNX Runtime's CPU provider has no double Conv). The model is checked by
+    (valid ONNX, but ONNX Runtime's CPU provider has no double Conv). ``metadata``: a dict of
+    strings stored as the model's metadata_props (e.g. the input normalisation a consumer must
+    apply). The model is checked by
     ``onnx.checker`` (with shape inference) before it is written. Returns the ``onnx.ModelProto``.
     """
     leaves = _leaves(model)
@@ -160,6 +162,8 @@ def to_onnx(model, path, input_shape=None, opset=ONNX_OPSET):
     proto = helper.make_model(graph, opset_imports=opsets, producer_name="cybn",
                               producer_version=__version__,
                               ir_version=helper.find_min_ir_version_for(opsets))
+    if metadata:
+        helper.set_model_props(proto, {str(k): str(v) for k, v in dict(metadata).items()})
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:

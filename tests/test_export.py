@@ -68,6 +68,14 @@ def test_onnx_static_input_shape_and_opsets(tmp_path, rng):
         to_onnx(model, tmp_path / "m.onnx", opset="17")
 
 
+def test_onnx_metadata(tmp_path, rng):
+    onnx, ort = _onnx_and_ort()
+    model, _ = cnn7_case("none", np.float32, rng, batch=2)
+    to_onnx(model, tmp_path / "m.onnx", metadata={"mean": [0.5, 0.4, 0.3], "classes": "a,b"})
+    meta = ort.InferenceSession(str(tmp_path / "m.onnx")).get_modelmeta().custom_metadata_map
+    assert meta == {"mean": "[0.5, 0.4, 0.3]", "classes": "a,b"}
+
+
 def test_onnx_float64_graph(tmp_path, rng):
     onnx, _ = _onnx_and_ort()
     model, _ = cnn7_case("all", np.float64, rng, batch=2)
