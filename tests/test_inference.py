@@ -142,3 +142,21 @@ def test_module_level_infer_on_a_single_layer(rng):
     layer = nn.Conv2D(2, 3, 3, rng=rng)
     x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
     np.testing.assert_array_equal(cybn.nn.infer(layer, x), layer.forward(x))
+
+
+def test_concurrent_infer_on_an_eval_model(rng):
+    """An eval-mode model is not written to by infer: threads can serve it at once."""
+    model, x = cnn7_case("all", np.float32, rng, batch=4)
+    ref = model.infer(x)
+    results = [None] * 4
+
+    def work(i):
+        results[i] = model.infer(x)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        np.testing.assert_array_equal(r, ref)
+    assert not model.training

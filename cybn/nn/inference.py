@@ -63,8 +63,9 @@ def infer(model, x, max_chunk_bytes=DEFAULT_CHUNK_BYTES):
     layer stay within ``max_chunk_bytes`` (None: the whole batch at once); peak memory is then
     the output plus about ``max_chunk_bytes``, for any batch size. The result equals
     ``model.eval().forward(x)`` up to float rounding (GEMM blocking can depend on the batch
-    size). Each module's train/eval mode is restored afterwards (the model is briefly in eval
-    mode: do not train it from another thread meanwhile). Forward hooks see each chunk.
+    size). Modules in training mode are switched to eval mode for the call and back (do not
+    train the model from another thread meanwhile; an eval-mode model is left untouched, so
+    concurrent ``infer`` calls on it are safe). Forward hooks see each chunk.
     """
     if type(x) is not np.ndarray:
         raise _not_plain_array(x, "infer: x")
@@ -78,8 +79,11 @@ def infer(model, x, max_chunk_bytes=DEFAULT_CHUNK_BYTES):
         raise ValueError(f"max_chunk_bytes must be >= 1, got {max_chunk_bytes}")
     else:  # (one image needs no shape walk)
         chunk = _chunk_size(model, x, int(max_chunk_bytes)) if len(x) > 1 else len(x)
-    modes = [(m, m.training) for _, m in model.named_modules()]
-    model.eval()
+    # only modules in training mode are switched (and back): an eval-mode model is never
+    # written to, so several Python threads may run infer on it at once
+    training = [m for _, m in model.named_modules() if m.training]
+    for m in training:
+        m.training = False
     try:
         with inference_mode():
             if chunk >= len(x):
@@ -92,5 +96,5 @@ def infer(model, x, max_chunk_bytes=DEFAULT_CHUNK_BYTES):
                 out[i:i + chunk] = model.forward(x[i:i + chunk])
             return out
     finally:
-        for m, mode in modes:
-            m.training = mode
+        for m in training:
+            m.training = True
