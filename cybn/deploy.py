@@ -138,7 +138,7 @@ def read_images(paths, size=IMAGE_SIZE):
                     im = im.convert("RGB")
                 if im.size != (w, h):
                     note.append(f"resized from {im.size[0]}x{im.size[1]} to {w}x{h}")
-                    im = im.resize((w, h), Image.LANCZOS)
+                    im = im.resize((w, h), Image.Resampling.LANCZOS)
                 out[i] = np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
         except FileNotFoundError:
             raise FileNotFoundError(f"image {path} does not exist") from None
