@@ -1,4 +1,5 @@
-"""Use a saved run: evaluate its model on labelled images and classify image files.
+"""Use a saved run: load its model (``load_model``), evaluate it on labelled images and classify
+image files.
 
 ``evaluate`` and ``predict`` run the forward-only path (``Sequential.infer``) batch by batch on
 uint8 images normalised with the statistics the model was trained with; give them the fused
@@ -10,13 +11,113 @@ import os
 import numpy as np
 
 from . import functional as F
+from .checkpoint import CheckpointError, load_checkpoint
 from .data import CIFAR10_CLASSES, normalize
+from .recipe import CONFIG_FILE, RUN_FILE, RunError, RunRecord, TrainConfig, build_model, load_config
+from .train import CHECKPOINT_FILE
 
-__all__ = ["Evaluation", "evaluate", "predict", "read_images", "IMAGE_SIZE"]
+__all__ = ["load_model", "load_run", "SavedRun", "DeployError", "Evaluation", "evaluate", "predict",
+           "read_images", "IMAGE_SIZE"]
 
 IMAGE_SIZE = (32, 32)  # (height, width) the CIFAR-10 models take
 
 
+# ------------------------------------------------------------------------- loading a saved run
+class DeployError(RunError):
+    """A saved run, an image file or an export cannot be used as asked (the message says why)."""
+
+
+@dataclasses.dataclass
+class SavedRun:
+    """A trained run loaded for inference: ``model`` (eval mode, the checkpoint's weights), its
+    ``config`` (``TrainConfig``), ``record`` (``RunRecord``: the normalisation, classes; None for a
+    run saved before run records), the run ``folder`` and the ``checkpoint`` file."""
+    model: object
+    config: TrainConfig
+    record: object
+    folder: str
+    checkpoint: str
+
+    def normalisation(self):
+        """(mean, std) the run was trained with; DeployError if the run did not record them."""
+        if self.record is None:
+            raise DeployError(f"{os.path.join(self.folder, RUN_FILE)} does not exist: the run does not "
+                              "say how its images were normalised (it predates run records); "
+                              "retrain it with this cybn")
+        return self.record.mean, self.record.std
+
+    @property
+    def classes(self):
+        return tuple(self.record.classes) if self.record is not None else CIFAR10_CLASSES
+
+
+def _listed(keys, limit=6):
+    keys = sorted(keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _check_state(model, state, checkpoint, config):
+    """CheckpointError naming the file and every key or shape that does not fit ``model``."""
+    expected = model.state_dict()
+    missing = set(expected) - set(state)
+    unexpected = set(state) - set(expected)
+    shapes = [f"{k} {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in the model"
+              for k in sorted(set(expected) & set(state)) if state[k].shape != expected[k].shape]
+    dtypes = [f"{k} {state[k].dtype} in the file, {expected[k].dtype} in the model"
+              for k in sorted(set(expected) & set(state))
+              if expected[k].dtype.kind == "f" and state[k].dtype != expected[k].dtype]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_listed(unexpected)}")
+    if shapes:
+        problems.append("shapes differ: " + "; ".join(shapes[:4]) + (" ..." if len(shapes) > 4 else ""))
+    if dtypes:
+        problems.append("dtypes differ: " + "; ".join(dtypes[:4]))
+    if problems:
+        raise CheckpointError(f"checkpoint {checkpoint} holds another architecture than the cnn7 "
+                              f"(bn={config.bn!r}, bias={config.bias}, dropout={config.dropout}) its "
+                              f"{CONFIG_FILE} describes: " + "; ".join(problems))
+
+
+def load_run(path):
+    """The run saved at ``path`` (a ``cybn train --out`` folder, or the checkpoint file in one) as
+    a ``SavedRun``: the model built from the run's config.json with the checkpoint's weights.
+    RunError / CheckpointError / FormatError (ValueErrors) name the missing, damaged or foreign
+    file, and for another architecture the mismatching keys or shapes."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        folder, checkpoint = path, os.path.join(path, CHECKPOINT_FILE)
+        if not os.path.exists(checkpoint):
+            raise RunError(f"{path} has no {CHECKPOINT_FILE}: not a cybn run folder, or its training "
+                           "has not finished an epoch (or a --checkpoint-every step) yet")
+    elif os.path.exists(path):
+        folder, checkpoint = os.path.dirname(path) or ".", path
+    else:
+        raise RunError(f"{path} does not exist (expected a run folder written by `cybn train --out`, "
+                       f"or the {CHECKPOINT_FILE} in one)")
+    config = load_config(folder)
+    record = RunRecord.read(folder) if os.path.exists(os.path.join(folder, RUN_FILE)) else None
+    arrays, _ = load_checkpoint(checkpoint)
+    state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    if not state:
+        raise CheckpointError(f"checkpoint {checkpoint} holds no model (no 'model/...' arrays): "
+                              "not a cybn training checkpoint")
+    model = build_model(config)
+    _check_state(model, state, checkpoint, config)
+    model.load_state_dict(state)
+    return SavedRun(model.eval(), config, record, folder, checkpoint)
+
+
+def load_model(path):
+    """The model of the run saved at ``path`` (a run folder or its checkpoint file), in eval
+    mode; errors as ``load_run``."""
+    return load_run(path).model
+
+
+# ------------------------------------------------------------------------- evaluation, prediction
 def _logits_batches(model, images, mean, std, batch_size):
     for i in range(0, len(images), batch_size):
         yield i, model.infer(normalize(images[i:i + batch_size], mean, std, dtype=model.dtype))
@@ -143,6 +244,7 @@ def read_images(paths, size=IMAGE_SIZE):
         except FileNotFoundError:
             raise FileNotFoundError(f"image {path} does not exist") from None
         except (Unidentified, OSError, ValueError) as e:
-            raise ValueError(f"image {path} could not be read as an image: {e}") from None
+            raise DeployError(f"image {path} could not be read as an image: {e}") from None
         notes.append(", ".join(note) or None)
     return out, notes
+
