@@ -11,8 +11,9 @@ same weights everywhere:
   ``intra_op_num_threads`` = the thread count.
 
 Ratios are "other / cybn fused" (> 1: cybn fused is faster). Then the peak memory of evaluating
-10,000 test images in batches of 500 (uint8 images normalised batch by batch, as ``cybn evaluate``
-does), against the bound 1.5 x the images' size + one batch's largest activation. ``--chunks``
+10,000 test images in batches of 500 as ``cybn evaluate`` does (``cybn.deploy.evaluate``: uint8
+images normalised batch by batch), against the bound 1.5 x the images' size + one batch's largest
+activation. ``--chunks``
 compares ``infer``'s chunk budgets (1-thread CPU time).
 
     python benchmarks/bench_inference.py [--repeats 9] [--threads 1,2] [--data PATH] [--chunks] [--cpu-time]
@@ -33,6 +34,7 @@ import harness  # noqa: E402
 
 import cybn  # noqa: E402
 from cybn.data import normalize  # noqa: E402
+from cybn.deploy import evaluate  # noqa: E402
 from cybn.export import to_onnx, to_torch  # noqa: E402
 from cybn.nn import fuse_batchnorm, cnn7  # noqa: E402
 
@@ -90,30 +92,36 @@ def largest_activation_bytes(model, batch, itemsize=4):
     return largest
 
 
-def evaluation_peak(images, run):
-    """Peak traced bytes while evaluating ``images`` in batches of EVAL_BATCH with ``run``."""
+def _batches(images, run):
     logits = np.empty((len(images), 10), np.float32)
+    for i in range(0, len(images), EVAL_BATCH):
+        logits[i:i + EVAL_BATCH] = run(normalize(images[i:i + EVAL_BATCH], MEAN, STD))
+
+
+def traced_peak(fn):
+    """Peak bytes numpy allocated (tracemalloc) while ``fn()`` ran."""
     tracemalloc.start()
     try:
-        for i in range(0, len(images), EVAL_BATCH):
-            logits[i:i + EVAL_BATCH] = run(normalize(images[i:i + EVAL_BATCH], MEAN, STD))
+        fn()
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
 
-def memory_report(model, fused, images):
+def memory_report(model, fused, images, labels):
     mb = 2 ** 20
     act = largest_activation_bytes(model, EVAL_BATCH)
     bound = 1.5 * images.nbytes + act
-    runs = {"cybn fused infer (chunked, default)": lambda x: fused.infer(x),
-            "cybn fused infer, whole batches": lambda x: fused.infer(x, None),
-            "cybn eval forward (keeps activations)": lambda x: model.forward(x)}
+    runs = {"cybn evaluate (deploy.evaluate, fused, chunked infer)":
+            lambda: evaluate(fused, images, labels, MEAN, STD, EVAL_BATCH),
+            "fused infer, whole batches (no chunks)": lambda: _batches(images, lambda x: fused.infer(x, None)),
+            "eval forward (keeps activations)": lambda: _batches(images, model.forward)}
     rows = []
     for name, run in runs.items():
-        run(normalize(images[:EVAL_BATCH], MEAN, STD))  # the kernels' scratch exists beforehand
+        model.forward(normalize(images[:EVAL_BATCH], MEAN, STD))  # the kernels' scratch exists beforehand
+        fused.infer(normalize(images[:EVAL_BATCH], MEAN, STD), None)
         model.clear_cache()
-        peak = images.nbytes + evaluation_peak(images, run)
+        peak = images.nbytes + traced_peak(run)
         model.clear_cache()
         rows.append([name, f"{peak / mb:.1f}", f"{peak / bound:.2f}"])
     print(f"\n## Peak memory: {len(images):,} test images in batches of {EVAL_BATCH} (tracemalloc)\n")
@@ -196,14 +204,15 @@ def main():
             print(harness.markdown_table(
                 ["case", "ms per batch", "images/s", "time / cybn fused"],
                 [[k, f"{1e3 * v:.3f}", f"{batch / v:,.0f}", f"{v / base:.2f}"] for k, v in t.items()]))
-    images = None
     if args.data:
         from cybn.data import load_cifar10
-        images = load_cifar10(args.data, quiet=True).test_images[:EVAL_IMAGES]
-    if images is None or len(images) == 0:
+        test = load_cifar10(args.data, limit=(0, EVAL_IMAGES), quiet=True)
+        images, labels = test.test_images, test.test_labels
+    else:
         images = rng.integers(0, 256, (EVAL_IMAGES, 3, 32, 32), dtype=np.uint8)
+        labels = rng.integers(0, 10, EVAL_IMAGES)
     with harness.threads(max(counts)):
-        memory_report(model, fused, images)
+        memory_report(model, fused, images, labels)
     if args.chunks:
         chunk_report(fused, args.repeats)
     tmp.cleanup()

@@ -6,7 +6,7 @@ import json
 import math
 import os
 
-from .. import _threads
+from .. import _threads, export
 from .._argtypes import positive_int
 from ..data import load_cifar10
 from ..deploy import DeployError, evaluate, load_run, predict, read_images
@@ -16,17 +16,31 @@ from ..recipe import RunError, add_data_options
 PNG_FILE = "confusion_matrix.png"
 
 
-def _add_run(p):
-    p.add_argument("run", metavar="RUN", help="run folder (--out of cybn train) or its checkpoint.npz")
+class _RunCommand:
+    """A command on a saved run: the RUN argument, its own options (``add_options``) and
+    ``--no-fuse``; ``load(args)`` applies ``--threads`` and loads the run."""
+    name = help = description = ""
 
+    def add_parser(self, subparsers):
+        p = subparsers.add_parser(self.name, help=self.help, description=self.description)
+        p.add_argument("run", metavar="RUN", help="run folder (--out of cybn train) or its checkpoint.npz")
+        self.add_options(p)
+        p.add_argument("--no-fuse", dest="fuse", action="store_false",
+                       help="keep BatchNorm as separate layers (default: fold it into the layer before)")
+        return p
 
-def _add_fuse(p):
-    p.add_argument("--no-fuse", dest="fuse", action="store_false",
-                   help="keep BatchNorm as separate layers (default: fold it into the layer before)")
+    def add_options(self, p):
+        raise NotImplementedError
 
+    @staticmethod
+    def load(args):
+        if getattr(args, "threads", None) is not None:
+            _threads.set_num_threads(args.threads)
+        return load_run(args.run)
 
-def _model(saved, fuse):
-    return fuse_batchnorm(saved.model) if fuse else saved.model
+    @staticmethod
+    def model(saved, args):
+        return fuse_batchnorm(saved.model) if args.fuse else saved.model
 
 
 def _extra(fn, *args, **kwargs):
@@ -37,15 +51,19 @@ def _extra(fn, *args, **kwargs):
         raise DeployError(str(e)) from None
 
 
-class EvaluateCommand:
-    name = "evaluate"
+def _dims(value_info):
+    """An ONNX input's or output's shape as text: "(N, 3, 32, 32)"."""
+    dims = value_info.type.tensor_type.shape.dim
+    return "(" + ", ".join(str(d.dim_value or d.dim_param or "?") for d in dims) + ")"
 
-    def add_parser(self, subparsers):
-        p = subparsers.add_parser(
-            self.name, help="test loss, accuracy, per-class accuracy and confusion matrix of a saved run",
-            description="Evaluate a saved run on the CIFAR-10 test set: loss, accuracy, per-class accuracy and "
-                        f"the confusion matrix (a table, and RUN/{PNG_FILE} where matplotlib is installed).")
-        _add_run(p)
+
+class EvaluateCommand(_RunCommand):
+    name = "evaluate"
+    help = "test loss, accuracy, per-class accuracy and confusion matrix of a saved run"
+    description = ("Evaluate a saved run on the CIFAR-10 test set: loss, accuracy, per-class accuracy and "
+                   f"the confusion matrix (a table, and RUN/{PNG_FILE} where matplotlib is installed).")
+
+    def add_options(self, p):
         add_data_options(p)
         p.add_argument("--limit", type=positive_int, default=None, help="only the first N test images")
         p.add_argument("--batch-size", type=positive_int, default=500, help="(default: %(default)s)")
@@ -53,19 +71,15 @@ class EvaluateCommand:
                        help=f"where to write the confusion-matrix PNG (default: {PNG_FILE} in the run folder)")
         p.add_argument("--no-png", action="store_true", help="no PNG")
         p.add_argument("--json", action="store_true", help="print the figures as JSON instead of tables")
-        _add_fuse(p)
-        return p
 
     def run(self, args):
-        if args.threads is not None:
-            _threads.set_num_threads(args.threads)
-        saved = load_run(args.run)
+        saved = self.load(args)
         mean, std = saved.normalisation()
         try:
             data = load_cifar10(args.data, limit=(0, args.limit), quiet=args.quiet)
         except ValueError as e:  # damaged archive; OSErrors (missing file, download) speak for themselves
             raise RunError(f"cannot read CIFAR-10 from {args.data}: {e}") from None
-        result = evaluate(_model(saved, args.fuse), data.test_images, data.test_labels, mean, std,
+        result = evaluate(self.model(saved, args), data.test_images, data.test_labels, mean, std,
                           args.batch_size, classes=saved.classes)
         png = None
         if not args.no_png:
@@ -90,30 +104,24 @@ class EvaluateCommand:
         return 0
 
 
-class PredictCommand:
+class PredictCommand(_RunCommand):
     name = "predict"
+    help = "classify image files with a saved run"
+    description = ("Top-k CIFAR-10 classes for PNG/JPEG images (needs Pillow: pip install \"cybn[image]\"). "
+                   "Images of another size are resized to 32x32, and the output says so.")
 
-    def add_parser(self, subparsers):
-        p = subparsers.add_parser(
-            self.name, help="classify image files with a saved run",
-            description="Top-k CIFAR-10 classes for PNG/JPEG images (needs Pillow: pip install \"cybn[image]\"). "
-                        "Images of another size are resized to 32x32, and the output says so.")
-        _add_run(p)
+    def add_options(self, p):
         p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
         p.add_argument("--top", type=positive_int, default=3, help="classes shown per image (default: %(default)s)")
         p.add_argument("--threads", type=positive_int, default=None, help="threads for the kernels")
         p.add_argument("--json", action="store_true", help="print the predictions as JSON")
-        _add_fuse(p)
-        return p
 
     def run(self, args):
-        if args.threads is not None:
-            _threads.set_num_threads(args.threads)
-        saved = load_run(args.run)
+        saved = self.load(args)
         mean, std = saved.normalisation()
         classes = saved.classes
         images, notes = _extra(read_images, args.images)
-        top, probs = predict(_model(saved, args.fuse), images, mean, std, k=min(args.top, len(classes)))
+        top, probs = predict(self.model(saved, args), images, mean, std, k=min(args.top, len(classes)))
         rows = [{"image": path, "top": [{"class": classes[c], "probability": float(p)} for c, p in zip(t, q)],
                  "note": note} for path, t, q, note in zip(args.images, top, probs, notes)]
         if args.json:
@@ -125,28 +133,23 @@ class PredictCommand:
         return 0
 
 
-class ExportCommand:
+class ExportCommand(_RunCommand):
     name = "export"
+    help = "write a saved run's model as ONNX and/or a PyTorch state dict"
+    description = ("Export a saved run's model (eval mode; BN folded unless --no-fuse): an ONNX graph "
+                   "(needs onnx: pip install \"cybn[onnx]\") and/or an .npz of the parameters under "
+                   "PyTorch's keys, which the matching torch.nn.Sequential loads.")
 
-    def add_parser(self, subparsers):
-        p = subparsers.add_parser(
-            self.name, help="write a saved run's model as ONNX and/or a PyTorch state dict",
-            description="Export a saved run's model (eval mode; BN folded unless --no-fuse): an ONNX graph "
-                        "(needs onnx: pip install \"cybn[onnx]\") and/or an .npz of the parameters under "
-                        "PyTorch's keys, which the matching torch.nn.Sequential loads.")
-        _add_run(p)
+    def add_options(self, p):
         p.add_argument("--onnx", metavar="FILE", default=None, help="write the ONNX graph here")
         p.add_argument("--state-dict", metavar="FILE", default=None, help="write the state-dict .npz here")
         p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: cybn's pinned one)")
-        _add_fuse(p)
-        return p
 
     def run(self, args):
-        from .. import export
         if args.onnx is None and args.state_dict is None:
             raise argparse.ArgumentError(None, "nothing to export: give --onnx FILE and/or --state-dict FILE")
-        saved = load_run(args.run)
-        model = _model(saved, args.fuse)
+        saved = self.load(args)
+        model = self.model(saved, args)
         what = "BN folded" if args.fuse else "BN as separate layers"
         if args.onnx is not None:
             meta = {"source": saved.checkpoint, "classes": ",".join(saved.classes)}
@@ -159,11 +162,9 @@ class ExportCommand:
                 proto = _extra(export.to_onnx, model, args.onnx, input_shape=shape, opset=opset, metadata=meta)
             except (TypeError, ValueError) as e:
                 raise DeployError(f"--onnx {args.onnx}: {e}") from None
-            dims = lambda v: "(" + ", ".join(str(d.dim_value or d.dim_param or "?")  # noqa: E731
-                                             for d in v.type.tensor_type.shape.dim) + ")"
-            print(f"wrote {args.onnx}: ONNX opset {opset}, {what}; input 'input' {dims(proto.graph.input[0])} "
+            print(f"wrote {args.onnx}: ONNX opset {opset}, {what}; input 'input' {_dims(proto.graph.input[0])} "
                   f"{model.dtype}, normalised as the run was (mean and std in the model's metadata); "
-                  f"output 'output' {dims(proto.graph.output[0])} logits")
+                  f"output 'output' {_dims(proto.graph.output[0])} logits")
         if args.state_dict is not None:
             keys = export.to_state_dict_file(model, args.state_dict)
             print(f"wrote {args.state_dict}: {len(keys)} tensors under PyTorch's keys, {what} "
