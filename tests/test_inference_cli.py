@@ -102,15 +102,22 @@ def test_load_model_errors_name_the_file(mini_run, tmp_path):
 
 
 # -------------------------------------------------------------------------------- evaluate
-def test_evaluate_prints_figures_table_and_png(mini_run, capsys, tmp_path):
+def test_evaluate_prints_figures_table_and_png(mini_run, capsys, tmp_path, monkeypatch):
     out, data = mini_run
     png = tmp_path / "cm.png"
     code, text, _ = _cli(capsys, "evaluate", out, "--data", data, "--limit", 64, "--png", png, "--quiet")
+    first = text
     assert code == 0
     assert "64 test images" in text and "accuracy" in text and "BN folded" in text
     for name in cybn.data.CIFAR10_CLASSES:
         assert name in text
+    with monkeypatch.context() as m:  # without matplotlib: the table only, and a note saying why
+        m.setitem(sys.modules, "matplotlib", None)
+        code, text, _ = _cli(capsys, "evaluate", out, "--data", data, "--limit", 64, "--png",
+                             tmp_path / "no.png", "--quiet")
+        assert code == 0 and "matplotlib is not installed" in text and not (tmp_path / "no.png").exists()
     pytest.importorskip("matplotlib")
+    assert f"confusion matrix: {png}" in first
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -173,15 +180,19 @@ def test_predict_top_k_with_class_names(mini_run, capsys, tmp_path):
     assert all(r["top"][0]["probability"] >= r["top"][1]["probability"] for r in rows)
 
 
-def test_predict_errors(mini_run, capsys, tmp_path, monkeypatch):
+def test_predict_errors(mini_run, capsys, tmp_path):
     pytest.importorskip("PIL", reason="cybn predict needs Pillow")
     out, _ = mini_run
     _one_line_error(capsys, "predict", out, tmp_path / "missing.png", match="missing.png does not exist")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image at all")
     _one_line_error(capsys, "predict", out, bad, match="bad.png could not be read as an image")
+
+
+def test_predict_without_pillow(mini_run, capsys, tmp_path, monkeypatch):
+    out, _ = mini_run
     monkeypatch.setitem(sys.modules, "PIL", None)
-    _one_line_error(capsys, "predict", out, bad, match='pip install "cybn[image]"')
+    _one_line_error(capsys, "predict", out, tmp_path / "a.png", match='pip install "cybn[image]"')
 
 
 # ---------------------------------------------------------------------------------- export
@@ -218,6 +229,9 @@ def test_export_errors(mini_run, capsys, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(["export", str(out)])
     assert e.value.code == 2 and "nothing to export" in capsys.readouterr().err
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "onnx", None)
+        _one_line_error(capsys, "export", out, "--onnx", tmp_path / "m.onnx", match='pip install "cybn[onnx]"')
+    pytest.importorskip("onnx", reason="the opset check needs onnx")
     _one_line_error(capsys, "export", out, "--onnx", tmp_path / "m.onnx", "--opset", 3, match="opset must be between")
-    monkeypatch.setitem(sys.modules, "onnx", None)
-    _one_line_error(capsys, "export", out, "--onnx", tmp_path / "m.onnx", match='pip install "cybn[onnx]"')
+    assert not (tmp_path / "m.onnx").exists()
