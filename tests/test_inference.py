@@ -12,14 +12,18 @@ from cybn import nn
 from inference_models import cnn7_case, odd_cases, rel_err
 
 
-def _peak_bytes(fn):
-    """Peak bytes traced (numpy reports its array allocations to tracemalloc) while fn runs."""
-    tracemalloc.start()
-    try:
+@pytest.fixture
+def peak_bytes():
+    """``measure(fn)``: the most bytes allocated at once while ``fn()`` ran, on top of what was
+    allocated before (numpy reports its array allocations to tracemalloc)."""
+    def measure(fn):
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
         fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+        return tracemalloc.get_traced_memory()[1] - before
+    tracemalloc.start()
+    yield measure
+    tracemalloc.stop()
 
 
 def _deep_convnet(rng, layers=6):
@@ -96,7 +100,7 @@ def test_inference_mode_nests_and_is_per_thread(rng):
     assert isinstance(layer._cache, tuple)
 
 
-def test_peak_memory_is_one_layer_not_the_sum(rng):
+def test_peak_memory_is_one_layer_not_the_sum(rng, peak_bytes):
     """12 activations of 1 MiB: the eval forward keeps all ReLU outputs (>= 6 MiB), infer keeps
     one layer's input + output (2 MiB), and chunks bound it by their budget."""
     model = _deep_convnet(rng)
@@ -107,10 +111,10 @@ def test_peak_memory_is_one_layer_not_the_sum(rng):
 
     def forward():
         model.forward(x)
-    eval_peak = _peak_bytes(forward)
+    eval_peak = peak_bytes(forward)
     model.clear_cache()
-    whole = _peak_bytes(lambda: model.infer(x, None))
-    chunked = _peak_bytes(lambda: model.infer(x, act // 2))
+    whole = peak_bytes(lambda: model.infer(x, None))
+    chunked = peak_bytes(lambda: model.infer(x, act // 2))
     assert eval_peak >= 6 * act
     assert whole <= 2.1 * act
     assert chunked <= 0.5 * act + act / 16 + 0.1 * act  # budget + the whole output + slack
