@@ -31,7 +31,7 @@ def _leaves(model):
         raise TypeError(f"export expects a cybn.nn.Sequential, got {type(model).__name__}")
     out = []
     for prefix, m in model.named_modules():
-        if m.children():
+        if hasattr(m, "layers"):  # a (nested) Sequential: its layers follow
             continue
         if type(m) not in _EXPORTABLE:
             known = ", ".join(t.__name__ for t in _EXPORTABLE)
@@ -213,7 +213,7 @@ def to_torch(model):
     def build(seq):
         layers = []
         for m in seq.layers:
-            if m.children():
+            if hasattr(m, "layers"):
                 layers.append(build(m))
             elif isinstance(m, Conv2D):
                 layers.append(nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride,

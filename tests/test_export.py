@@ -98,6 +98,17 @@ def test_onnx_input_shape_errors(tmp_path, rng):
     assert not (tmp_path / "m.onnx").exists()  # nothing written on a refusal
 
 
+def test_empty_nested_sequential_is_the_identity(tmp_path, rng):
+    onnx, ort = _onnx_and_ort()
+    torch = pytest.importorskip("torch", reason="needs PyTorch")
+    model = nn.Sequential(nn.Linear(3, 2, rng=rng), nn.Sequential(), nn.ReLU()).eval()
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    to_onnx(model, tmp_path / "m.onnx")
+    assert rel_err(_run_ort(ort, tmp_path / "m.onnx", x), model.infer(x)) <= RTOL
+    with torch.no_grad():
+        assert rel_err(to_torch(model)(torch.from_numpy(x)).numpy(), model.infer(x)) <= RTOL
+
+
 def test_unknown_layer_is_refused_naming_it(tmp_path, rng):
     class Scale(nn.Module):
         def forward(self, x):
