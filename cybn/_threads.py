@@ -6,18 +6,17 @@ through threadpoolctl, so the two pools never oversubscribe the cores. The defau
 ``CYBN_NUM_THREADS`` environment variable, else the cores this process may run on.
 """
 import contextlib
-import numbers
 import os
 import warnings
 
 from threadpoolctl import threadpool_limits
 
 from ._kernels._openmp import openmp_enabled
+from ._validation import from_text, positive_int
 
 ENV_VAR = "CYBN_NUM_THREADS"
 
 _num_threads = None  # resolved on first use
-_blas_limiter = None  # the threadpoolctl limit we applied, so it can be re-applied
 
 
 def available_cores():
@@ -28,30 +27,17 @@ def available_cores():
         return os.cpu_count() or 1
 
 
-def _validate(n, source):
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{source}: number of threads must be an integer, got {n!r}")
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"{source}: number of threads must be >= 1, got {n}")
-    return n
-
-
 def _default_num_threads():
     value = os.environ.get(ENV_VAR, "").strip()
     if not value:
         return available_cores()
-    try:
-        n = int(value)
-    except ValueError:
-        raise ValueError(f"{ENV_VAR} must be a positive integer, got {value!r}") from None
-    return _validate(n, ENV_VAR)
+    return from_text(value, positive_int, f"{ENV_VAR} (number of threads)")
 
 
 def _apply(n):
-    global _num_threads, _blas_limiter
+    global _num_threads
     _num_threads = n
-    _blas_limiter = threadpool_limits(limits=n, user_api="blas")
+    threadpool_limits(limits=n, user_api="blas")  # applied on construction; nothing restores it
 
 
 def get_num_threads():
@@ -63,7 +49,7 @@ def get_num_threads():
 
 def set_num_threads(n):
     """Use ``n`` threads in every cybn kernel and cap the BLAS pool at ``n`` as well."""
-    n = _validate(n, "set_num_threads")
+    n = positive_int(n, "set_num_threads: number of threads")
     if n > 1 and not openmp_enabled():
         warnings.warn(
             "cybn was built without OpenMP: its kernels run on one thread "

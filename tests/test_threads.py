@@ -53,7 +53,9 @@ def test_environment_variable():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "1"
     r = run_python("import cybn; cybn.get_num_threads()", CYBN_NUM_THREADS="zero")
-    assert r.returncode != 0 and "CYBN_NUM_THREADS" in r.stderr
+    assert r.returncode != 0 and "CYBN_NUM_THREADS (number of threads) must be an integer, got 'zero'" in r.stderr
+    r = run_python("import cybn; cybn.get_num_threads()", CYBN_NUM_THREADS="0")
+    assert r.returncode != 0 and "CYBN_NUM_THREADS (number of threads) must be >= 1, got 0" in r.stderr
 
 
 def test_show_config_reports_everything():

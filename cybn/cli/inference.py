@@ -7,7 +7,7 @@ import math
 import os
 
 from .. import _threads, export
-from .._argtypes import positive_int
+from .._validation import positive_int_arg
 from ..data import load_cifar10
 from ..deploy import DeployError, evaluate, load_run, predict, read_images
 from ..nn import fuse_batchnorm
@@ -65,8 +65,8 @@ class EvaluateCommand(_RunCommand):
 
     def add_options(self, p):
         add_data_options(p)
-        p.add_argument("--limit", type=positive_int, default=None, help="only the first N test images")
-        p.add_argument("--batch-size", type=positive_int, default=500, help="(default: %(default)s)")
+        p.add_argument("--limit", type=positive_int_arg, default=None, help="only the first N test images")
+        p.add_argument("--batch-size", type=positive_int_arg, default=500, help="(default: %(default)s)")
         p.add_argument("--png", metavar="FILE", default=None,
                        help=f"where to write the confusion-matrix PNG (default: {PNG_FILE} in the run folder)")
         p.add_argument("--no-png", action="store_true", help="no PNG")
@@ -112,8 +112,8 @@ class PredictCommand(_RunCommand):
 
     def add_options(self, p):
         p.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
-        p.add_argument("--top", type=positive_int, default=3, help="classes shown per image (default: %(default)s)")
-        p.add_argument("--threads", type=positive_int, default=None, help="threads for the kernels")
+        p.add_argument("--top", type=positive_int_arg, default=3, help="classes shown per image (default: %(default)s)")
+        p.add_argument("--threads", type=positive_int_arg, default=None, help="threads for the kernels")
         p.add_argument("--json", action="store_true", help="print the predictions as JSON")
 
     def run(self, args):
@@ -143,7 +143,7 @@ class ExportCommand(_RunCommand):
     def add_options(self, p):
         p.add_argument("--onnx", metavar="FILE", default=None, help="write the ONNX graph here")
         p.add_argument("--state-dict", metavar="FILE", default=None, help="write the state-dict .npz here")
-        p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: cybn's pinned one)")
+        p.add_argument("--opset", type=positive_int_arg, default=None, help="ONNX opset (default: cybn's pinned one)")
 
     def run(self, args):
         if args.onnx is None and args.state_dict is None:

@@ -8,6 +8,8 @@ Same maths and signatures as ``cybn.reference.batchnorm`` (see its docstrings). 
 * ``batch_norm_backward``: 1 fused read of dy and x for sum(dy) and sum(dy*(x-mean)) (which give
   dbias and dweight), then 1 read of dy, x + 1 write of dx.
 * ``batch_norm_eval``: 1 read + 1 write.
+* ``batch_norm_eval_backward``: the same fused read of dy and x for the sums, then 1 read of dy
+  + 1 write of dx (eval-mode BN is a fixed per-channel affine map).
 
 Determinism: reductions are split into chunks of rows chosen from the input shape only, each
 chunk reduced by one thread in a fixed order, partials merged in a fixed order: results are
@@ -18,15 +20,14 @@ running_mean, running_var) may be float32 or float64 independently of x; batch m
 returned as float64. ``weight``/``bias`` None means gamma = 1 / beta = 0 (affine=False);
 ``batch_norm_backward`` still returns dweight/dbias (for the implicit gamma=1, beta=0).
 """
-import numbers
-
 import numpy as np
 
 from .._kernels import batchnorm as _k
 from .._threads import kernel_threads
-from ._checks import FLOAT_DTYPES, finite_float, float_array, positive_int, shape_is
+from .._validation import check_float_array, float_array, integer, positive_float, real, shape_is
 
-__all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "update_running_stats"]
+__all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
+           "update_running_stats"]
 
 
 def _input(x, name="x"):
@@ -64,7 +65,7 @@ def _stat(v, name, C, nonnegative=False):
 
 
 def _eps(eps):
-    return finite_float(eps, "eps", positive=True)
+    return positive_float(eps, "eps")
 
 
 def _need_two(x, fname):
@@ -108,17 +109,21 @@ def batch_norm_train(x, weight, bias, eps=1e-5):
     return y, mean, var
 
 
-def batch_norm_backward(dy, x, weight, mean, var, eps=1e-5):
-    """(dx, dweight, dbias) of batch_norm_train; dweight/dbias are (C,) in x's dtype."""
+def _backward_args(dy, x, weight, mean, var, eps, names=("mean", "var")):
+    """The validated arguments of both backward passes (``names``: what the statistics are)."""
     x = _input(x)
     dy = float_array(dy, "dy", dtype=x.dtype)
     if dy.shape != x.shape:
         raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
-    weight = _param(weight, "weight", x)
     C = x.shape[1]
-    mean = _stat(mean, "mean", C)
-    var = _stat(var, "var", C, nonnegative=True)
-    eps = _eps(eps)
+    return (dy, x, _param(weight, "weight", x), _stat(mean, names[0], C),
+            _stat(var, names[1], C, nonnegative=True), _eps(eps))
+
+
+def batch_norm_backward(dy, x, weight, mean, var, eps=1e-5):
+    """(dx, dweight, dbias) of batch_norm_train; dweight/dbias are (C,) in x's dtype."""
+    dy, x, weight, mean, var, eps = _backward_args(dy, x, weight, mean, var, eps)
+    C = x.shape[1]
     m = _need_two(x, "batch_norm_backward")
     threads = kernel_threads()
     dt = x.dtype
@@ -153,13 +158,26 @@ def batch_norm_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
     return _normalize(x, running_mean, 1.0 / np.sqrt(running_var + eps), weight, bias)
 
 
+def batch_norm_eval_backward(dy, x, weight, running_mean, running_var, eps=1e-5):
+    """(dx, dweight, dbias) of batch_norm_eval: a fixed per-channel affine map, so with
+    invstd = 1/sqrt(running_var + eps): dx = weight * invstd * dy, dweight = sum(dy * x_hat),
+    dbias = sum(dy); sums in float64, results in x's dtype (dweight/dbias also when weight is None)."""
+    dy, x, weight, running_mean, running_var, eps = _backward_args(
+        dy, x, weight, running_mean, running_var, eps, ("running_mean", "running_var"))
+    C = x.shape[1]
+    dt = x.dtype
+    sum_dy = np.zeros(C, dtype=np.float64)
+    sum_dyxc = np.zeros(C, dtype=np.float64)
+    if x.size:
+        _k.backward_sums(_as3(dy), _as3(x), running_mean, sum_dy, sum_dyxc, kernel_threads())
+    invstd = 1.0 / np.sqrt(running_var + eps)
+    # dx = dy * scale: the normalisation kernel with a zero mean and shift (it never reads x)
+    dx = _normalize(dy, np.zeros(C), invstd, weight, None)
+    return dx, (sum_dyxc * invstd).astype(dt), sum_dy.astype(dt)
+
+
 def _running(v, name):
-    if not isinstance(v, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(v).__name__}")
-    if v.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {v.dtype}")
-    if v.ndim != 1:
-        raise ValueError(f"{name} must have 1 dimension (C,), got shape {v.shape}")
+    check_float_array(v, name, ndim=1)
     if not v.flags.writeable:
         raise ValueError(f"{name} is updated in place and must be writeable")
     return v
@@ -176,12 +194,8 @@ def update_running_stats(running_mean, running_var, mean, var, count, momentum=0
         raise ValueError("running_mean and running_var must not share memory")
     mean = _stat(mean, "mean", C)
     var = _stat(var, "var", C, nonnegative=True)
-    if isinstance(count, numbers.Integral) and not isinstance(count, bool) and count < 2:
-        raise ValueError(f"count must be >= 2 (values per channel in the batch), got {count}")
-    count = positive_int(count, "count")
-    momentum = finite_float(momentum, "momentum")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    count = integer(count, "count", minimum=2)
+    momentum = real(momentum, "momentum", 0.0, 1.0)
     # O(C) work: plain NumPy, computed in float64 and stored in the running arrays' dtype.
     unbiased = var * (count / (count - 1))
     running_mean[...] = (1 - momentum) * running_mean.astype(np.float64) + momentum * mean

@@ -23,7 +23,7 @@ from threadpoolctl import ThreadpoolController
 
 from .._kernels import conv as _k
 from .._threads import kernel_threads
-from ._checks import MAX_INT, float_array, nonnegative_int, pair, positive_int
+from .._validation import MAX_INT, float_array, nonnegative_int, pair, positive_int
 
 __all__ = ["conv2d", "conv2d_backward"]
 

@@ -2,7 +2,7 @@
 the GIL and uses the BLAS pool that cybn.set_num_threads caps); only the bias is handled here."""
 import numpy as np
 
-from ._checks import float_array, shape_is
+from .._validation import float_array, shape_is
 
 __all__ = ["linear", "linear_backward"]
 

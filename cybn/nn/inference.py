@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-from .module import _inference, _not_plain_array
+from .._validation import plain_array, positive_int
+from .module import _inference
 
 __all__ = ["inference_mode", "infer", "DEFAULT_CHUNK_BYTES"]
 
@@ -67,18 +68,14 @@ def infer(model, x, max_chunk_bytes=DEFAULT_CHUNK_BYTES):
     train the model from another thread meanwhile; an eval-mode model is left untouched, so
     concurrent ``infer`` calls on it are safe). Forward hooks see each chunk.
     """
-    if type(x) is not np.ndarray:
-        raise _not_plain_array(x, "infer: x")
+    plain_array(x, "infer: x")
     if x.ndim < 1:
         raise ValueError(f"infer: x must have a batch axis, got a 0-d array (shape {x.shape})")
     if max_chunk_bytes is None:
         chunk = len(x)
-    elif isinstance(max_chunk_bytes, (bool, np.bool_)) or not isinstance(max_chunk_bytes, (int, np.integer)):
-        raise TypeError(f"max_chunk_bytes must be an int or None, got {type(max_chunk_bytes).__name__}")
-    elif max_chunk_bytes < 1:
-        raise ValueError(f"max_chunk_bytes must be >= 1, got {max_chunk_bytes}")
     else:  # (one image needs no shape walk)
-        chunk = _chunk_size(model, x, int(max_chunk_bytes)) if len(x) > 1 else len(x)
+        budget = positive_int(max_chunk_bytes, "max_chunk_bytes")
+        chunk = _chunk_size(model, x, budget) if len(x) > 1 else len(x)
     # only modules in training mode are switched (and back): an eval-mode model is never
     # written to, so several Python threads may run infer on it at once
     training = [m for _, m in model.named_modules() if m.training]
