@@ -1,14 +1,5 @@
 """What the compiler gave us: is OpenMP compiled in."""
-
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #define CYBN_OPENMP_ENABLED 1
-    #else
-    #define CYBN_OPENMP_ENABLED 0
-    #endif
-    """
-    bint CYBN_OPENMP_ENABLED
+from cybn._kernels._common cimport CYBN_OPENMP_ENABLED
 
 
 def openmp_enabled():

@@ -10,6 +10,10 @@ Same maths and signatures as ``cybn.reference.batchnorm`` (see its docstrings). 
 * ``batch_norm_eval``: 1 read + 1 write.
 * ``batch_norm_eval_backward``: the same fused read of dy and x for the sums, then 1 read of dy
   + 1 write of dx (eval-mode BN is a fixed per-channel affine map).
+* ``batch_norm_relu_train`` / ``batch_norm_relu_backward``: BN followed by ReLU, fused: the same
+  passes as BN alone. The forward applies the ReLU as it writes y; the backward recomputes the
+  ReLU mask from x (the forward's pre-activation, bit for bit) inside its two passes, so the
+  ReLU costs no pass of its own and its input gradient is never stored.
 
 Determinism: reductions are split into chunks of rows chosen from the input shape only, each
 chunk reduced by one thread in a fixed order, partials merged in a fixed order: results are
@@ -27,7 +31,7 @@ from .._threads import kernel_threads
 from .._validation import check_float_array, float_array, integer, positive_float, real, shape_is
 
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
-           "update_running_stats"]
+           "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward"]
 
 
 def _input(x, name="x"):
@@ -83,29 +87,33 @@ def _split(mean, dtype):
     return hi, lo
 
 
-def _normalize(x, mean, invstd, weight, bias):
+def _affine(mean, invstd, weight, bias, dtype):
+    """(hi, lo, scale, shift) in ``dtype``: y = ((x - hi) - lo) * scale + shift. The fused
+    backward rebuilds exactly these values to recompute the forward's ReLU mask."""
     scale = invstd if weight is None else invstd * weight.astype(np.float64)
     shift = np.zeros_like(mean) if bias is None else bias
-    hi, lo = _split(mean, x.dtype)
+    return _split(mean, dtype) + (scale.astype(dtype), shift.astype(dtype))
+
+
+def _normalize(x, mean, invstd, weight, bias, relu=False):
     y = np.empty_like(x)
     if x.size:
-        _k.affine_normalize(_as3(x), hi, lo, scale.astype(x.dtype), shift.astype(x.dtype),
-                            _as3(y), kernel_threads())
+        _k.affine_normalize(_as3(x), *_affine(mean, invstd, weight, bias, x.dtype), _as3(y), relu,
+                            kernel_threads())
     return y
 
 
-def batch_norm_train(x, weight, bias, eps=1e-5):
-    """Training-mode forward: (y, mean, var); mean, var float64 (C,), var is the biased variance."""
+def _train(x, weight, bias, eps, relu, fname):
     x = _input(x)
     weight = _param(weight, "weight", x)
     bias = _param(bias, "bias", x)
     eps = _eps(eps)
-    _need_two(x, "batch_norm_train")
+    _need_two(x, fname)
     C = x.shape[1]
     mean = np.empty(C, dtype=np.float64)
     var = np.empty(C, dtype=np.float64)
     _k.batch_stats(_as3(x), mean, var, kernel_threads())
-    y = _normalize(x, mean, 1.0 / np.sqrt(var + eps), weight, bias)
+    y = _normalize(x, mean, 1.0 / np.sqrt(var + eps), weight, bias, relu)
     return y, mean, var
 
 
@@ -120,18 +128,42 @@ def _backward_args(dy, x, weight, mean, var, eps, names=("mean", "var")):
             _stat(var, names[1], C, nonnegative=True), _eps(eps))
 
 
+def batch_norm_train(x, weight, bias, eps=1e-5):
+    """Training-mode forward: (y, mean, var); mean, var float64 (C,), var is the biased variance."""
+    return _train(x, weight, bias, eps, False, "batch_norm_train")
+
+
+def batch_norm_relu_train(x, weight, bias, eps=1e-5):
+    """relu(batch_norm_train(x, ...)) in one pass after the statistics: (y, mean, var)."""
+    return _train(x, weight, bias, eps, True, "batch_norm_relu_train")
+
+
 def batch_norm_backward(dy, x, weight, mean, var, eps=1e-5):
     """(dx, dweight, dbias) of batch_norm_train; dweight/dbias are (C,) in x's dtype."""
+    return _backward(dy, x, weight, None, mean, var, eps, False, "batch_norm_backward")
+
+
+def batch_norm_relu_backward(dy, x, weight, bias, mean, var, eps=1e-5):
+    """(dx, dweight, dbias) of batch_norm_relu_train given dy = dL/d(its output y).
+
+    The ReLU mask is recomputed from x, weight, bias, mean, var and eps (pass the forward's).
+    """
+    return _backward(dy, x, weight, bias, mean, var, eps, True, "batch_norm_relu_backward")
+
+
+def _backward(dy, x, weight, bias, mean, var, eps, relu, fname):
     dy, x, weight, mean, var, eps = _backward_args(dy, x, weight, mean, var, eps)
+    bias = _param(bias, "bias", x)
     C = x.shape[1]
-    m = _need_two(x, "batch_norm_backward")
+    m = _need_two(x, fname)
     threads = kernel_threads()
     dt = x.dtype
     dy3, x3 = _as3(dy), _as3(x)
+    invstd = 1.0 / np.sqrt(var + eps)
+    hi, lo, scale, shift = _affine(mean, invstd, weight, bias, dt)
     sum_dy = np.empty(C, dtype=np.float64)
     sum_dyxc = np.empty(C, dtype=np.float64)
-    _k.backward_sums(dy3, x3, mean, sum_dy, sum_dyxc, threads)
-    invstd = 1.0 / np.sqrt(var + eps)
+    _k.backward_sums(dy3, x3, mean, sum_dy, sum_dyxc, hi, lo, scale, shift, relu, threads)
     gamma = np.ones(C) if weight is None else weight.astype(np.float64)
     dbias = sum_dy
     dweight = sum_dyxc * invstd  # = sum(dy * x_hat)
@@ -140,9 +172,9 @@ def batch_norm_backward(dy, x, weight, mean, var, eps=1e-5):
     a = gamma * invstd
     b = -a * invstd * invstd * sum_dyxc / m
     d = -a * sum_dy / m
-    hi, lo = _split(mean, x.dtype)
     dx = np.empty_like(x)
-    _k.backward_dx(dy3, x3, hi, lo, a.astype(dt), b.astype(dt), d.astype(dt), _as3(dx), threads)
+    _k.backward_dx(dy3, x3, hi, lo, a.astype(dt), b.astype(dt), d.astype(dt), _as3(dx), scale,
+                   shift, relu, threads)
     return dx, dweight.astype(dt), dbias.astype(dt)
 
 
@@ -168,9 +200,10 @@ def batch_norm_eval_backward(dy, x, weight, running_mean, running_var, eps=1e-5)
     dt = x.dtype
     sum_dy = np.zeros(C, dtype=np.float64)
     sum_dyxc = np.zeros(C, dtype=np.float64)
-    if x.size:
-        _k.backward_sums(_as3(dy), _as3(x), running_mean, sum_dy, sum_dyxc, kernel_threads())
     invstd = 1.0 / np.sqrt(running_var + eps)
+    if x.size:
+        _k.backward_sums(_as3(dy), _as3(x), running_mean, sum_dy, sum_dyxc,
+                         *_affine(running_mean, invstd, weight, None, dt), False, kernel_threads())
     # dx = dy * scale: the normalisation kernel with a zero mean and shift (it never reads x)
     dx = _normalize(dy, np.zeros(C), invstd, weight, None)
     return dx, (sum_dyxc * invstd).astype(dt), sum_dy.astype(dt)

@@ -16,7 +16,7 @@ batch size works. See each function for its gradient / update rule.
 import numpy as np
 
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
-           "update_running_stats"]
+           "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward"]
 
 
 def _axes(x):
@@ -136,3 +136,26 @@ def update_running_stats(running_mean, running_var, mean, var, count, momentum=0
     mean = np.asarray(mean, dtype=np.float64)
     running_mean[...] = (1 - momentum) * running_mean.astype(np.float64) + momentum * mean
     running_var[...] = (1 - momentum) * running_var.astype(np.float64) + momentum * unbiased
+
+
+def _relu(y):
+    return np.where(y <= 0, 0, y).astype(y.dtype)  # NaN passes, as in reference.relu
+
+
+def batch_norm_relu_train(x, weight, bias, eps=1e-5):
+    """relu(batch_norm_train(x, weight, bias, eps)): returns (y, mean, var)."""
+    y, mean, var = batch_norm_train(x, weight, bias, eps)
+    return _relu(y), mean, var
+
+
+def batch_norm_relu_backward(dy, x, weight, bias, mean, var, eps=1e-5):
+    """Gradients of batch_norm_relu_train given dL/dy: the BN backward of dy masked where the
+    pre-activation gamma * (x - mean) / sqrt(var + eps) + beta is <= 0 (or NaN)."""
+    _axes(x)
+    z = (x.astype(np.float64) - _per_channel(np.asarray(mean, dtype=np.float64), x)) / np.sqrt(
+        _per_channel(np.asarray(var, dtype=np.float64), x) + eps)
+    if weight is not None:
+        z = z * _per_channel(weight.astype(np.float64), x)
+    if bias is not None:
+        z = z + _per_channel(bias.astype(np.float64), x)
+    return batch_norm_backward(np.where(z > 0, dy, 0).astype(dy.dtype), x, weight, mean, var, eps)
