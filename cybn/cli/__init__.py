@@ -24,8 +24,9 @@ USER_ERRORS = (OSError, RunError, CheckpointError, FormatError)
 
 def commands():
     from .. import experiments
-    from . import train
-    return [train.CONFIG, train.TRAIN, *experiments.COMMANDS]
+    from . import inference, train
+    return [train.CONFIG, train.TRAIN, inference.EVALUATE, inference.PREDICT, inference.EXPORT,
+            *experiments.COMMANDS]
 
 
 class _ShowConfig(argparse.Action):

@@ -16,3 +16,9 @@ __all__ = ["Module", "generator_state", "set_generator_state", "Conv2D", "Linear
            "Dropout", "SoftmaxCrossEntropy", "Sequential", "HookHandle", "init", "init_from_spec",
            "SGD", "LRSchedule",
            "ConstantLR", "StepLR", "CosineLR", "WarmupLR", "schedule_from_spec", "cnn7"]
+
+# issue 12: BN folding and forward-only inference
+from .fuse import fuse_batchnorm
+from .inference import infer, inference_mode
+
+__all__ += ["fuse_batchnorm", "infer", "inference_mode"]
