@@ -39,9 +39,9 @@ import numpy as np
 from . import _comm
 from ._threads import ENV_VAR, set_num_threads
 from .data.loader import _run
-from .nn import generator_state, set_generator_state
+from .nn import Dropout, generator_state, set_generator_state
 
-__all__ = ["DistributedError", "setup", "shard_range", "ShardedLoader", "DataParallel",
+__all__ = ["DistributedError", "setup", "shard_range", "ShardedLoader", "DataParallel", "ShardedDropout",
            "check_consistency", "model_fingerprint", "data_fingerprint", "evaluate", "abort_on_error",
            "describe"]
 
@@ -89,8 +89,9 @@ class ShardedLoader:
     ``loader.batch_size`` is the GLOBAL batch. Iterating yields (x, y) of rank r's contiguous
     slice of every global batch, in the single-process order with the single-process crops and
     flips (the plan is drawn from the loader's seed on every rank; only the own slice is built).
-    ``global_count`` is the size of the global batch last yielded. Position, epoch and state are
-    the wrapped loader's (``state_dict``/``load_state_dict`` delegate to it).
+    ``shard`` is (lo, hi, n) of the batch last yielded: this rank holds samples [lo, hi) of a
+    global batch of n (``DataParallel.begin_step`` takes it). Position, epoch and state are the
+    wrapped loader's (``state_dict``/``load_state_dict`` delegate to it).
     """
 
     def __init__(self, loader, comm=None):
@@ -103,7 +104,12 @@ class ShardedLoader:
                 f"a batch of {smallest} sample(s) cannot be split over {self.comm.size} ranks "
                 f"({loader.num_samples} samples in batches of {loader.batch_size}): every rank needs at "
                 "least one sample; use drop_last, another batch size or fewer ranks")
-        self.global_count = 0
+        self.shard = None
+
+    @property
+    def global_count(self):
+        """Samples in the global batch last yielded."""
+        return self.shard[2] if self.shard else 0
 
     def __len__(self):
         return len(self.loader)
@@ -131,7 +137,7 @@ class ShardedLoader:
         self.loader.load_state_dict(state)
 
     def batch(self, epoch, k):
-        """This rank's share of global batch ``k`` of ``epoch``: (x, y, global count)."""
+        """This rank's share of global batch ``k`` of ``epoch``: (x, y, (lo, hi, n))."""
         ld = self.loader
         if not 0 <= k < len(ld):
             raise IndexError(f"batch {k} out of range: an epoch has {len(ld)} batches")
@@ -142,7 +148,7 @@ class ShardedLoader:
         s = slice(start + lo, start + hi)
         index = order[s]
         x = _run(ld.images, index, oy[s], ox[s], flips[s], ld.padding, ld._lut, ld.dtype)
-        return x, ld.labels[index], n
+        return x, ld.labels[index], (lo, hi, n)
 
     def __iter__(self):
         ld = self.loader
@@ -150,7 +156,7 @@ class ShardedLoader:
             ld.set_epoch(ld.epoch + 1)
         epoch = ld.epoch
         for k in range(ld.position, len(ld)):
-            x, y, self.global_count = self.batch(epoch, k)
+            x, y, self.shard = self.batch(epoch, k)
             ld._position = k + 1
             yield x, y
         ld.set_epoch(epoch + 1)
@@ -158,13 +164,50 @@ class ShardedLoader:
 
 # ---------------------------------------------------------------------------------- gradients
 
+class ShardedDropout(Dropout):
+    """``Dropout`` for one rank's rows of a global batch: with ``shard = (lo, hi, n)`` it draws
+    the mask of all n rows (every rank's generator is in the same state) and applies rows
+    [lo, hi), so masks are those of the single-process run and the generators stay in step."""
+
+    shard = None
+
+    def forward(self, x):
+        if self.shard is None or not self.training or self.p in (0.0, 1.0):
+            return super().forward(x)
+        lo, hi, n = self.shard
+        if type(x) is not np.ndarray or x.dtype not in (np.float32, np.float64) or x.shape[0] != hi - lo:
+            raise ValueError(f"ShardedDropout: input {getattr(x, 'shape', x)!r} is not the {hi - lo} rows "
+                             f"[{lo}, {hi}) of this rank's shard")
+        keep = (self.rng.random((n,) + x.shape[1:], dtype=x.dtype.type) >= self.p)[lo:hi]
+        scale = 1.0 / (1.0 - self.p)
+        y = np.multiply(x, keep)
+        y *= x.dtype.type(scale)
+        self._save_for_backward(("mask", keep, scale), y)
+        return y
+
+
+def _shard_dropouts(model):
+    """Make every ``Dropout`` of ``model`` (a Sequential) a ShardedDropout, in place."""
+    found = []
+    for _, m in model.named_modules():
+        for i, layer in enumerate(getattr(m, "layers", ())):
+            if type(layer) is Dropout:
+                layer.__class__ = ShardedDropout
+            if isinstance(layer, ShardedDropout):
+                found.append(layer)
+    return found
+
+
 class DataParallel:
     """Gradient reduction and state broadcast for ``model`` over ``comm``.
 
     Construction broadcasts rank 0's parameters, buffers and random-layer (Dropout) generator
-    states, so ranks start identical whatever their seeds. Per step, after ``backward`` of
-    ``loss_scale(n_local, n_global) * loss`` on every rank, ``reduce_gradients(loss, correct)``
-    makes every rank's grads the global batch's gradient and returns the global (loss, correct).
+    states, so ranks start identical whatever their seeds, and makes the model's ``Dropout``
+    layers :class:`ShardedDropout` (each rank draws the global batch's mask from the shared
+    generator and keeps its rows: the single-process masks, not one mask repeated per rank).
+    Per step: ``scale = begin_step(shard)``, forward, ``backward`` of ``scale * loss`` (i.e.
+    ``loss_fn.backward(scale)``), then ``reduce_gradients(scale * loss, correct)`` makes every
+    rank's grads the global batch's gradient and returns the global (loss, correct).
     """
 
     _TAIL = 2  # the step's weighted loss and correct count ride in the first buffer's tail
@@ -187,6 +230,7 @@ class DataParallel:
                 off += p.size
             self._buckets.append((flat, views))
         self.num_values = sum(p.size for items in groups.values() for _, p, _ in items)
+        self._dropouts = _shard_dropouts(model)
         if broadcast:
             self.broadcast_state()
 
@@ -199,6 +243,15 @@ class DataParallel:
     def loss_scale(local_count, global_count):
         """The factor for this rank's mean loss gradient (``loss_fn.backward(scale)``)."""
         return local_count / global_count
+
+    def begin_step(self, shard):
+        """Before the forward of a batch: ``shard`` = (lo, hi, n) from ``ShardedLoader.shard``.
+        Tells the Dropout layers which rows of the global batch this rank holds; returns the
+        loss scale ``(hi - lo) / n``."""
+        for layer in self._dropouts:
+            layer.shard = shard
+        lo, hi, n = shard
+        return self.loss_scale(hi - lo, n)
 
     def broadcast_state(self, root=0):
         """Make every rank's parameters, buffers and Dropout generators those of ``root``."""

@@ -2,7 +2,7 @@
 single-process oracle it is compared with (imported by the test).
 
 ``python distributed_worker.py OUT.npz [--dtype float64] [--sync-bn] [--steps N] [--save-at K]
-[--resume CKPT] [--seed S] [--fault kill|raise] [--mismatch]``: trains a small cnn7 on synthetic
+[--resume CKPT] [--seed S] [--dropout P] [--fault kill|raise] [--mismatch]``: trains a small cnn7 on synthetic
 images for N steps (global batches of BATCH, uneven splits for 2 and 3 ranks), rank 0 writes the
 losses, the first step's gradients, the final parameters and buffers and the evaluation
 (split over the ranks) of the final model to OUT.npz.
@@ -30,10 +30,10 @@ def make_data():
     return images, labels
 
 
-def make_run(dtype, seed=3):
+def make_run(dtype, seed=3, dropout=0.0):
     """(model, optimizer, loader): the same on every rank and in the oracle."""
     images, labels = make_data()
-    model = cybn.cnn7(bn="all", init="he", width=4, hidden=16, dtype=dtype, seed=seed)
+    model = cybn.cnn7(bn="all", init="he", width=4, hidden=16, dtype=dtype, seed=seed, dropout=dropout)
     opt = cybn.SGD(model, lr=0.05, momentum=0.9, weight_decay=5e-4)
     loader = DataLoader(images, labels, BATCH, shuffle=True, augment=True, seed=seed, dtype=dtype)
     return model, opt, loader
@@ -50,9 +50,9 @@ def result(model, losses, first_grads, evaluated):
     return out
 
 
-def oracle(dtype, steps, seed=3):
+def oracle(dtype, steps, seed=3, dropout=0.0):
     """The single-process run on the same global batches (plain cybn, no distributed code)."""
-    model, opt, loader = make_run(dtype, seed)
+    model, opt, loader = make_run(dtype, seed, dropout)
     loss_fn = cybn.SoftmaxCrossEntropy()
     losses, first = [], None
     while len(losses) < steps:
@@ -100,13 +100,14 @@ def main(argv=None):
     p.add_argument("--save-at", type=int)
     p.add_argument("--resume")
     p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--fault", choices=["kill", "raise"])
     p.add_argument("--mismatch", action="store_true", help="rank 1 uses another seed")
     a = p.parse_args(argv)
     comm = D.setup(threads=1)
     with D.abort_on_error(comm):
         seed = a.seed + (comm.rank == 1 and a.mismatch)
-        model, opt, loader = make_run(np.dtype(a.dtype), seed)
+        model, opt, loader = make_run(np.dtype(a.dtype), seed, a.dropout)
         if a.sync_bn:
             convert_sync_batchnorm(model, comm)
         images, labels = make_data()
@@ -128,9 +129,9 @@ def main(argv=None):
                     if a.fault == "kill":
                         os.kill(os.getpid(), signal.SIGKILL)
                     raise RuntimeError("injected failure")
+                scale = dp.begin_step(shards.shard)
                 logits = model.forward(x)
                 local = loss_fn.forward(logits, y)
-                scale = dp.loss_scale(len(y), shards.global_count)
                 model.backward(loss_fn.backward(scale))
                 loss, _ = dp.reduce_gradients(local * scale, np.count_nonzero(logits.argmax(1) == y))
                 if first is None:

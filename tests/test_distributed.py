@@ -292,6 +292,7 @@ def test_shards_reassemble_the_single_process_batches(augment):
                 sizes = [len(g[k][1]) for g in got]
                 assert max(sizes) - min(sizes) <= 1
         assert all(s.epoch == 2 and s.position == 0 and s.global_count == 8 for s in shards)
+        assert [s.shard[:2] for s in shards] == [D.shard_range(8, r, size) for r in range(size)]
     assert [D.shard_range(10, r, 3) for r in range(3)] == [(0, 3), (3, 6), (6, 10)]
 
 
@@ -376,13 +377,13 @@ def _compare(got, want, tol):
     assert not bad, f"differ beyond {tol}: {bad}"
 
 
-@pytest.mark.parametrize("ranks,dtype", [(2, "float64"), (3, "float64"), (2, "float32")])
-def test_sync_bn_run_equals_one_process(tmp_path, ranks, dtype):
+@pytest.mark.parametrize("ranks,dtype,dropout", [(2, "float64", 0.0), (3, "float64", 0.3), (2, "float32", 0.0)])
+def test_sync_bn_run_equals_one_process(tmp_path, ranks, dtype, dropout):
     out = tmp_path / "run.npz"
-    r, _ = mpirun(ranks, out, "--sync-bn", "--dtype", dtype, "--steps", 3)
+    r, _ = mpirun(ranks, out, "--sync-bn", "--dtype", dtype, "--steps", 3, "--dropout", dropout)
     assert r.returncode == 0, r.stderr
     got = dict(np.load(out))
-    want = W.oracle(np.dtype(dtype), 3)
+    want = W.oracle(np.dtype(dtype), 3, dropout=dropout)
     assert set(got) == set(want)  # losses, first-step gradients, weights, BN running statistics, eval
     _compare(got, want, 1e-10 if dtype == "float64" else 1e-5)
 
