@@ -16,7 +16,7 @@ measured single-process step time, the gradient size and a STATED network bandwi
 latency: an estimate (ring allreduce model), not a measurement.
 
     python benchmarks/bench_distributed.py [--ranks 2] [--threads 2] [--steps 8] [--rounds 3]
-        [--bandwidth-gbit 10] [--latency-us 20]
+        [--bandwidth-gbit 10] [--latency-us 20] [--yield-when-idle]
 
 Needs mpi4py and mpiexec (``pip install "cybn[mpi]"``); as root, Open MPI needs
 OMPI_ALLOW_RUN_AS_ROOT=1 and OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 (set here for the child jobs).
@@ -121,6 +121,8 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--bandwidth-gbit", type=float, default=10.0, help="stated network bandwidth (estimate)")
     p.add_argument("--latency-us", type=float, default=20.0, help="stated network latency (estimate)")
+    p.add_argument("--yield-when-idle", action="store_true",
+                   help="ranks waiting in MPI yield the CPU (OMPI_MCA_mpi_yield_when_idle=1): for busy machines")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--sync-bn", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -132,6 +134,8 @@ def main():
         raise SystemExit('no mpiexec: pip install "cybn[mpi]"')
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     env.pop("CYBN_NUM_THREADS", None)
+    if args.yield_when_idle:
+        env["OMPI_MCA_mpi_yield_when_idle"] = "1"
     me = [sys.executable, os.path.abspath(__file__), "--worker", "--steps", str(args.steps)]
     per_rank = max(1, args.threads // args.ranks)
     mpi = [mpiexec, "-n", str(args.ranks), "--oversubscribe", "--bind-to", "none"]
