@@ -294,6 +294,37 @@ class DataParallel:
                 np.copyto(g, v)
         return float(first[-2]), int(round(float(first[-1])))
 
+    def shard(self, loader):
+        """``loader`` as this rank's :class:`ShardedLoader` (unchanged if it already is one)."""
+        return loader if isinstance(loader, ShardedLoader) else ShardedLoader(loader, self.comm)
+
+    def check_run(self, loader, **facts):
+        """:func:`check_consistency` of the model, the loader's seed, batch size and data, and
+        ``facts`` (e.g. optimizer=repr(opt)): every rank raises the same DistributedError."""
+        ld = loader.loader if isinstance(loader, ShardedLoader) else loader
+        check_consistency(self.comm, model=model_fingerprint(self.model), seed=ld.seed,
+                          batch_size=ld.batch_size, data=data_fingerprint(ld.images, ld.labels), **facts)
+
+    def on_root(self, fn, *args):
+        """``fn(*args)`` run by rank 0 alone, its result broadcast to every rank; an exception
+        there is raised again on every rank (same type when it can be rebuilt from its message),
+        so e.g. a damaged checkpoint stops all ranks alike."""
+        outcome = None
+        if self.comm.is_root:
+            try:
+                outcome = (True, fn(*args))
+            except Exception as e:  # re-raised below, on every rank
+                outcome = (False, (type(e), str(e)))
+        ok, value = self.comm.bcast(outcome)
+        if ok:
+            return value
+        cls, message = value
+        try:
+            error = cls(message)
+        except Exception:
+            error = DistributedError(f"rank 0: {cls.__name__}: {message}")
+        raise error
+
     def in_sync(self):
         """True when every rank holds the same parameters (a checksum per rank is compared)."""
         crc = 0

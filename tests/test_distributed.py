@@ -337,6 +337,17 @@ def test_data_parallel_in_one_process_is_the_identity():
         raise RuntimeError("boom")
 
 
+def test_on_root_and_check_run():
+    model, _, loader = W.make_run(np.float64)
+    dp = D.DataParallel(model, _comm.SelfComm())
+    assert dp.on_root(lambda a, b: a + b, 2, 3) == 5
+    with pytest.raises(KeyError, match="missing"):
+        dp.on_root(lambda: {}["missing"])
+    dp.check_run(loader, optimizer="SGD")
+    assert dp.shard(loader).loader is loader and dp.shard(dp.shard(loader)).loader is loader
+    dp.check_run(dp.shard(loader))
+
+
 def test_distributed_evaluate_in_one_process_equals_evaluate():
     from cybn.train import evaluate
     model, _, loader = W.make_run(np.float64)
