@@ -111,30 +111,17 @@ class ShardedLoader:
         """Samples in the global batch last yielded."""
         return self.shard[2] if self.shard else 0
 
+    # The loader's position and state are the single-process ones: read them through.
+    _DELEGATED = frozenset({"position", "epoch", "batch_size", "num_samples", "seed", "drop_last",
+                            "state_dict", "load_state_dict", "get_state", "set_state", "set_epoch"})
+
+    def __getattr__(self, name):
+        if name in ShardedLoader._DELEGATED:
+            return getattr(self.loader, name)
+        raise AttributeError(f"ShardedLoader has no attribute {name!r}")
+
     def __len__(self):
         return len(self.loader)
-
-    @property
-    def position(self):
-        return self.loader.position
-
-    @property
-    def epoch(self):
-        return self.loader.epoch
-
-    @property
-    def batch_size(self):
-        return self.loader.batch_size
-
-    @property
-    def num_samples(self):
-        return self.loader.num_samples
-
-    def state_dict(self):
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state):
-        self.loader.load_state_dict(state)
 
     def batch(self, epoch, k):
         """This rank's share of global batch ``k`` of ``epoch``: (x, y, (lo, hi, n))."""

@@ -85,12 +85,17 @@ def batch_norm_gather_stats(stats):
     return int(count), mean[0], var
 
 
-def batch_norm_backward_reduce(dy, x, mean):
-    """(sum_dy, sum_dyxc) float64 (C,): sum(dy) and sum(dy * (x - mean)) over this rank's values."""
+def _dy_x(dy, x):
     x = _input(x)
     dy = float_array(dy, "dy", dtype=x.dtype)
     if dy.shape != x.shape:
         raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    return dy, x
+
+
+def batch_norm_backward_reduce(dy, x, mean):
+    """(sum_dy, sum_dyxc) float64 (C,): sum(dy) and sum(dy * (x - mean)) over this rank's values."""
+    dy, x = _dy_x(dy, x)
     C = x.shape[1]
     mean = _stat(mean, "mean", C)
     sum_dy = np.zeros(C, dtype=np.float64)
@@ -104,10 +109,7 @@ def batch_norm_backward_elemt(dy, x, weight, mean, var, sum_dy, sum_dyxc, count,
     """dx of BN given the statistics and the two backward sums of the WHOLE batch of ``count``
     values per channel (``count`` >= 2): ``dx = a*dy + b*(x - mean) + d`` with ``a = gamma*invstd``,
     ``b = -a * invstd^2 * sum_dyxc / count``, ``d = -a * sum_dy / count``."""
-    x = _input(x)
-    dy = float_array(dy, "dy", dtype=x.dtype)
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    dy, x = _dy_x(dy, x)
     weight = _param(weight, "weight", x)
     C = x.shape[1]
     mean = _stat(mean, "mean", C)
