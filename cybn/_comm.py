@@ -115,6 +115,8 @@ class MPIComm(Comm):
         self.comm = MPI.COMM_WORLD if comm is None else comm
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
+        if self.size > 1:
+            _abort_on_uncaught(self)
 
     def allreduce(self, a):
         a = _contiguous(a, "allreduce buffer")
@@ -160,8 +162,24 @@ class MPIComm(Comm):
         return mine, others
 
 
+def _abort_on_uncaught(comm):
+    """An uncaught exception on one rank ends the job: otherwise that rank would wait in
+    MPI_Finalize at exit and the others in their next collective, forever."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        print(f"cybn: rank {comm.rank} of {comm.size}: uncaught {kind.__name__}, aborting the job",
+              file=sys.stderr)
+        previous(kind, value, tb)
+        comm.abort(1)
+
+    sys.excepthook = hook
+
+
 def _import_mpi4py():
     try:
+        import mpi4py
+        mpi4py.rc.thread_level = "funneled"  # only the main thread calls MPI (kernels use OpenMP)
         from mpi4py import MPI
     except ImportError as e:
         raise ImportError(f"distributed training needs mpi4py and an MPI library: {INSTALL_HINT} "

@@ -101,10 +101,12 @@ def main(argv=None):
     p.add_argument("--resume")
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--fault", choices=["kill", "raise"])
+    p.add_argument("--fault", choices=["kill", "raise", "exit", "uncaught"])
     p.add_argument("--mismatch", action="store_true", help="rank 1 uses another seed")
     a = p.parse_args(argv)
     comm = D.setup(threads=1)
+    if a.fault == "uncaught" and comm.rank == 1:  # outside abort_on_error: the excepthook aborts
+        raise RuntimeError("injected failure")
     with D.abort_on_error(comm):
         seed = a.seed + (comm.rank == 1 and a.mismatch)
         model, opt, loader = make_run(np.dtype(a.dtype), seed, a.dropout)
@@ -128,6 +130,8 @@ def main(argv=None):
                 if a.fault and comm.rank == 1 and len(losses) == 1:
                     if a.fault == "kill":
                         os.kill(os.getpid(), signal.SIGKILL)
+                    if a.fault == "exit":
+                        sys.exit(2)
                     raise RuntimeError("injected failure")
                 scale = dp.begin_step(shards.shard)
                 logits = model.forward(x)
