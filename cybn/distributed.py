@@ -159,12 +159,13 @@ class ShardedDropout(Dropout):
     shard = None
 
     def forward(self, x):
-        if self.shard is None or not self.training or self.p in (0.0, 1.0):
+        plain = type(x) is not np.ndarray or x.dtype not in (np.float32, np.float64)  # its errors
+        if self.shard is None or not self.training or self.p in (0.0, 1.0) or plain:
             return super().forward(x)
         lo, hi, n = self.shard
-        if type(x) is not np.ndarray or x.dtype not in (np.float32, np.float64) or x.shape[0] != hi - lo:
-            raise ValueError(f"ShardedDropout: input {getattr(x, 'shape', x)!r} is not the {hi - lo} rows "
-                             f"[{lo}, {hi}) of this rank's shard")
+        if x.shape[0] != hi - lo:
+            raise ValueError(f"ShardedDropout: input of shape {x.shape} is not the {hi - lo} rows "
+                             f"[{lo}, {hi}) of this rank's shard of {n}")
         keep = (self.rng.random((n,) + x.shape[1:], dtype=x.dtype.type) >= self.p)[lo:hi]
         scale = 1.0 / (1.0 - self.p)
         y = np.multiply(x, keep)
@@ -177,7 +178,7 @@ def _shard_dropouts(model):
     """Make every ``Dropout`` of ``model`` (a Sequential) a ShardedDropout, in place."""
     found = []
     for _, m in model.named_modules():
-        for i, layer in enumerate(getattr(m, "layers", ())):
+        for layer in getattr(m, "layers", ()):
             if type(layer) is Dropout:
                 layer.__class__ = ShardedDropout
             if isinstance(layer, ShardedDropout):

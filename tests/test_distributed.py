@@ -337,6 +337,22 @@ def test_data_parallel_in_one_process_is_the_identity():
         raise RuntimeError("boom")
 
 
+def test_sharded_dropout_applies_its_rows_of_the_global_mask(rng):
+    x = rng.standard_normal((7, 5))
+    full = cybn.Dropout(0.4, rng=11).forward(x)
+    for lo, hi in ((0, 3), (3, 7)):
+        layer = D.ShardedDropout(0.4, rng=11)
+        layer.shard = (lo, hi, 7)
+        y = layer.forward(x[lo:hi])
+        assert np.array_equal(y, full[lo:hi])
+        assert np.array_equal(layer.backward(np.ones_like(y)), (full[lo:hi] != 0) / 0.6)
+    with pytest.raises(ValueError, match=r"rows \[3, 7\)"):
+        layer.forward(x)
+    model = cybn.cnn7(width=4, hidden=8, dropout=0.5, dtype=np.float64)
+    D.DataParallel(model, _comm.SelfComm())
+    assert sum(isinstance(m, D.ShardedDropout) for m in model.layers) == 1
+
+
 def test_on_root_and_check_run():
     model, _, loader = W.make_run(np.float64)
     dp = D.DataParallel(model, _comm.SelfComm())
