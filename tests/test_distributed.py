@@ -444,6 +444,18 @@ def test_resumed_distributed_run_equals_uninterrupted(tmp_path):
             assert np.array_equal(a[k], b[k]), k
 
 
+def test_sync_bn_checkpoint_resumes_on_another_number_of_ranks(tmp_path):
+    first, resumed = tmp_path / "first.npz", tmp_path / "resumed.npz"
+    r, _ = mpirun(2, first, "--sync-bn", "--steps", 5, "--save-at", 2)
+    assert r.returncode == 0, r.stderr
+    r, _ = mpirun(3, resumed, "--sync-bn", "--steps", 5, "--resume", f"{first}.ckpt.npz")
+    assert r.returncode == 0, r.stderr
+    want = W.oracle(np.float64, 5)
+    got = dict(np.load(resumed))
+    _compare({k: v for k, v in got.items() if not k.startswith("grad/")},
+             {k: v for k, v in want.items() if not k.startswith("grad/")}, 1e-10)
+
+
 @pytest.mark.parametrize("fault", ["raise", "exit", "uncaught", "kill"])
 def test_a_failing_rank_ends_the_job(tmp_path, fault):
     # raise / exit: inside abort_on_error; uncaught: outside it (the MPI excepthook); kill: SIGKILL
