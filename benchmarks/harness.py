@@ -18,6 +18,8 @@ API (see benchmarks/README.md):
     fmt_time(seconds) -> str
 """
 import contextlib
+import glob
+import importlib.machinery
 import os
 import platform
 import statistics
@@ -28,10 +30,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Let `python benchmarks/bench_x.py` import the in-place-built cybn from the repo root.
+
+
+def _has_inplace_build(repo):
+    """Whether ``repo`` holds a cybn whose kernels were built in place (``build_ext --inplace``)."""
+    kernels = os.path.join(glob.escape(repo), "cybn", "_kernels")
+    return any(glob.glob(os.path.join(kernels, "_openmp*" + ext)) for ext in importlib.machinery.EXTENSION_SUFFIXES)
+
+
+# The benchmarks measure the checkout's in-place build when there is one, else the installed cybn:
+# an unbuilt checkout on sys.path (the current folder, `python -m`) would shadow it and fail.
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-    sys.path.insert(0, _REPO)
+if _has_inplace_build(_REPO):
+    if _REPO not in sys.path:
+        sys.path.insert(0, _REPO)
+else:
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _REPO]
 
 import cybn  # noqa: E402
 from cybn._config import config as _cybn_config  # noqa: E402

@@ -21,10 +21,8 @@ import resource
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402,F401  (chooses the cybn: the checkout's in-place build, else the installed one)
 import numpy as np  # noqa: E402
 
 import cybn  # noqa: E402

@@ -1,7 +1,8 @@
 """cybn: batch-normalized CNNs on multicore CPUs, with Cython + OpenMP kernels.
 
-Floors, each calling only the one below: ``cli`` / ``experiments`` -> ``train`` -> ``nn`` (layers,
-models, optimizers) -> ``functional`` (validated ops) -> ``_kernels`` (Cython, nogil, prange).
+Floors, each importing only its own or lower ones (docs/ARCHITECTURE.md; tests/test_architecture.py
+checks it): ``cli`` -> ``experiments`` -> ``recipe`` -> ``train`` -> ``nn`` / ``data`` ->
+``functional`` (validated ops) -> base modules -> ``_kernels`` (Cython, nogil, prange).
 ``reference`` is a plain-NumPy twin of ``functional``: the test oracle and the readable maths.
 """
 import os

@@ -1,72 +1,38 @@
-"""One small progress bar on stderr (no dependency), for training epochs and downloads.
+"""Progress bars on stderr (tqdm) for training epochs, evaluation and downloads.
 
-On a terminal it redraws in place (at most every 0.1 s); otherwise (CI logs, files) it prints a
-line at each 10 % step; disabled, it is silent. ``scale``/``unit`` show amounts such as bytes
-as MiB; ``initial`` starts from work already done (a resumed download) without counting it in
-the rate.
+On a terminal tqdm redraws in place. Anywhere else (CI logs, ``2> file``) a redraw every 0.1 s
+would fill the file with carriage returns, so the bar prints a whole line at most every
+``LOG_INTERVAL`` seconds, plus the final one. ``enabled=False`` (``--quiet``) prints nothing.
 """
 import sys
-import time
+
+from tqdm import tqdm
+
+LOG_INTERVAL = 30.0  # seconds between lines in a log file
 
 
-class Progress:
-    def __init__(self, total, desc="", unit="it", enabled=True, stream=None, initial=0, scale=1):
-        self.total = total
-        self.desc = desc
-        self.unit = unit
-        self.scale = scale
-        self.enabled = enabled
-        self.stream = stream or sys.stderr
-        self.n = self.initial = initial
-        self.postfix = ""
-        self._start = time.perf_counter()
-        self._last_draw = 0.0
-        self._last_decile = -1
-        self._tty = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
+class _Lines:
+    """A stream for tqdm that turns its in-place redraws (``\\r`` + line) into whole lines."""
 
-    def update(self, n=1, postfix=None):
-        self.n += n
-        if postfix is not None:
-            self.postfix = postfix
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if self._tty:
-            if now - self._last_draw >= 0.1 or self.n == self.total:
-                self._last_draw = now
-                self.stream.write("\r" + self.line(now))
-                self.stream.flush()
-        elif self.total:
-            decile = min(10, int(10 * self.n / self.total))
-            if decile != self._last_decile:
-                self._last_decile = decile
-                self.stream.write(self.line(now) + "\n")
-                self.stream.flush()
+    def __init__(self, stream):
+        self.stream = stream
 
-    def _amount(self, v):
-        return f"{v / self.scale:.1f}" if self.scale != 1 else str(v)
+    def write(self, text):
+        for line in text.replace("\r", "\n").split("\n"):
+            if line.strip():
+                self.stream.write(line.rstrip() + "\n")
 
-    def line(self, now=None):
-        elapsed = (now or time.perf_counter()) - self._start
-        rate = (self.n - self.initial) / elapsed if elapsed > 0 else 0.0
-        speed = f"{self._amount(rate)} {self.unit}/s"
-        if self.total:
-            frac = min(self.n / self.total, 1.0)
-            bar = "#" * int(20 * frac) + "-" * (20 - int(20 * frac))
-            eta = (self.total - self.n) / rate if rate > 0 else 0.0
-            text = (f"{self.desc} {100 * frac:3.0f}% [{bar}] {self._amount(self.n)}/{self._amount(self.total)} "
-                    f"{self.unit} {speed} eta {eta:.0f}s")
-        else:
-            text = f"{self.desc} {self._amount(self.n)} {self.unit} {speed}"
-        return f"{text} {self.postfix}".rstrip()
+    def flush(self):
+        self.stream.flush()
 
-    def close(self):
-        if self.enabled and self._tty:
-            self.stream.write("\r" + self.line() + "\n")
-            self.stream.flush()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+def Progress(total, desc="", unit="it", enabled=True, stream=None, initial=0, scale=1):
+    """A tqdm bar over ``total`` steps of ``unit``; ``initial`` is work done before (a resumed
+    download), not counted in the rate. ``scale != 1`` (the old MiB display) counts bytes, shown
+    as k/M/G(i)B. Use ``update(n)``, ``set_postfix_str(text, refresh=False)``, ``close()``."""
+    stream = stream or sys.stderr
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    sizes = dict(unit="B", unit_scale=True, unit_divisor=1024) if scale != 1 else dict(unit=unit)
+    return tqdm(total=total, desc=desc, initial=initial, disable=not enabled, dynamic_ncols=tty, **sizes,
+                file=stream if tty else _Lines(stream), mininterval=0.1 if tty else LOG_INTERVAL,
+                maxinterval=LOG_INTERVAL, ascii=not tty, leave=True)

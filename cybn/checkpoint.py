@@ -4,7 +4,9 @@ A checkpoint is one ``.npz`` file: named arrays (model state, optimizer buffers,
 metadata record stored as a uint8 array, and a SHA-256 over all of it. It is written to a
 temporary file in the same folder, fsync'ed and renamed over the old one, so a process killed
 mid-write leaves the previous checkpoint intact. Loading uses ``allow_pickle=False`` and checks
-the hash, so a truncated or altered file raises ``CheckpointError`` naming it.
+the hash, so a truncated or altered file raises ``CheckpointError`` naming it. The metadata
+carries ``format_version`` (``cybn._formats.CHECKPOINT``; none, from before versioning, reads as
+1); a newer one raises ``FormatError`` naming both versions.
 """
 import glob
 import hashlib
@@ -14,6 +16,8 @@ import tempfile
 import zipfile
 
 import numpy as np
+
+from . import _formats
 
 _META_KEY = "__meta__"
 _HASH_KEY = "__sha256__"
@@ -52,7 +56,9 @@ def save_checkpoint(path, arrays, meta):
     for name in arrays:
         if name in (_META_KEY, _HASH_KEY):
             raise ValueError(f"checkpoint array name {name!r} is reserved")
-    meta_bytes = json.dumps(meta, sort_keys=True).encode()
+    if _formats.KEY in meta:
+        raise ValueError(f"checkpoint metadata key {_formats.KEY!r} is reserved")
+    meta_bytes = json.dumps({**meta, _formats.KEY: _formats.CHECKPOINT}, sort_keys=True).encode()
     payload = {name: np.asarray(a) for name, a in arrays.items()}
     payload[_META_KEY] = np.frombuffer(meta_bytes, dtype=np.uint8)
     payload[_HASH_KEY] = np.frombuffer(_digest(arrays, meta_bytes).encode(), dtype=np.uint8)
@@ -95,4 +101,6 @@ def load_checkpoint(path):
     stored = arrays.pop(_HASH_KEY).tobytes().decode("ascii", errors="replace")
     if _digest(arrays, meta_bytes) != stored:
         raise CheckpointError(f"checkpoint {path} failed its SHA-256 check: the file was altered or damaged")
-    return arrays, json.loads(meta_bytes)
+    meta = json.loads(meta_bytes)
+    _formats.check_version(meta.pop(_formats.KEY, None), _formats.CHECKPOINT, "checkpoint", path)
+    return arrays, meta

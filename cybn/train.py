@@ -13,8 +13,10 @@ import time
 import numpy as np
 
 from ._progress import Progress
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .nn import generator_state, set_generator_state
+
+CHECKPOINT_FILE = "checkpoint.npz"
 
 
 def _new_running():
@@ -41,7 +43,7 @@ class Callback:
         pass
 
 
-def evaluate(model, loss_fn, loader):
+def evaluate(model, loss_fn, loader, progress=False):
     """Mean loss and accuracy of ``model`` in eval mode over ``loader`` (restores the mode)."""
     was_training = model.training
     model.eval()
@@ -49,11 +51,13 @@ def evaluate(model, loss_fn, loader):
     correct = 0
     count = 0
     try:
-        for x, y in loader:
-            logits = model.forward(x)
-            total_loss += loss_fn.forward(logits, y) * len(y)
-            correct += int(np.count_nonzero(logits.argmax(axis=1) == y))
-            count += len(y)
+        with Progress(len(loader), desc="evaluate", unit="batch", enabled=progress) as bar:
+            for x, y in loader:
+                logits = model.forward(x)
+                total_loss += loss_fn.forward(logits, y) * len(y)
+                correct += int(np.count_nonzero(logits.argmax(axis=1) == y))
+                count += len(y)
+                bar.update()
     finally:
         model.train(was_training)
     if count == 0:
@@ -93,7 +97,7 @@ class Trainer:
     # ----------------------------------------------------------------- checkpoints
     @property
     def checkpoint_path(self):
-        return None if self.out_dir is None else os.path.join(self.out_dir, "checkpoint.npz")
+        return None if self.out_dir is None else os.path.join(self.out_dir, CHECKPOINT_FILE)
 
     def save_checkpoint(self, loader, path=None):
         """Model, optimizer buffers, BN statistics, data-order state, epoch/step and history."""
@@ -110,16 +114,21 @@ class Trainer:
         return [(name, m) for name, m in self.model.named_modules() if getattr(m, "rng", None) is not None]
 
     def load_checkpoint(self, loader, path=None):
-        """Restore everything ``save_checkpoint`` wrote, so training continues bit-identically."""
+        """Restore everything ``save_checkpoint`` wrote, so training continues bit-identically.
+        CheckpointError if the file is damaged or holds another model, optimizer or data order."""
         path = path or self.checkpoint_path
         arrays, meta = load_checkpoint(path)
         model = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
         optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
-        self.model.load_state_dict(model)
-        self.optimizer.load_state_dict(optim)
-        for name, m in self._random_layers():
-            set_generator_state(m.rng, arrays[f"rng/{name}"])
-        loader.load_state_dict(meta["loader"])
+        try:
+            self.model.load_state_dict(model)
+            self.optimizer.load_state_dict(optim)
+            for name, m in self._random_layers():
+                set_generator_state(m.rng, arrays[f"rng/{name}"])
+            loader.load_state_dict(meta["loader"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {path} does not fit this run (another model, optimizer or "
+                                  f"data set?): {e}") from e
         self.epoch = meta["epoch"]
         self.step = meta["step"]
         self.skipped_steps = meta["skipped_steps"]
@@ -141,7 +150,7 @@ class Trainer:
         if self.schedule is not None:
             self.optimizer.lr = self.schedule.lr_at(self.step)
         # Buffers (BN running statistics) are tiny: keep a copy so a bad batch cannot poison them.
-        saved = [(m.buffers, k, np.copy(v)) for _, m in self.model.named_modules() for k, v in m.buffers.items()]
+        saved = self.model.copy_buffers()
         logits = self.model.forward(x)
         loss = self.loss_fn.forward(logits, y)
         self.model.backward(self.loss_fn.backward())
@@ -149,8 +158,7 @@ class Trainer:
         if problem is None:
             self.optimizer.step()
         else:
-            for buffers, k, v in saved:
-                buffers[k][...] = v
+            self.model.restore_buffers(saved)
             if self.nan_policy == "stop":
                 raise NonFiniteError(problem)
             self.skipped_steps += 1
@@ -177,7 +185,7 @@ class Trainer:
                 break
             metrics = self._run_epoch(train_loader, max_steps)
             if eval_loader is not None:
-                test = evaluate(self.model, self.loss_fn, eval_loader)
+                test = evaluate(self.model, self.loss_fn, eval_loader, progress=self.progress)
                 metrics.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
             self.history.append(metrics)
             if not metrics["partial"]:
@@ -207,7 +215,8 @@ class Trainer:
                 run["correct"] += int(np.count_nonzero(logits.argmax(axis=1) == y))
                 run["seen"] += len(y)
                 run["train_seconds"] += time.perf_counter() - step_start
-                bar.update(postfix=f"loss {loss:.4f}")
+                bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+                bar.update()
                 # Callbacks and checkpoints are excluded from the throughput figure.
                 for cb in self.callbacks:
                     cb.on_step_end(self, self.step, loss)

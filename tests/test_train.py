@@ -1,11 +1,12 @@
 """Trainer: learning, logs, exact resume from checkpoints, repeatability, the NaN guard."""
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
-from cybn.checkpoint import load_checkpoint
+from cybn.checkpoint import CheckpointError, load_checkpoint
 from cybn.data import DataLoader
 from cybn.nn import (SGD, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU, Sequential,
                      SoftmaxCrossEntropy, schedule_from_spec)
@@ -155,3 +156,32 @@ def test_bad_arguments():
         make_trainer(nan_policy="ignore")
     with pytest.raises(ValueError, match="checkpoint_every"):
         make_trainer(checkpoint_every=0)
+
+
+def test_progress_in_a_log_file_is_whole_lines(capsys):
+    """Outside a terminal the bars print whole lines (no carriage returns), with readable rates."""
+    trainer = make_trainer()
+    trainer.progress = True
+    trainer.fit(make_loader(), epochs=2, eval_loader=make_loader())
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = err.splitlines()
+    for epoch in (1, 2):
+        done = [line for line in lines if line.startswith(f"epoch {epoch}: 100%")]
+        assert len(done) == 1 and "10/10" in done[0] and "batch/s" in done[0] and "loss " in done[0]
+    assert any(line.startswith("evaluate: 100%") for line in lines)
+    assert len(lines) <= 8  # a start and an end line per bar, nothing per step
+    assert not re.search(r"\d\.\d{6,}", err)  # no raw floats
+
+
+def test_no_progress_when_quiet(capsys):
+    make_trainer().fit(make_loader(), epochs=1, eval_loader=make_loader())
+    assert capsys.readouterr().err == ""
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    make_trainer(out_dir=tmp_path).fit(make_loader(), epochs=1)
+    model = Sequential(Conv2D(3, 4, 3, padding=1, rng=0), ReLU(), Flatten(), Linear(4 * 8 * 8, 4, rng=1))
+    other = Trainer(model, SoftmaxCrossEntropy(), SGD(model, lr=0.1), progress=False, out_dir=tmp_path)
+    with pytest.raises(CheckpointError, match=r"checkpoint .*checkpoint.npz does not fit this run .*missing key"):
+        other.fit(make_loader(), epochs=2, resume=True)

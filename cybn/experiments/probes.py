@@ -5,6 +5,7 @@ import numpy as np
 
 from ..nn import BatchNorm1D, BatchNorm2D, Conv2D, Linear
 from ..train import Callback, evaluate
+from .records import LayerScale
 
 
 def layer_names(model):
@@ -28,8 +29,8 @@ def scale(x):
     mean over channels of the per-channel batch variance: the quantity BN divides by."""
     x64 = x.astype(np.float64, copy=False)
     axes = (0,) if x.ndim == 2 else (0, 2, 3)
-    return {"std": float(x64.std()), "mean_abs": float(np.abs(x64).mean()),
-            "channel_var": float(x64.var(axis=axes).mean())}
+    return LayerScale(std=float(x64.std()), mean_abs=float(np.abs(x64).mean()),
+                      channel_var=float(x64.var(axis=axes).mean()))
 
 
 class PreactivationRecorder(Callback):
@@ -40,7 +41,7 @@ class PreactivationRecorder(Callback):
     def __init__(self, every=100, loss_every=10):
         self.every = every
         self.loss_every = loss_every
-        self.records = []  # [{"step": s, "layers": {name: {"std":..., "mean_abs":...}}}]
+        self.records = []  # [{"step": s, "layers": {name: LayerScale}}]
         self.losses = []  # [(step, loss)]
         self._names = {}
         self._pending = None

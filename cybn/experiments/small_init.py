@@ -28,7 +28,8 @@ import numpy as np
 from ..nn import BatchNorm2D, Conv2D, SoftmaxCrossEntropy, cnn7
 from ..train import Callback, NonFiniteError, evaluate
 from .probes import PeriodicEval, PreactivationRecorder
-from .recipe import TrainConfig, run
+from .records import EpsRow, LrRow, LrSweep, Results, RunResult, ScaleRow, StepsRatio, last_preactivation
+from ..recipe import TrainConfig, run
 
 CHANCE_LOSS = math.log(10.0)
 
@@ -118,7 +119,7 @@ class SmallInitExperiment:
         # Called with the results so far after every finished run, so a long experiment that is
         # interrupted still leaves its finished figures on disk.
         self.on_update = on_update or (lambda results: None)
-        self.results = {"options": dataclasses.asdict(options), "runs": {}}
+        self.results = Results(options=dataclasses.asdict(options))
 
     # ------------------------------------------------------------------ helpers
     def _config(self, **kw):
@@ -143,7 +144,7 @@ class SmallInitExperiment:
 
     def _full_run(self, label, config, eval_every=None):
         """Train one full-length configuration, recording pre-activations, losses and (every
-        ``eval_every`` steps, if given) test accuracy; returns its record for results.json."""
+        ``eval_every`` steps, if given) test accuracy; returns its RunResult."""
         o = self.o
         recorder = PreactivationRecorder(every=o.record_every, loss_every=o.loss_every)
         callbacks = [recorder]
@@ -153,14 +154,13 @@ class SmallInitExperiment:
             callbacks.append(periodic)
         trainer, error, seconds = self._train(config, callbacks=callbacks)
         history = trainer.history if trainer else []
-        return {
-            "label": label, "config": config.to_json(), "error": error,
-            "history": history, "losses": recorder.losses, "preactivations": recorder.records,
-            "preact_at_init": recorder.at_init, "test_points": periodic.points if periodic else [],
-            "seconds": seconds, "eval_seconds": periodic.seconds if periodic else 0.0,
-            "images_per_s": float(np.mean([h["images_per_s"] for h in history])) if history else None,
-            "outcome": classify([v for _, v in recorder.losses]),
-        }
+        return RunResult(
+            label=label, config=config.to_json(), error=error,
+            history=history, losses=recorder.losses, preactivations=recorder.records,
+            preact_at_init=recorder.at_init, test_points=periodic.points if periodic else [],
+            seconds=seconds, eval_seconds=periodic.seconds if periodic else 0.0,
+            images_per_s=float(np.mean([h["images_per_s"] for h in history])) if history else None,
+            outcome=classify([v for _, v in recorder.losses]))
 
     # ------------------------------------------------------------------ parts
     def run_main(self):
@@ -171,11 +171,11 @@ class SmallInitExperiment:
             spec = CONFIGS[key]
             self.log(f"[main] {spec['label']}: {o.epochs} epochs, lr {o.lr}")
             runs[key] = self._full_run(spec["label"], self._config(bn=spec["bn"], init=spec["init"]), eval_every)
-            history = runs[key]["history"]
+            history = runs[key].history
             last = history[-1] if history else {}
-            self.log(f"[main] {key}: outcome {runs[key]['outcome']}, train loss {last.get('train_loss')}, "
-                     f"test acc {last.get('test_accuracy')}, {runs[key]['seconds']:.0f} s")
-            self.results["runs"][key] = runs[key]
+            self.log(f"[main] {key}: outcome {runs[key].outcome}, train loss {last.get('train_loss')}, "
+                     f"test acc {last.get('test_accuracy')}, {runs[key].seconds:.0f} s")
+            self.results.runs[key] = runs[key]
             self.on_update(self.results)
         if "b" in runs and "d" in runs:
             self._steps_ratio("b")
@@ -187,23 +187,22 @@ class SmallInitExperiment:
         return max(1, steps_per_epoch // max(1, o.evals_per_epoch))
 
     def _steps_ratio(self, key):
-        runs = self.results["runs"]
-        ratios = self.results.setdefault("steps_to_control_best", {})
-        ratios[key] = steps_to_accuracy(runs[key], runs["d"])
+        runs = self.results.runs
+        self.results.steps_to_control_best[key] = steps_to_accuracy(runs[key], runs["d"])
 
     def run_steps(self):
         """Claim (ii): (b) at ``steps_lr_multiplier`` times the shared rate, steps to (d)'s best."""
         o = self.o
-        if "d" not in self.results["runs"]:
+        if "d" not in self.results.runs:
             raise ValueError("part 'steps' compares with the control (d): run part 'main' with configuration d")
         lr = o.lr * o.steps_lr_multiplier
         spec = CONFIGS["b"]
         label = f"(b') BN everywhere, U(±0.001), lr ×{o.steps_lr_multiplier:g}"
         self.log(f"[steps] {label}: {o.epochs} epochs, lr {lr:g}")
         config = self._config(bn=spec["bn"], init=spec["init"], lr=lr)
-        self.results["runs"]["b_fast"] = self._full_run(label, config, self._eval_every())
+        self.results.runs["b_fast"] = self._full_run(label, config, self._eval_every())
         self._steps_ratio("b_fast")
-        self.log(f"[steps] {self.results['steps_to_control_best']['b_fast']}")
+        self.log(f"[steps] {self.results.steps_to_control_best['b_fast']}")
 
     def run_eps_sweep(self):
         """(c) with BN's epsilon from far above to far below the last layer's batch variance, at
@@ -217,19 +216,19 @@ class SmallInitExperiment:
             trace = LossTrace()
             recorder = PreactivationRecorder(every=10**9, loss_every=1)
             trainer, error, seconds = self._train(config, callbacks=(trace, recorder), eval_loader=False)
-            init = recorder.at_init
-            var = init.get("fc2", {}).get("channel_var", float("nan"))
+            _, last = last_preactivation(recorder.at_init)
+            var = last.channel_var if last else float("nan")
             losses = trace.losses
-            row = {"bias": bias, "lr": lr, "eps": eps, "last_layer_var_at_init": var,
-                   "bn_gain_at_init": 1.0 / math.sqrt(var + eps),
-                   "xhat_scale_at_init": math.sqrt(var / (var + eps)),
-                   "final_loss": float(np.mean(losses[-10:])) if losses else None,
-                   "outcome": "diverged" if error else classify(losses),
-                   "error": error, "steps": len(losses), "seconds": seconds}
+            row = EpsRow(bias=bias, lr=lr, eps=eps, last_layer_var_at_init=var,
+                         bn_gain_at_init=1.0 / math.sqrt(var + eps),
+                         xhat_scale_at_init=math.sqrt(var / (var + eps)),
+                         final_loss=float(np.mean(losses[-10:])) if losses else None,
+                         outcome="diverged" if error else classify(losses),
+                         error=error, steps=len(losses), seconds=seconds)
             rows.append(row)
             self.log(f"[eps] {'biases' if bias else 'no biases'}, lr {lr:g}, eps {eps:.0e}: "
-                     f"{row['outcome']} (final loss {row['final_loss']})")
-        self.results["eps_sweep"] = rows
+                     f"{row.outcome} (final loss {row.final_loss})")
+        self.results.eps_sweep = rows
         return rows
 
     def run_lr_sweep(self):
@@ -248,15 +247,15 @@ class SmallInitExperiment:
                 if error is None:
                     acc = evaluate(trainer.model, trainer.loss_fn, test)["accuracy"]
                 outcome = "diverged" if error else classify(trace.losses)
-                rows.append({"bn": bn, "lr": lr, "multiplier": mult, "outcome": outcome, "error": error,
-                             "final_loss": float(np.mean(trace.losses[-10:])) if trace.losses else None,
-                             "test_accuracy": acc, "seconds": seconds})
+                rows.append(LrRow(bn=bn, lr=lr, multiplier=mult, outcome=outcome, error=error,
+                                  final_loss=float(np.mean(trace.losses[-10:])) if trace.losses else None,
+                                  test_accuracy=acc, seconds=seconds))
                 self.log(f"[lr] bn={bn} lr {lr:g}: {outcome}, test acc {acc}")
         largest = {}
         for bn in ("all", "none"):
-            ok = [r["lr"] for r in rows if r["bn"] == bn and r["outcome"] == "trains"]
+            ok = [r.lr for r in rows if r.bn == bn and r.outcome == "trains"]
             largest[bn] = max(ok) if ok else None
-        self.results["lr_sweep"] = {"rows": rows, "largest_lr_that_trains": largest}
+        self.results.lr_sweep = LrSweep(rows, largest)
         return rows
 
     def run_dropout(self):
@@ -264,16 +263,16 @@ class SmallInitExperiment:
         o = self.o
         self.log(f"[dropout] control + Dropout({o.dropout})")
         config = self._config(bn="none", init="he", dropout=o.dropout)
-        self.results["runs"]["d_dropout"] = self._full_run(f"(d') control + Dropout({o.dropout})", config)
+        self.results.runs["d_dropout"] = self._full_run(f"(d') control + Dropout({o.dropout})", config)
 
     def run_scale(self):
         rows = []
         for init in ("he", "uniform:0.001"):
             rows.extend(scale_invariance(self.data, init, self.o.scale_factors, seed=self.o.seed))
-        self.results["scale_invariance"] = rows
+        self.results.scale_invariance = rows
         for r in rows:
-            self.log(f"[scale] init {r['init']} k={r['k']:g}: output rel. change {r['output_rel_change']:.2e}, "
-                     f"grad ratio {r['grad_ratio']:.6g} (ideal {1 / r['k']:.6g})")
+            self.log(f"[scale] init {r.init} k={r.k:g}: output rel. change {r.output_rel_change:.2e}, "
+                     f"grad ratio {r.grad_ratio:.6g} (ideal {1 / r.k:.6g})")
         return rows
 
     def run(self):
@@ -282,19 +281,19 @@ class SmallInitExperiment:
                    "lr": self.run_lr_sweep, "dropout": self.run_dropout, "scale": self.run_scale}
         for part in sorted(self.o.parts, key=PARTS.index):  # "steps" needs "main" first
             runners[part]()
-            self.results["total_seconds"] = time.perf_counter() - start
+            self.results.total_seconds = time.perf_counter() - start
             self.on_update(self.results)
         return self.results
 
 
 def steps_to_accuracy(bn_run, control_run):
     """Steps the BN run needs to reach the control's best test accuracy, and the ratio."""
-    if not control_run["test_points"] or not bn_run["test_points"]:
+    if not control_run.test_points or not bn_run.test_points:
         return None
-    best_step, best_acc, _ = max(control_run["test_points"], key=lambda p: (p[1], -p[0]))
-    reached = next((s for s, acc, _ in bn_run["test_points"] if acc >= best_acc), None)
-    return {"control_best_accuracy": best_acc, "control_steps": best_step, "bn_steps": reached,
-            "ratio": (best_step / reached) if reached else None}
+    best_step, best_acc, _ = max(control_run.test_points, key=lambda p: (p[1], -p[0]))
+    reached = next((s for s, acc, _ in bn_run.test_points if acc >= best_acc), None)
+    return StepsRatio(control_best_accuracy=best_acc, control_steps=best_step, bn_steps=reached,
+                      ratio=(best_step / reached) if reached else None)
 
 
 def scale_invariance(data, init, factors, seed=0, batch=64):
@@ -324,11 +323,10 @@ def scale_invariance(data, init, factors, seed=0, batch=64):
     rows = []
     for k in factors:
         loss_k, out_k, grad_k, var_k, _ = forward_backward(k)
-        rows.append({
-            "init": init, "k": k, "conv_output_var": var1, "bn_eps": eps,
-            "output_rel_change": float(np.linalg.norm(out_k - out1) / np.linalg.norm(out1)),
-            "loss_change": float(abs(loss_k - loss1)),
-            "grad_ratio": float(np.vdot(grad_k, grad1) / np.vdot(grad1, grad1)),
-            "grad_rel_error": float(np.linalg.norm(grad_k * k - grad1) / np.linalg.norm(grad1)),
-        })
+        rows.append(ScaleRow(
+            init=init, k=k, conv_output_var=var1, bn_eps=eps,
+            output_rel_change=float(np.linalg.norm(out_k - out1) / np.linalg.norm(out1)),
+            loss_change=float(abs(loss_k - loss1)),
+            grad_ratio=float(np.vdot(grad_k, grad1) / np.vdot(grad1, grad1)),
+            grad_rel_error=float(np.linalg.norm(grad_k * k - grad1) / np.linalg.norm(grad1))))
     return rows

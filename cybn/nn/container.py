@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 
+from .. import _formats
 from .module import Module
 
 __all__ = ["Sequential", "HookHandle"]
@@ -160,18 +161,25 @@ class Sequential(Module):
 
     # ---- persistence -------------------------------------------------------------------------
     def save(self, path):
-        """Write ``state_dict()`` to an uncompressed ``.npz`` (atomically: temp file + rename).
+        """Write ``state_dict()`` to an uncompressed ``.npz`` (atomically: temp file + rename),
+        with its format version (``cybn._formats.STATE_DICT``) as the array ``format_version``.
         The path is used exactly as given (no ``.npz`` appended)."""
         path = os.fspath(path)
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "wb") as f:
-            np.savez(f, **self.state_dict())
+            np.savez(f, **self.state_dict(), **{_formats.KEY: np.array(_formats.STATE_DICT)})
         os.replace(tmp, path)
 
     def load(self, path, strict=True):
-        """Load a file written by ``save`` (read with ``allow_pickle=False``)."""
-        with np.load(os.fspath(path), allow_pickle=False) as data:
+        """Load a file written by ``save`` (read with ``allow_pickle=False``). A file without a
+        version (older cybn) is read as version 1; a newer version raises ``FormatError``."""
+        path = os.fspath(path)
+        with np.load(path, allow_pickle=False) as data:
             state = {k: data[k] for k in data.files}
+        version = state.pop(_formats.KEY, None)
+        if version is not None:
+            version = int(version) if version.shape == () and version.dtype.kind in "iu" else repr(version)
+        _formats.check_version(version, _formats.STATE_DICT, "state-dict file", path)
         return self.load_state_dict(state, strict=strict)
 
     # ---- description -------------------------------------------------------------------------

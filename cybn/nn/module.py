@@ -260,6 +260,16 @@ class Module:
             np.copyto(target, value, casting="unsafe")
         return missing, unexpected
 
+    # TEMPORARY (H2, for cybn/train.py until H1's Module.copy_buffers/restore_buffers land): drop at merge.
+    def copy_buffers(self):
+        """An opaque snapshot of every buffer in the module tree (for ``restore_buffers``)."""
+        return [(m.buffers, k, v.copy()) for _, m in self.named_modules() for k, v in m.buffers.items()]
+
+    def restore_buffers(self, snapshot):
+        """Copy a ``copy_buffers`` snapshot back into the buffers, in place."""
+        for buffers, k, v in snapshot:
+            np.copyto(buffers[k], v)
+
     # ---- description --------------------------------------------------------------------------
     def extra_repr(self):
         return ""

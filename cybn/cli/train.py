@@ -1,0 +1,105 @@
+"""``cybn config`` and ``cybn train``."""
+import json
+import os
+
+from .._argtypes import arg_type, nonnegative_float, positive_float, positive_int, probability
+from ..nn import init_from_spec, schedule_from_spec
+from ..recipe import (BN_CHOICES, NAN_POLICIES, CifarData, TrainConfig, add_data_options, load_config,
+                      run)
+
+
+class ConfigCommand:
+    name = "config"
+
+    def add_parser(self, subparsers):
+        return subparsers.add_parser(self.name, help="print version, OpenMP status, threads and the BLAS in use")
+
+    def run(self, args):
+        from .._config import show_config
+        show_config()
+        return 0
+
+
+def _check_schedule(spec):
+    schedule_from_spec(spec, 1.0, total_steps=1)
+
+
+def add_train_options(p):
+    """The options that make a TrainConfig (``config_from_args`` reads them back)."""
+    d = TrainConfig()
+    p.add_argument("--bn", choices=BN_CHOICES, default=d.bn,
+                   help="where batch norm goes: nowhere, after every conv/linear layer, or only "
+                        "on the last layer before softmax (default: %(default)s)")
+    p.add_argument("--init", type=arg_type(init_from_spec), default=d.init,
+                   help="weight init: uniform:A for U(-A, A), he, glorot, ... (default: %(default)s)")
+    p.add_argument("--bn-eps", type=positive_float, default=d.bn_eps, help="BN epsilon (default: %(default)s)")
+    p.add_argument("--no-bias", dest="bias", action="store_false",
+                   help="no conv/linear biases anywhere (with BN they are already dropped where BN follows)")
+    p.add_argument("--dropout", type=probability, default=d.dropout,
+                   help="dropout probability before the last linear layer (default: %(default)s)")
+    p.add_argument("--lr", type=nonnegative_float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--momentum", type=nonnegative_float, default=d.momentum, help="SGD momentum (default: %(default)s)")
+    p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=d.weight_decay,
+                   help="L2 weight decay (default: %(default)s)")
+    p.add_argument("--decay-bn-and-bias", action="store_true",
+                   help="also apply weight decay to BN parameters and biases (off by default)")
+    p.add_argument("--schedule", type=arg_type(_check_schedule), default=d.schedule,
+                   help="lr schedule: constant, step:STEPS[:GAMMA], cosine[:MIN_LR], warmup:N+<schedule> "
+                        "(default: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default: {d.epochs})")
+    p.add_argument("--steps", dest="max_steps", type=positive_int, default=None, help="stop after this many steps")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="(default: %(default)s)")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, data order, augmentation")
+    p.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training images")
+    p.add_argument("--test-limit", type=positive_int, default=None, help="use only the first N test images")
+    p.add_argument("--nan-policy", choices=NAN_POLICIES, default=d.nan_policy,
+                   help="on a NaN/Inf loss or gradient: stop with an error, or skip that step")
+    p.add_argument("--checkpoint-every", type=positive_int, default=None,
+                   help="also checkpoint every N steps (always at the end of each epoch)")
+
+
+def config_from_args(args):
+    """The TrainConfig the options in ``args`` describe (every field has an option of its name)."""
+    values = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__}
+    values["epochs"] = args.epochs or TrainConfig.epochs
+    return TrainConfig(**values)
+
+
+class TrainCommand:
+    name = "train"
+
+    def add_parser(self, subparsers):
+        p = subparsers.add_parser(
+            self.name, help="train the 7-layer CIFAR-10 CNN",
+            description="Train the 7-layer CIFAR-10 CNN (cnn7) with SGD; writes metrics.csv, history.json, "
+                        "config.json, run.json and checkpoint.npz to --out.")
+        add_train_options(p)
+        add_data_options(p)
+        p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: runs/<bn>-<init>)")
+        p.add_argument("--resume", metavar="DIR", default=None,
+                       help="continue the run saved in DIR (its config.json and checkpoint.npz); "
+                            "--epochs may extend it, --threads changes the threads; other options are ignored")
+        return p
+
+    def run(self, args):
+        if args.resume:
+            out = args.resume
+            config = load_config(out)
+            if args.epochs is not None:
+                config.epochs = args.epochs
+            if args.threads is not None:
+                config.threads = args.threads
+        else:
+            config = config_from_args(args)
+            out = args.out or os.path.join("runs", f"{config.bn}-{config.init.replace(':', '')}")
+        data = CifarData(args.data, config.train_limit, config.test_limit, quiet=args.quiet)
+        trainer = run(config, data, out_dir=out, progress=not args.quiet, resume=bool(args.resume))
+        last = trainer.history[-1] if trainer.history else {}
+        print(json.dumps({"out": out, **last}, indent=1))
+        return 0
+
+
+CONFIG = ConfigCommand()
+TRAIN = TrainCommand()
