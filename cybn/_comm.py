@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["Comm", "SelfComm", "MPIComm", "world", "launcher_world_size", "threads_per_rank", "INSTALL_HINT"]
+__all__ = ["Comm", "SelfComm", "MPIComm", "world", "current", "launcher_world_size", "threads_per_rank", "INSTALL_HINT"]
 
 INSTALL_HINT = 'pip install "cybn[mpi]"  (mpi4py and the Open MPI wheel)'
 
@@ -188,6 +188,11 @@ def _import_mpi4py():
 
 
 _world = None
+
+
+def current():
+    """The world if ``world()`` already made it, else None (never initialises MPI)."""
+    return _world
 
 
 def world(mpi=None):

@@ -30,6 +30,7 @@ model. A resumed run equals an uninterrupted one.
 """
 import contextlib
 import os
+import platform
 import sys
 import traceback
 import zlib
@@ -37,13 +38,13 @@ import zlib
 import numpy as np
 
 from . import _comm
-from ._threads import ENV_VAR, set_num_threads
+from ._threads import ENV_VAR, get_num_threads, set_num_threads
 from .data.loader import _run
 from .nn import Dropout, generator_state, set_generator_state
 
 __all__ = ["DistributedError", "setup", "shard_range", "ShardedLoader", "DataParallel", "ShardedDropout",
            "check_consistency", "model_fingerprint", "data_fingerprint", "evaluate", "abort_on_error",
-           "describe"]
+           "describe", "root_first"]
 
 
 class DistributedError(RuntimeError):
@@ -67,13 +68,22 @@ def setup(threads=None, mpi=None):
 
 
 def describe(comm=None):
-    """Rank, world size, launcher and threads of this process (for ``cybn config``)."""
-    from ._threads import get_num_threads
-
+    """Rank, world size, launcher, host and threads of this process (for ``cybn config``)."""
     comm = _comm.world() if comm is None else comm
     _, launcher = _comm.launcher_world_size()
     return {"rank": comm.rank, "world_size": comm.size, "launcher": launcher or "none (single process)",
-            "threads_per_rank": get_num_threads()}
+            "host": platform.node(), "threads_per_rank": get_num_threads()}
+
+
+def root_first(comm, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on every rank, rank 0 before the others (e.g. a download into a
+    shared cache that the other ranks then find); returns this rank's result."""
+    if comm.is_root:
+        result = fn(*args, **kwargs)
+        comm.barrier()
+        return result
+    comm.barrier()
+    return fn(*args, **kwargs)
 
 
 def shard_range(n, rank, size):

@@ -11,8 +11,10 @@ from .container import HookHandle, Sequential
 from .init import init_from_spec
 from .optim import SGD, LRSchedule, ConstantLR, CosineLR, StepLR, WarmupLR, schedule_from_spec
 from .models import cnn7
+from .sync_batchnorm import SyncBatchNorm1D, SyncBatchNorm2D, convert_sync_batchnorm
 
 __all__ = ["Module", "generator_state", "set_generator_state", "Conv2D", "Linear", "BatchNorm1D", "BatchNorm2D", "ReLU", "MaxPool2D", "Flatten",
            "Dropout", "SoftmaxCrossEntropy", "Sequential", "HookHandle", "init", "init_from_spec",
            "SGD", "LRSchedule",
-           "ConstantLR", "StepLR", "CosineLR", "WarmupLR", "schedule_from_spec", "cnn7"]
+           "ConstantLR", "StepLR", "CosineLR", "WarmupLR", "schedule_from_spec", "cnn7",
+           "SyncBatchNorm1D", "SyncBatchNorm2D", "convert_sync_batchnorm"]
