@@ -387,16 +387,22 @@ def _launcher():
     return path, ("--oversubscribe",) if "Open MPI" in version or "prterun" in version else ()
 
 
-def mpirun(n, *args, timeout=120):
-    """``mpiexec -n n python distributed_worker.py ARGS``; Open MPI may run as root here (CI)."""
+def mpirun(n, *args, timeout=120, program=("distributed_worker.py",)):
+    """``mpiexec -n n python distributed_worker.py ARGS`` (``n`` None: plain ``python``), and its
+    wall time; Open MPI may run as root here (CI)."""
     exe, extra = _launcher()
     if exe is None:
         pytest.skip(extra)
     env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    cmd = [exe, "-n", str(n), *extra, sys.executable, str(TESTS / "distributed_worker.py"), *map(str, args)]
+    launch = [] if n is None else [exe, "-n", str(n), *extra]
+    cmd = [*launch, sys.executable, *program, *map(str, args)]
     start = time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=TESTS, timeout=timeout)
     return r, time.monotonic() - start
+
+
+def cybn_cli(n, *args, timeout=180):
+    return mpirun(n, *args, timeout=timeout, program=("-m", "cybn"))[0]
 
 
 def _compare(got, want, tol):
@@ -475,3 +481,49 @@ def test_ranks_that_disagree_stop_with_the_same_message(tmp_path):
     assert r.returncode != 0
     messages = [(tmp_path / f"run.npz.rank{k}.txt").read_text() for k in range(2)]
     assert messages[0] == messages[1] and "seed: rank 0 has 3, rank 1 has 4" in messages[0]
+
+
+# ------------------------------------------------------------------------ the CLI under mpiexec
+
+def _checkpoint_model(run_dir):
+    from cybn.checkpoint import load_checkpoint
+    arrays, meta = load_checkpoint(run_dir / "checkpoint.npz")
+    return {k: v for k, v in arrays.items() if k.startswith("model/")}, meta
+
+
+def test_cli_train_under_mpiexec(cifar_mini, tmp_path):
+    common = ["train", "--data", cifar_mini, "--train-limit", 40, "--test-limit", 20, "--batch-size", 10,
+              "--quiet", "--sync-bn", "--schedule", "constant", "--lr", 0.01]
+    # constant: a cosine schedule would depend on --epochs (the resume below extends them);
+    # lr 0.01: at 0.05 this tiny run is unstable (test loss 22 -> 42) and amplifies rounding 1e4-fold
+    single = cybn_cli(None, *common, "--epochs", 2, "--out", tmp_path / "single")
+    assert single.returncode == 0, single.stderr
+    full = cybn_cli(2, *common, "--epochs", 2, "--out", tmp_path / "full")
+    assert full.returncode == 0, full.stderr
+    assert full.stdout.count('"out"') == 1  # the summary comes from rank 0 alone
+    want, want_meta = _checkpoint_model(tmp_path / "single")
+    got, got_meta = _checkpoint_model(tmp_path / "full")
+    # float32, 8 steps of the full-width cnn7: the rounding differences of the split batch
+    # (~1e-6 a step, measured 3.4e-6 in all) grow through the training; the float64 worker runs
+    # above pin the arithmetic at 1e-10; wrong weighting or per-rank BN statistics differ by O(1).
+    _compare(got, want, 1e-4)
+    for a, b in zip(got_meta["history"], want_meta["history"]):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-5 * b["train_loss"]
+        assert a["train_accuracy"] == b["train_accuracy"] and a["test_accuracy"] == b["test_accuracy"]
+    assert sorted(os.listdir(tmp_path / "full")) == sorted(os.listdir(tmp_path / "single"))
+    # interrupted after epoch 1 and resumed on 2 ranks: the uninterrupted 2-rank run, bit for bit
+    first = cybn_cli(2, *common, "--epochs", 1, "--out", tmp_path / "part")
+    assert first.returncode == 0, first.stderr
+    resumed = cybn_cli(2, "train", "--data", cifar_mini, "--quiet", "--resume", tmp_path / "part", "--epochs", 2)
+    assert resumed.returncode == 0, resumed.stderr
+    again, _ = _checkpoint_model(tmp_path / "part")
+    assert all(np.array_equal(again[k], got[k]) for k in got)
+
+
+def test_cli_config_and_errors_under_mpiexec(tmp_path):
+    r = cybn_cli(2, "config")
+    assert r.returncode == 0, r.stderr
+    assert "MPI: 2 ranks" in r.stdout and "rank 1 of 2" in r.stdout and r.stdout.count("OpenMP") == 1
+    r = cybn_cli(2, "train", "--data", tmp_path / "missing.tar.gz", "--quiet", "--out", tmp_path / "run")
+    assert r.returncode != 0
+    assert "cybn: error (rank " in r.stderr and "Traceback" not in r.stderr
