@@ -39,7 +39,7 @@ import numpy as np
 
 from . import _comm
 from ._threads import ENV_VAR, get_num_threads, set_num_threads
-from .data.loader import _run
+from .data.loader import share
 from .nn import Dropout, generator_state, set_generator_state
 
 __all__ = ["DistributedError", "setup", "shard_range", "ShardedLoader", "DataParallel", "ShardedDropout",
@@ -86,9 +86,7 @@ def root_first(comm, fn, *args, **kwargs):
     return fn(*args, **kwargs)
 
 
-def shard_range(n, rank, size):
-    """[lo, hi) of rank ``rank``'s share of ``n`` items split as evenly as possible over ``size``."""
-    return (rank * n) // size, ((rank + 1) * n) // size
+shard_range = share  # [lo, hi) of a rank's share of n items (cybn.data.loader.share)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -98,7 +96,8 @@ class ShardedLoader:
 
     ``loader.batch_size`` is the GLOBAL batch. Iterating yields (x, y) of rank r's contiguous
     slice of every global batch, in the single-process order with the single-process crops and
-    flips (the plan is drawn from the loader's seed on every rank; only the own slice is built).
+    flips (the plan is drawn from the loader's seed on every rank; only the own slice is built:
+    the wrapper sets ``loader.part``, so the loader itself now yields this rank's shares).
     ``shard`` is (lo, hi, n) of the batch last yielded: this rank holds samples [lo, hi) of a
     global batch of n (``DataParallel.begin_step`` takes it). Position, epoch and state are the
     wrapped loader's (``state_dict``/``load_state_dict`` delegate to it).
@@ -115,6 +114,7 @@ class ShardedLoader:
                 f"({loader.num_samples} samples in batches of {loader.batch_size}): every rank needs at "
                 "least one sample; use drop_last, another batch size or fewer ranks")
         self.shard = None
+        loader.part = (self.comm.rank, self.comm.size)  # the loader now builds this rank's rows only
 
     @property
     def global_count(self):
@@ -133,30 +133,20 @@ class ShardedLoader:
     def __len__(self):
         return len(self.loader)
 
+    def _shard_of(self, k):
+        ld = self.loader
+        n = min(ld.batch_size, ld.num_samples - k * ld.batch_size)
+        return share(n, self.comm.rank, self.comm.size) + (n,)
+
     def batch(self, epoch, k):
         """This rank's share of global batch ``k`` of ``epoch``: (x, y, (lo, hi, n))."""
-        ld = self.loader
-        if not 0 <= k < len(ld):
-            raise IndexError(f"batch {k} out of range: an epoch has {len(ld)} batches")
-        order, oy, ox, flips = ld._plan(epoch)
-        start = k * ld.batch_size
-        n = min(ld.batch_size, ld.num_samples - start)
-        lo, hi = shard_range(n, self.comm.rank, self.comm.size)
-        s = slice(start + lo, start + hi)
-        index = order[s]
-        x = _run(ld.images, index, oy[s], ox[s], flips[s], ld.padding, ld._lut, ld.dtype)
-        return x, ld.labels[index], (lo, hi, n)
+        x, y = self.loader.batch(epoch, k)
+        return x, y, self._shard_of(k)
 
     def __iter__(self):
-        ld = self.loader
-        if ld.position >= len(ld):  # the same bookkeeping as DataLoader.__iter__
-            ld.set_epoch(ld.epoch + 1)
-        epoch = ld.epoch
-        for k in range(ld.position, len(ld)):
-            x, y, self.shard = self.batch(epoch, k)
-            ld._position = k + 1
+        for x, y in self.loader:
+            self.shard = self._shard_of(self.loader.position - 1)
             yield x, y
-        ld.set_epoch(epoch + 1)
 
 
 # ---------------------------------------------------------------------------------- gradients
@@ -176,12 +166,22 @@ class ShardedDropout(Dropout):
         if x.shape[0] != hi - lo:
             raise ValueError(f"ShardedDropout: input of shape {x.shape} is not the {hi - lo} rows "
                              f"[{lo}, {hi}) of this rank's shard of {n}")
+        # the draw of Dropout's forward, for the whole global batch
         keep = (self.rng.random((n,) + x.shape[1:], dtype=x.dtype.type) >= self.p)[lo:hi]
-        scale = 1.0 / (1.0 - self.p)
+        scale = x.dtype.type(1.0 / (1.0 - self.p))
         y = np.multiply(x, keep)
-        y *= x.dtype.type(scale)
-        self._save_for_backward(("mask", keep, scale), y)
+        y *= scale
+        self._save_for_backward(("sharded", keep, scale), y)
         return y
+
+    def backward(self, dy):
+        cache = self._cache[0] if self._cache is not None else None
+        if not (type(cache) is tuple and cache[0] == "sharded"):
+            return super().backward(dy)
+        _, keep, scale = self._pop_cache(dy)
+        dx = np.multiply(dy, keep)
+        dx *= scale
+        return dx
 
 
 def _shard_dropouts(model):
