@@ -8,6 +8,7 @@ losses, the first step's gradients, the final parameters and buffers and the eva
 (split over the ranks) of the final model to OUT.npz.
 """
 import argparse
+import json
 import os
 import signal
 import sys
@@ -18,7 +19,7 @@ import cybn
 from cybn import distributed as D
 from cybn.data import DataLoader
 from cybn.nn.sync_batchnorm import convert_sync_batchnorm
-from cybn.train import evaluate
+from cybn.train import NonFiniteError, Trainer, evaluate
 
 NUM_SAMPLES, BATCH = 28, 10  # batches of 10, 10, 8: split 5/5, 4/4 on 2 ranks; 3/3/4, 2/3/3 on 3
 
@@ -91,6 +92,28 @@ def load(comm, path, model, opt, loader):
     return list(data["losses"])
 
 
+def trainer_run(comm, sync_bn=False, nan_at=None, nan_policy="stop", out_dir=None):
+    """cybn.train.Trainer's own loop over ``comm`` (float64, one epoch, evaluated); with
+    ``nan_at``, rank 1's first activations become NaN at that step. Returns what this rank saw."""
+    model, opt, loader = make_run(np.float64)
+    if sync_bn:
+        convert_sync_batchnorm(model, comm)
+    trainer = Trainer(model, cybn.SoftmaxCrossEntropy(), opt, nan_policy=nan_policy, progress=False,
+                      out_dir=out_dir, comm=comm)
+
+    def poison(index, layer, out):
+        if index == 0 and comm.rank == 1 and trainer.step == nan_at and layer.training:
+            out[...] = np.nan
+    model.register_forward_hook(poison)
+    try:
+        trainer.fit(loader, epochs=1, eval_loader=eval_loader(np.float64))
+        seen = {"history": trainer.history, "skipped": trainer.skipped_steps}
+    except NonFiniteError as e:
+        seen = {"error": str(e)}
+    seen["params"] = [p.tolist() for p in model.parameters()]
+    return seen
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -103,8 +126,18 @@ def main(argv=None):
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--fault", choices=["kill", "raise", "exit", "uncaught"])
     p.add_argument("--mismatch", action="store_true", help="rank 1 uses another seed")
+    p.add_argument("--trainer", action="store_true", help="run cybn.train.Trainer instead (each rank "
+                   "writes what it saw to OUT.rankR.json)")
+    p.add_argument("--nan-at", type=int)
+    p.add_argument("--nan-policy", default="stop")
     a = p.parse_args(argv)
     comm = D.setup(threads=1)
+    if a.trainer:
+        with D.abort_on_error(comm):
+            seen = trainer_run(comm, a.sync_bn, a.nan_at, a.nan_policy, out_dir=os.path.dirname(a.out))
+            with open(f"{a.out}.rank{comm.rank}.json", "w") as f:
+                json.dump(seen, f)
+        return 0
     if a.fault == "uncaught" and comm.rank == 1:  # outside abort_on_error: the excepthook aborts
         raise RuntimeError("injected failure")
     with D.abort_on_error(comm):

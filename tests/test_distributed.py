@@ -8,6 +8,7 @@ in float64, ~2e-6 in float32 (the split batches sum in another order).
 """
 import functools
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -481,6 +482,37 @@ def test_ranks_that_disagree_stop_with_the_same_message(tmp_path):
     assert r.returncode != 0
     messages = [(tmp_path / f"run.npz.rank{k}.txt").read_text() for k in range(2)]
     assert messages[0] == messages[1] and "seed: rank 0 has 3, rank 1 has 4" in messages[0]
+
+
+def _seen(tmp_path, ranks):
+    return [json.loads((tmp_path / f"run.npz.rank{r}.json").read_text()) for r in range(ranks)]
+
+
+def test_trainer_over_three_ranks_equals_one_process(tmp_path):
+    r, _ = mpirun(3, tmp_path / "run.npz", "--trainer", "--sync-bn")
+    assert r.returncode == 0, r.stderr
+    want = W.trainer_run(_comm.SelfComm())
+    for seen in _seen(tmp_path, 3):  # every rank holds the global figures and the same weights
+        for a, b in zip(seen["history"], want["history"]):
+            for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy", "step"):
+                assert abs(a[key] - b[key]) <= 1e-10 * abs(b[key]), key
+        assert _rel(np.concatenate([np.ravel(p) for p in seen["params"]]),
+                    np.concatenate([np.ravel(p) for p in want["params"]])) < 1e-10
+    assert sorted(os.listdir(tmp_path)) == sorted(["checkpoint.npz", "history.json", "metrics.csv"] +
+                                                   [f"run.npz.rank{r}.json" for r in range(3)])
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_a_nan_on_one_rank_is_seen_by_every_rank(tmp_path, policy):
+    r, _ = mpirun(2, tmp_path / "run.npz", "--trainer", "--nan-at", 1, "--nan-policy", policy)
+    assert r.returncode == 0, r.stderr
+    seen = _seen(tmp_path, 2)
+    if policy == "skip":
+        assert [s["skipped"] for s in seen] == [1, 1]
+    else:
+        assert "error" in seen[0] and seen[0]["error"] == seen[1]["error"]
+        assert "step 1" in seen[0]["error"]
+    assert seen[0]["params"] == seen[1]["params"]
 
 
 # ------------------------------------------------------------------------ the CLI under mpiexec
