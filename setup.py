@@ -63,6 +63,8 @@ def extensions():
         Extension(
             "cybn._kernels." + os.path.splitext(os.path.basename(src))[0],
             [src],
+            include_dirs=[KERNEL_DIR],  # _common.h, shared by every kernel
+            depends=glob.glob(os.path.join(KERNEL_DIR, "*.h")),
             extra_compile_args=compile_args,
             extra_link_args=link_args,
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

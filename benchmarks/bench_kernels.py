@@ -1,4 +1,5 @@
-"""Kernel benchmark: batch-norm training forward+backward and softmax cross-entropy fwd+bwd.
+"""Kernel benchmark: batch-norm training forward+backward (alone and fused with ReLU) and
+softmax cross-entropy fwd+bwd.
 
 cybn (Cython kernels) vs the NumPy reference (cybn.reference) vs PyTorch (optional), run
 interleaved (round-robin) at 1 thread and at all threads; prints Markdown tables.
@@ -106,6 +107,56 @@ def ce_cases(shape, torch, rng):
     return cases, x.nbytes
 
 
+def bn_relu_cases(shape, torch, rng):
+    """BN + ReLU forward + backward: cybn fused, cybn unfused (BN, ReLU, their backwards), torch."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    c = shape[1]
+    w = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
+    b = (0.1 * rng.standard_normal(c)).astype(np.float32)
+
+    def fused():
+        y, mean, var = F.batch_norm_relu_train(x, w, b)
+        return F.batch_norm_relu_backward(dy, x, w, b, mean, var)
+
+    def unfused():
+        z, mean, var = F.batch_norm_train(x, w, b)
+        y = F.relu(z)
+        return F.batch_norm_backward(F.relu_backward(dy, y), x, w, mean, var)
+
+    cases = {"fused": fused, "unfused": unfused}
+    if torch is not None:
+        tf = torch.nn.functional
+        wt = torch.from_numpy(w).requires_grad_()
+        bt = torch.from_numpy(b).requires_grad_()
+        rm, rv = torch.zeros(c), torch.ones(c)
+        xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+
+        def torch_case():
+            a = xt.detach().requires_grad_()
+            y = tf.relu(tf.batch_norm(a, rm, rv, wt, bt, training=True))
+            return torch.autograd.grad(y, (a, wt, bt), dyt)
+        cases["torch"] = torch_case
+    return cases
+
+
+def bn_relu_section(counts, torch, rng, repeats, warmup):
+    rows = []
+    for shape in BN_SHAPES:
+        cases = bn_relu_cases(shape, torch, rng)
+        for t in counts:
+            with harness.threads(t):
+                med = harness.measure(cases, repeats=repeats, warmup=warmup)
+            tt = med.get("torch", float("nan"))
+            rows.append(["x".join(map(str, shape)), t, harness.fmt_time(med["fused"]),
+                         harness.fmt_time(med["unfused"]), harness.fmt_time(tt),
+                         ratio(med["unfused"], med["fused"]), ratio(tt, med["fused"])])
+    print("## Batch norm + ReLU forward + backward: fused (batch_norm_relu_*) vs unfused\n")
+    print(harness.markdown_table(["shape", "thr", "t fused", "t unfused", "t torch",
+                                  "unfused/fused", "torch/fused"], rows))
+    print()
+
+
 def ratio(a, b):
     return a / b if (a == a and b == b and b > 0) else float("nan")
 
@@ -183,6 +234,8 @@ def main(argv=None):
         print(f"## {title}\n")
         print(harness.markdown_table(headers, rows))
         print()
+    if ok and hasattr(F, "batch_norm_relu_train"):
+        bn_relu_section(counts, torch, rng, args.repeats, args.warmup)
     print("Ratios > 1 mean cybn is faster. 'x vs 1thr' = time at 1 thread / time at this count.")
     if torch is None:
         print("PyTorch not installed: torch columns are n/a.")

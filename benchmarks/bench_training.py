@@ -2,34 +2,46 @@
 
 One step = forward, softmax cross-entropy, backward and an SGD (momentum, weight decay) update
 on a batch of 128 32x32 images. PyTorch runs the same network (same layers, shapes, batch) in its
-default NCHW layout and in channels_last. Also measured: data loading + augmentation per batch
-(its share of the step), the epoch time these imply (50,000 images), and cybn's peak memory
-while training (in a child process, so torch's memory does not count).
+default NCHW layout and in channels_last. Also measured, in the same run:
+- the GEMM peak: cybn's single-threaded sgemm inside its OpenMP split (a 1024^3 product
+  through ``cybn.functional.linear``) at each thread count, against which the step's GFLOP/s
+  is set;
+- where the time goes: each layer's forward and backward timed inside real steps (the steps of
+  the different thread counts interleaved), with each layer's 1 -> n thread scaling;
+- import order: the step in child processes with ``import torch`` before ``import cybn`` (cybn
+  then runs on torch's OpenMP runtime) and without torch, alternated;
+- data loading + augmentation per batch (its share of the step), the epoch time these imply
+  (50,000 images), and cybn's peak memory while training (in a child process).
 
     python benchmarks/bench_training.py [--repeats 15] [--threads 1,2] [--data PATH]
+                                        [--order-rounds 4] [--no-breakdown]
 """
 import argparse
 import math
 import os
+import statistics
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 
+import cybn  # noqa: E402
+from cybn import functional as F  # noqa: E402
 from cybn.data import DataLoader  # noqa: E402
-from cybn.nn import SGD, SoftmaxCrossEntropy, cnn7  # noqa: E402
+from cybn.nn import SGD, Conv2D, Linear, SoftmaxCrossEntropy, cnn7  # noqa: E402
 
 BATCH = 128
 EPOCH_IMAGES = 50000
 FLOP_PER_IMAGE = 176.6e6  # forward + backward multiply-adds x2 of cnn7, per training image
 
 
-def cybn_step_fn(x, y):
-    model = cnn7(bn="all", init="he", seed=0)
+def cybn_step_fn(x, y, model=None):
+    model = model if model is not None else cnn7(bn="all", init="he", seed=0)
     loss_fn = SoftmaxCrossEntropy()
     opt = SGD(model, lr=0.01, momentum=0.9, weight_decay=5e-4)
 
@@ -38,6 +50,156 @@ def cybn_step_fn(x, y):
         model.backward(loss_fn.backward())
         opt.step()
     return step
+
+
+def gemm_peak_gflops(threads, n=1024, repeats=5):
+    """GFLOP/s of an n^3 sgemm as cybn runs it: single-threaded BLAS in its OpenMP split."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    with cybn.num_threads(threads):
+        t = harness.measure({"gemm": lambda: F.linear(a, b)}, repeats=repeats, warmup=1)["gemm"]
+    return 2.0 * n ** 3 / t / 1e9
+
+
+def _layer_name(i, layer):
+    w = layer.params.get("weight") if hasattr(layer, "params") else None
+    if isinstance(layer, (Conv2D, Linear)):
+        return f"{i} {type(layer).__name__} {w.shape[1]}->{w.shape[0]}"
+    return f"{i} {type(layer).__name__}"
+
+
+def _layer_flop(layer, x_shape, y_shape, needs_dx):
+    """(forward, backward) multiply-adds x2 of a conv/linear layer; (0, 0) for the others."""
+    w = layer.params.get("weight") if hasattr(layer, "params") else None
+    if not isinstance(layer, (Conv2D, Linear)):
+        return 0.0, 0.0
+    per_output = int(np.prod(w.shape[1:]))  # C*kh*kw (conv) or in_features (linear)
+    fwd = 2.0 * np.prod(y_shape) * per_output
+    return fwd, fwd * (2 if needs_dx else 1)
+
+
+class LayerTimer:
+    """Wraps each layer's forward/backward (instance attributes, so Sequential's calls go through
+    them) and records wall seconds per call, per thread count, inside real training steps."""
+
+    def __init__(self, model):
+        self.model = model
+        self.names = [_layer_name(i, layer) for i, layer in enumerate(model.layers)]
+        self.flop = [(0.0, 0.0)] * len(model.layers)
+        self.times = {}  # (threads, layer index, "fwd" | "bwd") -> [seconds]
+        self.threads = None
+        for i, layer in enumerate(model.layers):
+            layer.forward = self._wrap(i, layer, layer.forward, "fwd")
+            layer.backward = self._wrap(i, layer, layer.backward, "bwd")
+
+    def _wrap(self, i, layer, fn, kind):
+        def timed(arg):
+            t0 = time.perf_counter()
+            out = fn(arg)
+            self.times.setdefault((self.threads, i, kind), []).append(time.perf_counter() - t0)
+            if kind == "fwd":
+                self.flop[i] = _layer_flop(layer, arg.shape, out.shape, layer.needs_input_grad)
+            return out
+        return timed
+
+    def median(self, threads, i, kind):
+        return statistics.median(self.times[(threads, i, kind)])
+
+
+def layer_breakdown(x, y, counts, steps):
+    """Per-layer forward/backward medians at each thread count, the steps interleaved."""
+    model = cnn7(bn="all", init="he", seed=0)
+    timer = LayerTimer(model)
+    step = cybn_step_fn(x, y, model)
+    for n in counts:  # warm-up: scratch buffers, OpenMP teams
+        timer.threads = n
+        with cybn.num_threads(n):
+            step()
+    timer.times.clear()
+    step_times = {n: [] for n in counts}
+    for r in range(steps):
+        for n in counts[r % len(counts):] + counts[:r % len(counts)]:
+            timer.threads = n
+            with cybn.num_threads(n):
+                t0 = time.perf_counter()
+                step()
+                step_times[n].append(time.perf_counter() - t0)
+    return timer, {n: statistics.median(v) for n, v in step_times.items()}
+
+
+def print_breakdown(timer, step_times, counts):
+    lo, hi = counts[0], counts[-1]
+    headers = ["layer"]
+    for n in counts:
+        headers += [f"fwd ms ({n}t)", f"bwd ms ({n}t)", f"share ({n}t)"]
+    headers += ["conv/linear GFLOP/s fwd, bwd (%dt)" % hi]
+    if hi != lo:
+        headers += [f"scaling fwd {lo}->{hi}", f"scaling bwd {lo}->{hi}"]
+    rows = []
+    totals = {n: 0.0 for n in counts}
+    for i, name in enumerate(timer.names):
+        row = [name]
+        for n in counts:
+            f, b = timer.median(n, i, "fwd"), timer.median(n, i, "bwd")
+            totals[n] += f + b
+            row += [f"{1e3 * f:.2f}", f"{1e3 * b:.2f}", f"{100 * (f + b) / step_times[n]:.1f} %"]
+        ff, fb = timer.flop[i]
+        row.append(f"{ff / timer.median(hi, i, 'fwd') / 1e9:.0f}, {fb / timer.median(hi, i, 'bwd') / 1e9:.0f}"
+                   if ff else "")
+        if hi != lo:
+            row += [f"{timer.median(lo, i, k) / timer.median(hi, i, k):.2f}" for k in ("fwd", "bwd")]
+        rows.append(row)
+    print(harness.markdown_table(headers, rows))
+    print("\nlayers' medians summed vs the median step of this section (the rest: loss, SGD "
+          "update, Python): " + ", ".join(f"{n} threads {1e3 * totals[n]:.1f} of "
+                                          f"{1e3 * step_times[n]:.1f} ms" for n in counts))
+
+
+ORDER_CHILD = textwrap.dedent("""
+    import sys, time, statistics
+    if sys.argv[1] == "torch-first":
+        import torch  # noqa: F401  (loads torch's OpenMP runtime before cybn's extensions)
+    import numpy as np, cybn
+    from threadpoolctl import threadpool_info
+    from cybn.nn import SGD, SoftmaxCrossEntropy, cnn7
+    cybn.set_num_threads(int(sys.argv[2]))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((128, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, 128)
+    model, loss_fn = cnn7(bn="all", init="he", seed=0), SoftmaxCrossEntropy()
+    opt = SGD(model, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    wall, cpu = [], []
+    for i in range(int(sys.argv[3]) + 2):
+        t0, c0 = time.perf_counter(), time.process_time()
+        loss_fn.forward(model.forward(x), y)
+        model.backward(loss_fn.backward())
+        opt.step()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    omp = [i["filepath"] for i in threadpool_info() if i["user_api"] == "openmp"]
+    print(statistics.median(wall[2:]), statistics.median(cpu[2:]), omp[0] if omp else "?")
+""")
+
+
+def import_order(counts, rounds, steps):
+    """Median step wall and process-CPU seconds (all threads: idle OpenMP workers that spin
+    show up here) per thread count with torch imported first and without, in alternated child
+    processes; also which OpenMP runtime cybn ran on."""
+    out = {}
+    for n in counts:
+        samples = {"torch-first": [], "cybn-only": []}
+        runtime = {}
+        for r in range(rounds):
+            for order in (("torch-first", "cybn-only") if r % 2 == 0 else ("cybn-only", "torch-first")):
+                res = subprocess.run([sys.executable, "-c", ORDER_CHILD, order, str(n), str(steps)],
+                                     capture_output=True, text=True, check=True)
+                wall, cpu, lib = res.stdout.split()
+                samples[order].append((float(wall), float(cpu)))
+                runtime[order] = lib
+        out[n] = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v),
+                      runtime[k]) for k, v in samples.items()}
+    return out
 
 
 def torch_model(torch):
@@ -99,6 +261,9 @@ def main():
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", default=None, help="comma-separated thread counts (default: 1 and all)")
     p.add_argument("--data", default=None, help="CIFAR-10 archive for the loading figure (default: random pixels)")
+    p.add_argument("--order-rounds", type=int, default=4,
+                   help="child-process pairs for the import-order comparison (0: skip it)")
+    p.add_argument("--no-breakdown", action="store_true", help="skip the per-layer breakdown")
     args = p.parse_args()
     torch = harness.torch_or_none()
     counts = [int(t) for t in args.threads.split(",")] if args.threads else sorted({1, harness.all_threads()})
@@ -117,7 +282,15 @@ def main():
 
     print("## cnn7 (BN everywhere) training step, batch 128, float32\n")
     print(harness.header(torch))
+    from threadpoolctl import threadpool_info
+    for info in threadpool_info():
+        if info["user_api"] == "openmp":
+            print(f"- OpenMP runtime: {info['internal_api']} {info['filepath']}")
+    peak = {n: gemm_peak_gflops(n) for n in counts}
+    print("- GEMM peak (1024^3 sgemm as cybn runs it, single-threaded BLAS per OpenMP thread): "
+          + ", ".join(f"{peak[n]:.0f} GFLOP/s at {n} thread{'s' if n > 1 else ''}" for n in counts))
     rows = []
+    steps = {}
     for n in counts:
         with harness.threads(n):
             cases = {"cybn": cybn_step_fn(x, y), "data": lambda: loader.batch(1, 7)}
@@ -125,21 +298,44 @@ def main():
                 cases["torch"] = torch_step_fn(torch, x, y, channels_last=False)
                 cases["torch_cl"] = torch_step_fn(torch, x, y, channels_last=True)
             t = harness.measure(cases, repeats=args.repeats, warmup=2)
-        step = t["cybn"]
-        row = [n, f"{1e3 * step:.1f}", f"{1e3 * t['data']:.2f}", f"{100 * t['data'] / step:.1f} %",
-               f"{batches * (step + t['data']):.1f}", f"{FLOP_PER_IMAGE * BATCH / step / 1e9:.0f}"]
+        step = steps[n] = t["cybn"]
+        gflops = FLOP_PER_IMAGE * BATCH / step / 1e9
+        row = [n, f"{1e3 * step:.1f}", f"{steps[counts[0]] / step:.2f}", f"{1e3 * t['data']:.2f}",
+               f"{100 * t['data'] / step:.1f} %", f"{batches * (step + t['data']):.1f}",
+               f"{gflops:.0f}", f"{100 * gflops / peak[n]:.0f} %"]
         if torch is not None:
             row += [f"{1e3 * t['torch']:.1f}", f"{t['torch'] / step:.2f}",
                     f"{1e3 * t['torch_cl']:.1f}", f"{t['torch_cl'] / step:.2f}"]
         rows.append(row)
-    headers = ["threads", "cybn step ms", "data ms", "data share", "cybn epoch s (est.)", "cybn GFLOP/s"]
+    headers = ["threads", "cybn step ms", f"scaling vs {counts[0]}t", "data ms", "data share",
+               "cybn epoch s (est.)", "cybn GFLOP/s", "of GEMM peak"]
     if torch is not None:
         headers += ["torch NCHW ms", "ratio torch/cybn", "torch channels_last ms", "ratio cl/cybn"]
     print()
     print(harness.markdown_table(headers, rows))
     print(f"\nepoch estimate = {batches} batches x (step + data). Arithmetic floor: "
           f"{FLOP_PER_IMAGE / 1e6:.1f} MFLOP per training image.")
-    print(f"cybn peak memory while training (child process, {max(counts)} threads): "
+
+    if not args.no_breakdown:
+        print(f"\n### Per layer, timed inside real steps ({args.repeats} steps per thread count, "
+              f"interleaved; medians)\n")
+        print_breakdown(*layer_breakdown(x, y, counts, args.repeats), counts)
+
+    if args.order_rounds > 0:
+        print(f"\n### Import order: `import torch` before `import cybn` vs cybn alone "
+              f"(child processes, {args.order_rounds} each, alternated; median step)\n")
+        order = import_order(counts, args.order_rounds, steps=max(5, args.repeats // 2))
+        rows = [[n, f"{1e3 * a[0]:.1f}", f"{1e3 * t[0]:.1f}", f"{t[0] / a[0]:.2f}",
+                 f"{1e3 * a[1]:.1f}", f"{1e3 * t[1]:.1f}", t[2]]
+                for n, (a, t) in ((n, (o["cybn-only"], o["torch-first"])) for n, o in order.items())]
+        print(harness.markdown_table(["threads", "cybn alone ms", "torch first ms",
+                                      "ratio torch-first/alone", "CPU ms alone", "CPU ms torch first",
+                                      "OpenMP runtime (torch first)"], rows))
+        print("\n(CPU = process time of all threads per step; above the wall time x threads' "
+              "useful share it is idle OpenMP workers spinning: torch's runtime was initialised "
+              "without cybn's OMP_WAIT_POLICY=PASSIVE default.)")
+
+    print(f"\ncybn peak memory while training (child process, {max(counts)} threads): "
           f"{peak_memory_mb(max(counts)):.0f} MB")
 
 

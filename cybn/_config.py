@@ -14,10 +14,14 @@ def config():
     from . import __version__
 
     get_num_threads()  # make sure our BLAS limit is applied before it is reported
+    infos = threadpool_info()
     blas = [
         {k: info.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "filepath")}
-        for info in threadpool_info() if info.get("user_api") == "blas"
+        for info in infos if info.get("user_api") == "blas"
     ]
+    # The OpenMP runtime the kernels run on: another library's (e.g. torch's libgomp, when torch
+    # was imported first) keeps the wait policy it was loaded with (idle threads may spin).
+    openmp_runtimes = [info.get("filepath") for info in infos if info.get("user_api") == "openmp"]
     return {
         "cybn": __version__,
         "python": sys.version.split()[0],
@@ -29,6 +33,7 @@ def config():
         "num_threads": get_num_threads(),
         "kernel_threads": kernel_threads(),
         "blas": blas,
+        "openmp_runtimes": openmp_runtimes,
     }
 
 
@@ -44,6 +49,8 @@ def show_config(file=None):
         f"threads: {c['num_threads']} (set_num_threads / {ENV_VAR}; kernels use {c['kernel_threads']}; "
         f"{c['cores_available']} cores available)",
     ]
+    for path in c["openmp_runtimes"]:
+        lines.append(f"OpenMP runtime: {path}")
     if not c["blas"]:
         lines.append("BLAS: none reported by threadpoolctl")
     for b in c["blas"]:

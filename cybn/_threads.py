@@ -1,23 +1,33 @@
-"""The one thread setting of cybn.
+"""The one thread policy of cybn, and the one owner of the BLAS thread limit.
 
-``cybn.set_num_threads(n)`` decides how many OpenMP threads every kernel uses (each ``prange``
-gets an explicit ``num_threads``) and caps the BLAS pool (numpy's matmul) at the same ``n``
-through threadpoolctl, so the two pools never oversubscribe the cores. The default is the
-``CYBN_NUM_THREADS`` environment variable, else the cores this process may run on.
+One pool does the work: cybn's OpenMP team. ``cybn.set_num_threads(n)`` decides how many
+OpenMP threads every kernel uses (each ``prange`` gets an explicit ``num_threads``); every GEMM
+(conv and linear) is a single-threaded BLAS call (scipy.linalg.cython_blas) inside that team's
+fixed work split, so no BLAS thread pool is woken during training: no pool spins on the cores
+the OpenMP threads need, and the result does not depend on the thread count. The default is
+the ``CYBN_NUM_THREADS`` environment variable, else the cores this process may run on.
+
+BLAS limit: while any kernel that calls BLAS runs, ``single_threaded_blas`` holds every BLAS
+library loaded at import (scipy's and numpy's OpenBLAS) at one thread; the last call to leave
+restores the previous limits. Outside those calls, ``set_num_threads(n)`` also caps numpy's and
+scipy's BLAS pools at ``n`` (cybn's own ops never use them; the cap keeps user code beside
+cybn, e.g. a numpy matmul in a metric, within the same ``n`` cores the user asked for).
 """
 import contextlib
-import numbers
 import os
+import threading
 import warnings
 
-from threadpoolctl import threadpool_limits
+# Loads the BLAS that the kernels call (scipy's), so the controller below sees it.
+import scipy.linalg.cython_blas  # noqa: F401
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from ._kernels._openmp import openmp_enabled
+from ._validation import from_text, positive_int
 
 ENV_VAR = "CYBN_NUM_THREADS"
 
 _num_threads = None  # resolved on first use
-_blas_limiter = None  # the threadpoolctl limit we applied, so it can be re-applied
 
 
 def available_cores():
@@ -28,30 +38,27 @@ def available_cores():
         return os.cpu_count() or 1
 
 
-def _validate(n, source):
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{source}: number of threads must be an integer, got {n!r}")
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"{source}: number of threads must be >= 1, got {n}")
-    return n
-
-
 def _default_num_threads():
     value = os.environ.get(ENV_VAR, "").strip()
     if not value:
         return available_cores()
-    try:
-        n = int(value)
-    except ValueError:
-        raise ValueError(f"{ENV_VAR} must be a positive integer, got {value!r}") from None
-    return _validate(n, ENV_VAR)
+    return from_text(value, positive_int, f"{ENV_VAR} (number of threads)")
 
 
 def _apply(n):
-    global _num_threads, _blas_limiter
-    _num_threads = n
-    _blas_limiter = threadpool_limits(limits=n, user_api="blas")
+    global _num_threads
+    with _hold_lock:
+        _num_threads = n
+        if _hold_users:
+            # a kernel is running with BLAS held at 1: restore to n when the last one leaves,
+            # and cap now only what is not held (changing a held library mid-call is unsafe)
+            _hold_restore[:] = [n] * len(_held_blas)
+            held = {lib.filepath for lib in _held_blas}
+            for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+                if lib.filepath not in held:
+                    lib.set_num_threads(n)
+        else:
+            threadpool_limits(limits=n, user_api="blas")  # applied on construction; nothing restores it
 
 
 def get_num_threads():
@@ -63,7 +70,7 @@ def get_num_threads():
 
 def set_num_threads(n):
     """Use ``n`` threads in every cybn kernel and cap the BLAS pool at ``n`` as well."""
-    n = _validate(n, "set_num_threads")
+    n = positive_int(n, "set_num_threads: number of threads")
     if n > 1 and not openmp_enabled():
         warnings.warn(
             "cybn was built without OpenMP: its kernels run on one thread "
@@ -86,3 +93,39 @@ def num_threads(n):
         yield n
     finally:
         _apply(previous)
+
+
+# The BLAS libraries loaded at import (threadpoolctl's controller creation scans every loaded
+# library, ~ms: done once); holding one at a thread is then one C call per library.
+_held_blas = ThreadpoolController().select(user_api="blas").lib_controllers
+_hold_lock = threading.Lock()
+_hold_users = 0  # calls in flight, from any Python thread, that need BLAS at one thread
+_hold_restore = []  # the limits to restore when the last of them leaves
+
+
+class _SingleThreadedBlas:
+    """``with single_threaded_blas:`` holds every BLAS library at one thread (OpenMP provides
+    the parallelism). Reference-counted, so overlapping calls from several Python threads
+    restore the limits only when the last one leaves; a ``set_num_threads`` meanwhile updates
+    what is restored instead of being undone."""
+
+    def __enter__(self):
+        global _hold_users
+        with _hold_lock:
+            if _hold_users == 0:
+                _hold_restore[:] = [lib.get_num_threads() for lib in _held_blas]
+                for lib in _held_blas:
+                    lib.set_num_threads(1)
+            _hold_users += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _hold_users
+        with _hold_lock:
+            _hold_users -= 1
+            if _hold_users == 0:
+                for lib, n in zip(_held_blas, _hold_restore):
+                    lib.set_num_threads(n)
+
+
+single_threaded_blas = _SingleThreadedBlas()

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _formats
 from . import distributed as _dist
-from ._argtypes import positive_int
+from ._validation import positive_int_arg
 from .data import CIFAR10_CLASSES, DataLoader, channel_stats, load_cifar10
 from .nn import SGD, SoftmaxCrossEntropy, cnn7, convert_sync_batchnorm, init_from_spec, schedule_from_spec
 from .train import CHECKPOINT_FILE, Trainer
@@ -247,7 +247,7 @@ def add_data_options(parser):
                         help="CIFAR-10 archive (cifar-10-python.tar.gz) or extracted folder; "
                              "default: download the official archive (checksum-verified) into the cache "
                              "(CYBN_CACHE_DIR, else ~/.cache/cybn)")
-    parser.add_argument("--threads", type=positive_int, default=None,
+    parser.add_argument("--threads", type=positive_int_arg, default=None,
                         help="threads for the kernels and the BLAS pool (default: CYBN_NUM_THREADS or all cores; "
                              "under mpiexec, this machine's cores divided among its ranks)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

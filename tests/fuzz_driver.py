@@ -27,12 +27,11 @@ that killed it; faulthandler also prints the Python stack to stderr. A case runn
 ``--case-timeout`` seconds dumps the stacks and exits with status 3.
 
 The last stdout line is JSON: {"cases": ..., "outcomes": {...}, "errors_by_type": {...},
-"per_target": {...}, "failures": [...], "known_bug_hits": {...}}. Failures matching a
-reported bug (KNOWN_BUGS, each with a reproducer in tests/test_fuzz.py) are listed with their
-``bug`` id; the exit status is 0 whenever the run completed.
+"per_target": {...}, "failures": [...]}; the exit status is 0 whenever the run completed.
 """
 import argparse
 import collections
+import copy
 import faulthandler
 import json
 import math
@@ -57,40 +56,6 @@ from cybn import nn  # noqa: E402
 from cybn import data as D  # noqa: E402
 
 FLOATS = (np.float32, np.float64)
-
-# --------------------------------------------------------------------------------------------
-# Reported bugs: (id, target regex, category regex, message regex). A failure matching one is
-# tagged with the id instead of counting as new; tests/test_fuzz.py holds a strict-xfail
-# reproducer for each, so the entry can be deleted once the owner fixes it.
-KNOWN_BUGS = [
-    # (id, target, category, message, mutation) regexes; tests/test_fuzz.py: test_reported_bug_*
-]
-
-
-def known_bug(target, category, message, mutation=""):
-    for bug_id, t, c, m, mut in KNOWN_BUGS:
-        if (re.search(t, target) and re.search(c, category) and re.search(m, message or "")
-                and re.search(mut, mutation)):
-            return bug_id
-    return None
-
-
-# Reported bugs that kill the process (memory corruption): such cases are not run (they would
-# end the session), only counted under the bug id; ``--run-known-crashes`` runs them anyway.
-# Entries: (id, predicate(case) -> bool). None is open.
-KNOWN_CRASHES = []
-
-
-def known_crash(case):
-    if case.kind == "layout" and "contiguous_args" in case.extra:
-        twin = Case(case.target, case.fn, case.extra["contiguous_args"])
-        if known_crash(twin):
-            return known_crash(twin)
-    for bug_id, pred in KNOWN_CRASHES:
-        if pred(case):
-            return bug_id
-    return None
-
 
 # --------------------------------------------------------------------------------------------
 # Describing values (for the case log and failure reports)
@@ -400,6 +365,21 @@ def b_batch_norm_eval(draw, rng):
     return Case("batch_norm_eval", F.batch_norm_eval, args,
                 ("x", "weight", "bias", "running_mean", "running_var", "eps"), ("x", "weight", "bias"),
                 check, lambda a: R.batch_norm_eval(**a))
+
+
+def b_batch_norm_eval_backward(draw, rng):
+    c = b_batch_norm_eval(draw, rng)
+    args = dict(dy=rand(rng, c.args["x"].shape, c.args["x"].dtype))
+    args.update((k, v) for k, v in c.args.items() if k != "bias")
+
+    def check(r, a):
+        x = a["x"]
+        for got, shape, what in zip(r, (x.shape, (x.shape[1],), (x.shape[1],)), ("dx", "dweight", "dbias")):
+            _is_float_array(got, x.dtype, shape, what)
+
+    return Case("batch_norm_eval_backward", F.batch_norm_eval_backward, args,
+                ("dy", "x", "weight", "running_mean", "running_var", "eps"), ("dy", "x", "weight"), check,
+                lambda a: R.batch_norm_eval_backward(**a))
 
 
 def b_update_running_stats(draw, rng):
@@ -890,6 +870,42 @@ def b_dropout_layer(draw, rng):
                 ("x", "dy"), check)
 
 
+def _fresh(rng):
+    """A Generator passed to an op is consumed: every call of a case draws from its own copy, so a
+    layout twin sees the same stream (anything else goes to the op unchanged, to be rejected)."""
+    return copy.deepcopy(rng) if isinstance(rng, np.random.Generator) else rng
+
+
+def b_dropout(draw, rng):
+    shape = _any_shape(draw)
+    d = dt(draw)
+    args = dict(x=rand(rng, shape, d), p=draw(st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+                rng=np.random.default_rng(draw(st.integers(0, 2**32))))
+
+    def run(x, p, rng):
+        return F.dropout(x, p, _fresh(rng))
+
+    def check(r, a):
+        _is_float_array(r[0], a["x"].dtype, a["x"].shape, "y")
+        assert isinstance(r[1], np.ndarray) and r[1].dtype == np.bool_ and r[1].shape == a["x"].shape, "mask"
+
+    return Case("dropout", run, args, ("x", "p", "rng", "probability"), ("x",), check,
+                lambda a: R.dropout(a["x"].astype(d), a["p"], _fresh(a["rng"])))  # the mask is drawn in x's dtype
+
+
+def b_dropout_backward(draw, rng):
+    shape = _any_shape(draw)
+    p = draw(st.sampled_from([0.0, 0.25, 0.5, 1.0]))
+    dy = rand(rng, shape, dt(draw))  # (rand makes a 0-d shape (1,))
+    args = dict(dy=dy, mask=np.asarray(rng.random(dy.shape) >= p), p=p)
+
+    def check(r, a):
+        _is_float_array(r, a["dy"].dtype, a["dy"].shape, "dx")
+
+    return Case("dropout_backward", F.dropout_backward, args, ("dy", "mask", "p", "probability"), ("dy",),
+                check, lambda a: R.dropout_backward(**a))
+
+
 def b_xent_layer(draw, rng):
     x = _logits(draw, rng)
     args = dict(logits=x, labels=_labels(draw, rng, *x.shape), grad=draw(st.sampled_from([1.0, 0.5])))
@@ -1081,6 +1097,23 @@ def b_crop_flip_normalize(draw, rng):
                  "channel", "integers"), (), check, ref)
 
 
+def b_crop_flip_lut(draw, rng):
+    images = _images(draw, rng)
+    N, C = images.shape[:2]
+    B = draw(st.integers(0, 2 * N))
+    padding = draw(st.integers(0, 3))
+    args = dict(images=images, lut=rand(rng, (C, 256), dt(draw)), index=rng.integers(0, N, B),
+                oy=rng.integers(0, 2 * padding + 1, B), ox=rng.integers(0, 2 * padding + 1, B),
+                flips=rng.integers(0, 2, B), padding=padding)
+
+    def check(r, a):
+        _is_float_array(r, a["lut"].dtype, (len(a["index"]),) + a["images"].shape[1:], "batch")
+
+    return Case("crop_flip_lut", F.crop_flip_lut, args,
+                ("images", "lut", "index", "oy", "ox", "flips", "padding", "pixels", "uint8", "NCHW", "integer"),
+                ("lut",), check, lambda a: R.crop_flip_lut(**a), rtol32=0.0)
+
+
 def b_constructors(draw, rng):
     """Constructors of every layer class with their (valid) arguments (mutated generically)."""
     which = draw(st.sampled_from(["Conv2D", "Linear", "BatchNorm2D", "BatchNorm1D", "MaxPool2D", "Dropout"]))
@@ -1132,6 +1165,7 @@ BUILDERS = {
     "batch_norm_train": b_batch_norm_train,
     "batch_norm_backward": b_batch_norm_backward,
     "batch_norm_eval": b_batch_norm_eval,
+    "batch_norm_eval_backward": b_batch_norm_eval_backward,
     "update_running_stats": b_update_running_stats,
     "softmax": b_softmax,
     "log_softmax": b_log_softmax,
@@ -1145,6 +1179,9 @@ BUILDERS = {
     "max_pool2d_backward": b_max_pool2d_backward,
     "relu": b_relu,
     "relu_backward": b_relu_backward,
+    "dropout": b_dropout,
+    "dropout_backward": b_dropout_backward,
+    "crop_flip_lut": b_crop_flip_lut,
     "Conv2D.forward_backward": b_conv2d_layer,
     "Linear.forward_backward": b_linear_layer,
     "BatchNorm2D.forward_backward": b_bn2d_layer,
@@ -1240,9 +1277,10 @@ def mutate(case, draw, rng):
             except Exception:  # the logits were mutated first
                 c = int(v.max()) + 1 if v.size else 1
             options = bad_labels(v, rng, n, c)
-        elif k in ("oy", "ox", "flips") and isinstance(v, np.ndarray):
+        elif k in ("oy", "ox", "flips", "index") and isinstance(v, np.ndarray):
             p = case.args.get("padding") if isinstance(case.args.get("padding"), int) else 1
-            hi = 1 if k == "flips" else 2 * p
+            n = case.args["images"].shape[0] if isinstance(case.args.get("images"), np.ndarray) else 1
+            hi = {"flips": 1, "index": n - 1}.get(k, 2 * p)
             options = [("above range", np.full(v.shape, hi + 1)), ("negative", np.full(v.shape, -1)),
                        ("huge", np.full(v.shape, 2**40)), ("bool", v.astype(bool))] + bad_array_values(v, rng)
         elif k in INT_ARGS:
@@ -1293,10 +1331,8 @@ class Runner:
         self.errors_by_type = collections.Counter()
         self.per_target = collections.defaultdict(collections.Counter)
         self.failures = {}
-        self.known_hits = collections.Counter()
         self.compared = 0
         self._log = open(case_log, "w") if case_log else None
-        self.run_known_crashes = False
 
     def log_case(self, text):
         if self._log is None:
@@ -1308,16 +1344,12 @@ class Runner:
         os.fsync(self._log.fileno())
 
     def fail(self, case, category, message, desc):
-        bug = known_bug(case.target, category, message, ", ".join(case.mutated) + " " + case.kind)
-        outcome = "known_bug" if bug else "failure"
-        self.outcomes[outcome] += 1
-        self.per_target[case.target][outcome] += 1
-        if bug:
-            self.known_hits[bug] += 1
-        key = (case.target, category, re.sub(r"\d+", "#", (message or "")[:80]), bug)
+        self.outcomes["failure"] += 1
+        self.per_target[case.target]["failure"] += 1
+        key = (case.target, category, re.sub(r"\d+", "#", (message or "")[:80]))
         if key not in self.failures:
             self.failures[key] = {"target": case.target, "kind": case.kind, "category": category,
-                                  "message": (message or "")[:400], "case": desc, "count": 0, "bug": bug}
+                                  "message": (message or "")[:400], "case": desc, "count": 0}
         self.failures[key]["count"] += 1
 
     def run(self, case, do_compare):
@@ -1325,12 +1357,6 @@ class Runner:
         desc = (f"{case.target} [{case.kind}{': ' + ', '.join(case.mutated) if case.mutated else ''}] "
                 + ", ".join(f"{k}={describe(v)}" for k, v in case.args.items()))
         self.log_case(f"case #{self.cases}: {desc}")
-        crash = None if self.run_known_crashes else known_crash(case)
-        if crash:
-            self.outcomes["known_bug"] += 1
-            self.per_target[case.target]["known_bug"] += 1
-            self.known_hits[crash + " (not run)"] += 1
-            return
         expected = None
         try:
             if case.kind == "layout":
@@ -1427,8 +1453,7 @@ class Runner:
                 "compared_with_reference": self.compared,
                 "errors_by_type": dict(self.errors_by_type),
                 "per_target": {k: dict(v) for k, v in sorted(self.per_target.items())},
-                "known_bug_hits": dict(self.known_hits),
-                "failures": sorted(self.failures.values(), key=lambda f: (f["bug"] is not None, f["target"]))}
+                "failures": sorted(self.failures.values(), key=lambda f: f["target"])}
 
 
 def run_target(runner, name, builder, examples, seed, compare_fraction):
@@ -1455,8 +1480,6 @@ def main(argv=None):
     p.add_argument("--compare-fraction", type=float, default=0.5,
                    help="share of valid cases also compared with cybn.reference")
     p.add_argument("--only", default=None, help="regex: run only the matching targets")
-    p.add_argument("--run-known-crashes", action="store_true",
-                   help="also run the cases of KNOWN_CRASHES (they may kill the process)")
     p.add_argument("--threads", type=int, default=None, help="cybn.set_num_threads for the run")
     a = p.parse_args(argv)
     warnings.simplefilter("ignore")
@@ -1467,7 +1490,6 @@ def main(argv=None):
     targets = {k: v for k, v in BUILDERS.items() if a.only is None or re.search(a.only, k)}
     per = max(1, a.examples // max(1, len(targets)))
     runner = Runner(a.case_log, a.case_timeout, a.compare_fraction)
-    runner.run_known_crashes = a.run_known_crashes
     t0 = time.perf_counter()
     for i, (name, builder) in enumerate(targets.items()):
         try:

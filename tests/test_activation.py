@@ -14,8 +14,8 @@ SHAPES = [(), (0,), (1,), (7,), (3, 5), (1, 1, 1, 1), (2, 3, 5, 7), (4, 3, 2, 3,
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_vs_reference(rng, threads, monkeypatch, shape, dtype):
-    import cybn.functional.activation as act
-    monkeypatch.setattr(act, "_PARALLEL_MIN", 1)  # run the threaded kernels even on tiny inputs
+    import cybn.functional._dispatch as dispatch
+    monkeypatch.setattr(dispatch, "PARALLEL_MIN", 1)  # run the threaded kernels even on tiny inputs
     x = rng.standard_normal(shape).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     y = F.relu(x)
@@ -53,8 +53,8 @@ def test_finite_difference_gradient(rng, impl):
 
 @pytest.mark.parametrize("shape", [(8, 8, 33, 17), (3, 5)])
 def test_one_and_two_threads_agree(rng, monkeypatch, shape):
-    import cybn.functional.activation as act
-    monkeypatch.setattr(act, "_PARALLEL_MIN", 1)  # small inputs too run on the 2-thread team
+    import cybn.functional._dispatch as dispatch
+    monkeypatch.setattr(dispatch, "PARALLEL_MIN", 1)  # small inputs too run on the 2-thread team
     x = rng.standard_normal(shape).astype(np.float32)
     dy = rng.standard_normal(x.shape).astype(np.float32)
     out = []

@@ -340,7 +340,7 @@ def test_bad_inputs_train(rng):
     with pytest.raises(ValueError, match="at least one channel"):
         F.batch_norm_train(np.ones((4, 0)), None, None)
     for eps in (-1e-5, 0.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="eps must be a finite positive"):
+        with pytest.raises(ValueError, match="eps must be a finite number > 0"):
             F.batch_norm_train(x, w, b, eps=eps)
     with pytest.raises(TypeError, match="eps must be a real number"):
         F.batch_norm_train(x, w, b, eps="1e-5")
@@ -361,7 +361,7 @@ def test_bad_inputs_backward_eval(rng):
         F.batch_norm_backward(dy, x, w, mean, var.astype(np.int64))
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         F.batch_norm_backward(dy[:1, :, :1, :1], x[:1, :, :1, :1], w, mean, var)
-    with pytest.raises(ValueError, match="eps must be a finite positive"):
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
         F.batch_norm_backward(dy, x, w, mean, var, eps=-1.0)
     with pytest.raises(ValueError, match=r"running_var .*shape \(3,\)"):
         F.batch_norm_eval(x, w, b, mean, np.ones(4))
@@ -396,3 +396,98 @@ def test_bad_inputs_running_stats():
         F.update_running_stats(ro, rv, mean, var, count=4)
     np.testing.assert_array_equal(rm, 0.0)  # nothing was modified by the failed calls
     np.testing.assert_array_equal(rv, 1.0)
+
+
+# ------------------------------------------------------------------------ eval-mode backward
+
+def _running(rng, C, dtype=np.float64):
+    return rng.standard_normal(C).astype(dtype), rng.uniform(0.1, 3.0, C).astype(dtype)
+
+
+def test_eval_backward_reference_hand_computed():
+    x = np.array([[1.0, -2.0], [3.0, 2.0], [5.0, 0.0]])
+    dy = np.array([[1.0, 2.0], [0.0, -1.0], [2.0, 1.0]])
+    w, rm, rv = np.array([2.0, 1.0]), np.array([1.0, 2.0]), np.array([4.0, 0.25])
+    dx, dw, db = R.batch_norm_eval_backward(dy, x, w, rm, rv, eps=0.0)
+    np.testing.assert_allclose(dx, dy * [2.0 / 2.0, 1.0 / 0.5])
+    np.testing.assert_allclose(db, [3.0, 2.0])
+    # x_hat = [[0, -8], [1, 0], [2, -4]]
+    np.testing.assert_allclose(dw, [1 * 0 + 0 * 1 + 2 * 2, 2 * -8 + -1 * 0 + 1 * -4])
+
+
+@pytest.mark.parametrize("impl", [R, F], ids=["reference", "functional"])
+@pytest.mark.parametrize("shape", [(5, 3), (3, 2, 2, 3), (1, 2, 3, 1), (1, 4)])
+@pytest.mark.parametrize("affine", [True, False])
+def test_eval_backward_finite_differences(impl, shape, affine, rng):
+    x, w, b, dy = _data(rng, shape, np.float64)
+    rm, rv = _running(rng, shape[1])
+    if not affine:
+        w = b = None
+    eps = 1e-3
+    dx, dw, db = impl.batch_norm_eval_backward(dy, x, w, rm, rv, eps)
+    ndx, ndw, ndb = _numeric_grads(lambda x_, w_, b_: impl.batch_norm_eval(x_, w_, b_, rm, rv, eps),
+                                   x, np.ones(shape[1]) if w is None else w,
+                                   np.zeros(shape[1]) if b is None else b, dy)
+    np.testing.assert_allclose(dx, ndx, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(dw, ndw, rtol=1e-6, atol=1e-7)  # for the implicit gamma = 1 too
+    np.testing.assert_allclose(db, ndb, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("shape", SHAPES + [(0, 3), (0, 2, 3, 3)], ids=str)
+@pytest.mark.parametrize("stat_dtype", [np.float32, np.float64])
+def test_eval_backward_matches_reference(shape, stat_dtype, threads, rng):
+    for dtype, rtol in ((np.float64, 1e-13), (np.float32, 2e-6)):
+        x, w, b, dy = _data(rng, shape, dtype, offset=3.0)
+        rm, rv = _running(rng, shape[1], stat_dtype)
+        dx, dw, db = F.batch_norm_eval_backward(dy, x, w, rm, rv)
+        assert dx.dtype == dw.dtype == db.dtype == dtype and dx.shape == x.shape
+        dxr, dwr, dbr = R.batch_norm_eval_backward(*_f64(dy, x, w, rm, rv))
+        # dx = dy * scale rounds twice in float32 (scale, product): <= ~1 ulp = 6e-8 relative;
+        # the sums run in float64 over float32 data, so only the final cast rounds (plus m terms
+        # of float64 rounding, far below the float32 ulp).
+        np.testing.assert_allclose(dx, dxr, rtol=rtol, atol=0)
+        m = max(1, dy.size // shape[1])
+        scale = np.sqrt(m) * (np.abs(dy).max(initial=0) * (np.abs(x).max(initial=0) + 5) + 1)
+        np.testing.assert_allclose(dw, dwr, rtol=rtol, atol=rtol * scale)
+        np.testing.assert_allclose(db, dbr, rtol=rtol, atol=rtol * scale)
+
+
+def test_eval_backward_is_bit_identical_across_threads_and_layouts(rng):
+    x, w, _, dy = _data(rng, (70, 5, 9, 7), np.float32)
+    rm, rv = _running(rng, 5, np.float32)
+    with cybn.num_threads(1):
+        one = F.batch_norm_eval_backward(dy, x, w, rm, rv)
+    with cybn.num_threads(2):
+        two = F.batch_norm_eval_backward(np.asfortranarray(dy), x[::-1][::-1], w, rm, rv)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_eval_backward_dx_ignores_x_values(rng):
+    """Eval BN is affine in x: an inf in x changes dweight, never dx."""
+    x, w, _, dy = _data(rng, (4, 3, 2, 2), np.float64)
+    rm, rv = _running(rng, 3)
+    x[0, 1, 0, 0] = np.inf
+    dx, dw, _ = F.batch_norm_eval_backward(dy, x, w, rm, rv)
+    assert np.isfinite(dx).all() and not np.isfinite(dw[1])
+
+
+def test_bad_inputs_eval_backward(rng):
+    x, w, _, dy = _data(rng, (4, 3, 2, 2), np.float64)
+    rm, rv = _running(rng, 3)
+    with pytest.raises(TypeError, match="dy has dtype float32"):
+        F.batch_norm_eval_backward(dy.astype(np.float32), x, w, rm, rv)
+    with pytest.raises(ValueError, match="dy must have the shape of x"):
+        F.batch_norm_eval_backward(dy[:2], x, w, rm, rv)
+    with pytest.raises(TypeError, match="dy must be a plain numpy.ndarray, got the subclass MaskedArray"):
+        F.batch_norm_eval_backward(np.ma.masked_array(dy), x, w, rm, rv)
+    with pytest.raises(ValueError, match=r"weight .*shape \(3,\)"):
+        F.batch_norm_eval_backward(dy, x, w[:2], rm, rv)
+    with pytest.raises(ValueError, match="running_var must be non-negative"):
+        F.batch_norm_eval_backward(dy, x, w, rm, -rv)
+    with pytest.raises(TypeError, match="running_mean must be a numpy.ndarray"):
+        F.batch_norm_eval_backward(dy, x, w, list(rm), rv)
+    for eps, exc in ((0.0, ValueError), (float("nan"), ValueError), (10**400, ValueError),
+                     ("1e-5", TypeError), (True, TypeError)):
+        with pytest.raises(exc, match="eps"):
+            F.batch_norm_eval_backward(dy, x, w, rm, rv, eps=eps)

@@ -57,13 +57,13 @@ def test_help_and_version():
 @pytest.mark.parametrize("args,message", [
     (["--bn", "some"], "argument --bn: invalid choice: 'some'"),
     (["--init", "uniform:x"], "argument --init: bad init spec 'uniform:x'"),
-    (["--lr", "-1"], "argument --lr: expected a finite number >= 0, got -1.0"),
-    (["--lr", "nan"], "argument --lr: expected a finite number >= 0, got nan"),
-    (["--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
-    (["--threads", "two"], "argument --threads: expected a positive integer, got 'two'"),
+    (["--lr", "-1"], "argument --lr: value must be a finite number >= 0, got -1.0"),
+    (["--lr", "nan"], "argument --lr: value must be a finite number >= 0, got nan"),
+    (["--epochs", "0"], "argument --epochs: value must be >= 1, got 0"),
+    (["--threads", "two"], "argument --threads: value must be an integer, got 'two'"),
     (["--schedule", "wobbly"], "argument --schedule: bad lr schedule 'wobbly'"),
-    (["--dropout", "1"], "argument --dropout: expected a probability in [0, 1), got 1.0"),
-    (["--bn-eps", "0"], "argument --bn-eps: expected a finite number > 0, got 0.0"),
+    (["--dropout", "1"], "argument --dropout: value must be a finite number in [0, 1), got 1.0"),
+    (["--bn-eps", "0"], "argument --bn-eps: value must be a finite number > 0, got 0.0"),
 ])
 def test_bad_values_are_clear_errors(args, message, capsys):
     with pytest.raises(SystemExit) as e:

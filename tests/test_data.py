@@ -479,10 +479,18 @@ def test_crop_flip_large_batch_threads_agree(rng):
 
 def test_crop_flip_validation(rng):
     imgs = rng.integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
-    with pytest.raises(ValueError, match=r"oy must be in \[0, 8\]"):
+    with pytest.raises(ValueError, match=r"oy must lie in \[0, 8\], found 0..9"):
         crop_flip_normalize(imgs, [0, 9], [0, 0], [0, 0], MEAN, STD)
-    with pytest.raises(ValueError, match="ox must be 2 integers"):
+    with pytest.raises(ValueError, match=r"ox must have shape \(2,\)"):
         crop_flip_normalize(imgs, [0, 0], [0], [0, 0], MEAN, STD)
+    with pytest.raises(TypeError, match="ox must have an integer dtype, got float64"):
+        crop_flip_normalize(imgs, [0, 0], [0.0, 2.7], [0, 0], MEAN, STD)
+    with pytest.raises(ValueError, match=r"flips must lie in \[0, 1\]"):
+        crop_flip_normalize(imgs, [0, 0], [0, 0], [0, 2], MEAN, STD)
+    with pytest.raises(TypeError, match="padding must be an integer, got float 2.0"):
+        crop_flip_normalize(imgs, [0, 0], [0, 0], [0, 0], MEAN, STD, padding=2.0)
+    with pytest.raises(TypeError, match="padding must be an integer, got bool True"):
+        crop_flip_normalize(imgs, [0, 0], [0, 0], [0, 0], MEAN, STD, padding=True)
     with pytest.raises(TypeError, match="uint8"):
         normalize(imgs.astype(np.float32), MEAN, STD)
     with pytest.raises(ValueError, match="std finite and > 0"):
@@ -629,10 +637,23 @@ def test_loader_validation():
     imgs = np.zeros((4, 3, 8, 8), np.uint8)
     with pytest.raises(TypeError, match="uint8"):
         DataLoader(imgs.astype(np.float32), np.arange(4), 2)
-    with pytest.raises(ValueError, match="labels must be 4 integers"):
+    with pytest.raises(ValueError, match=r"labels must have shape \(4,\) \(one per image\), got \(3,\)"):
         DataLoader(imgs, np.arange(3), 2)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(TypeError, match="labels must be integers, got dtype float64"):
+        DataLoader(imgs, np.arange(4.0), 2)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
         DataLoader(imgs, np.arange(4), 0)
+    # a wrong type is a TypeError (it was a ValueError), a wrong value a ValueError
+    for kwargs, exc, message in [(dict(batch_size=2.0), TypeError, "batch_size must be an integer, got float 2.0"),
+                                 (dict(batch_size=True), TypeError, "batch_size must be an integer, got bool"),
+                                 (dict(seed=-1), ValueError, "seed must be >= 0, got -1"),
+                                 (dict(seed="0"), TypeError, "seed must be an integer, got str '0'"),
+                                 (dict(padding=2**31), ValueError, "padding must be <= 2147483647"),
+                                 (dict(augment=1), TypeError, "augment must be a bool"),
+                                 (dict(dtype=np.int64), TypeError, "dtype must be float32 or float64")]:
+        args = dict(batch_size=2, mean=MEAN, std=STD) | kwargs
+        with pytest.raises(exc, match=message):
+            DataLoader(imgs, np.arange(4), **args)
     loader = DataLoader(imgs + 1, np.arange(4), 2, mean=MEAN, std=STD)
     with pytest.raises(ValueError, match="batch_size=3"):
         loader.set_state({"seed": 0, "epoch": 0, "position": 0, "num_samples": 4, "batch_size": 3})
@@ -640,3 +661,9 @@ def test_loader_validation():
         loader.set_state({"seed": 0, "epoch": 0, "position": 3})
     with pytest.raises(ValueError, match="not a DataLoader state"):
         loader.set_state({"epoch": 0})
+    with pytest.raises(TypeError, match="DataLoader state must be the dict"):
+        loader.set_state([0, 0, 0])
+    with pytest.raises(TypeError, match="loader state epoch must be an integer, got float 1.5"):
+        loader.set_state({"seed": 0, "epoch": 1.5, "position": 0})  # not truncated to 1
+    with pytest.raises(TypeError, match="batch index k must be an integer"):
+        loader.batch(0, 1.0)

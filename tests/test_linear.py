@@ -6,7 +6,9 @@ from cybn import functional as F
 from cybn import reference as R
 from gradcheck import numerical_grad
 
-SHAPES = [(1, 1, 1), (1, 7, 3), (5, 3, 8), (17, 33, 10), (64, 129, 31)]  # (N, in, out)
+# (N, in, out); the last ones span several of the kernel's 64 x 256 output tiles, with ragged edges
+SHAPES = [(1, 1, 1), (1, 7, 3), (5, 3, 8), (17, 33, 10), (64, 129, 31), (130, 300, 270),
+          (65, 257, 513)]
 
 
 def make(rng, N, fin, fout, dtype=np.float64):
@@ -52,15 +54,28 @@ def test_finite_difference_gradients(rng, impl):
         np.testing.assert_allclose(analytic, numerical_grad(loss, param), rtol=1e-7, atol=1e-8)
 
 
-def test_one_and_two_threads_agree(rng):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(128, 2048, 256), (128, 256, 10), (130, 300, 270), (3, 5, 600)])
+def test_one_and_two_threads_agree_bitwise(rng, dtype, shape):
+    """Fixed output tiles, one GEMM each: the same bits for any thread count."""
     import cybn
-    x, w, b, dy = make(rng, 128, 256, 10, np.float32)
+    x, w, b, dy = make(rng, *shape, dtype)
     out = []
-    for n in (1, 2):
+    for n in (1, 2, 3):
         with cybn.num_threads(n):
             out.append((F.linear(x, w, b),) + F.linear_backward(dy, x, w))
-    for a, c in zip(*out):
-        np.testing.assert_allclose(a, c, rtol=1e-5, atol=1e-5)
+    for results in zip(*out):
+        for r in results[1:]:
+            assert np.array_equal(r, results[0])
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4), (3, 0, 4), (3, 4, 0), (0, 0, 0)])
+def test_empty_dimensions(rng, shape):
+    x, w, b, dy = make(rng, *shape)
+    np.testing.assert_array_equal(F.linear(x, w, b), R.linear(x, w, b))
+    np.testing.assert_array_equal(F.linear(x, w), R.linear(x, w))
+    for got, want in zip(F.linear_backward(dy, x, w), R.linear_backward(dy, x, w)):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_non_contiguous_inputs(rng):

@@ -210,7 +210,7 @@ def test_dtype_mismatch_names_both(rng):
 def test_shape_errors():
     with pytest.raises(ValueError, match="3 input channels"):
         nn.Conv2D(3, 4, 3, rng=0)(np.zeros((2, 5, 4, 4), np.float32))
-    with pytest.raises(ValueError, match="4-d"):
+    with pytest.raises(ValueError, match=r"BatchNorm2D.s input x must have 4 dimensions, got shape \(2, 3\)"):
         nn.BatchNorm2D(3)(np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match="kernel_size"):
         nn.Conv2D(3, 4, 0)
@@ -458,9 +458,11 @@ def test_init_specs():
     assert np.abs(init.init_from_spec("uniform:0.001")((10, 10), g)).max() <= 0.001
     for spec in ("he", "kaiming", "HE_uniform", "glorot", "xavier", "glorot_normal", "torch", "normal:0.01"):
         assert init.init_from_spec(spec)((4, 3, 3, 3), g).shape == (4, 3, 3, 3)
-    for bad in ("uniform", "uniform:x", "uniform:-1", "he:2", "bogus", 3):
+    for bad in ("uniform", "uniform:x", "uniform:-1", "uniform:nan", "normal:inf", "he:2", "bogus"):
         with pytest.raises(ValueError, match="allowed forms: uniform:A"):
             init.init_from_spec(bad)
+    with pytest.raises(TypeError, match="allowed forms: uniform:A.*got int"):
+        init.init_from_spec(3)
     conv = nn.Conv2D(3, 4, 3, rng=1, init="uniform:0.01")
     assert np.abs(conv.params["weight"]).max() <= 0.01 and not conv.params["bias"].any()
     same = nn.Conv2D(3, 4, 3, rng=np.random.default_rng(1), init="uniform:0.01")
@@ -488,3 +490,75 @@ def test_slicing_and_nesting(rng):
     assert [k for k, *_ in nested.named_parameters()] == ["0.0.weight", "0.0.bias", "1.weight", "1.bias"]
     assert list(nested.state_dict()) == ["0.0.weight", "0.0.bias", "1.weight", "1.bias"]
     assert "    (0): Linear" in repr(nested)
+
+
+def test_copy_and_restore_buffers(rng):
+    model = nn.Sequential(nn.Conv2D(2, 3, 1, rng=0), nn.BatchNorm2D(3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(12, 4, rng=1), nn.BatchNorm1D(4))
+    x = rng.standard_normal((5, 2, 2, 2)).astype(np.float32)
+    model(x)
+    snapshot = model.copy_buffers()
+    held = model[1].buffers["running_mean"]  # arrays held elsewhere must stay the live buffers
+    saved = {k: np.array(v) for k, v in model.state_dict().items() if "running" in k or "tracked" in k}
+    model(x + 1)
+    assert model[1].num_batches_tracked == 2 and not np.array_equal(held, saved["1.running_mean"])
+    model.restore_buffers(snapshot)
+    assert model[1].buffers["running_mean"] is held
+    for k, v in saved.items():
+        np.testing.assert_array_equal(model.state_dict()[k], v)
+    assert model[1].num_batches_tracked == 1
+    model(x)
+    model.restore_buffers(snapshot)  # a snapshot is reusable: it holds copies
+    assert model[1].num_batches_tracked == 1
+    other = nn.Sequential(nn.BatchNorm1D(4))
+    with pytest.raises(ValueError, match="another model"):
+        other.restore_buffers(snapshot)
+    with pytest.raises(ValueError, match="shape"):
+        nn.Sequential(nn.Conv2D(2, 3, 1), nn.BatchNorm2D(5), nn.ReLU(), nn.Flatten(), nn.Linear(12, 4),
+                      nn.BatchNorm1D(4)).restore_buffers(snapshot)
+    with pytest.raises(TypeError, match="copy_buffers"):
+        model.restore_buffers(None)
+    assert nn.Linear(2, 2).copy_buffers() == {}
+
+
+def test_layer_argument_policy():
+    """TypeError for a wrong type (bools and floats are not sizes), ValueError for a wrong value."""
+    cases = [(lambda: nn.Conv2D(3, 4, 2.0), TypeError, "kernel_size must be an integer, got float 2.0"),
+             (lambda: nn.Conv2D(3, 4, 3, stride=(1, True)), TypeError, "stride must be an integer, got bool"),
+             (lambda: nn.Conv2D(3, 4, 3, padding=-1), ValueError, "padding must be >= 0, got -1"),
+             (lambda: nn.Conv2D(3, 4, (3, 3, 3)), ValueError, r"kernel_size must be an int or a pair \(h, w\)"),
+             (lambda: nn.Linear(2.7, 3), TypeError, "in_features must be an integer, got float 2.7"),
+             (lambda: nn.Linear(0, 3), ValueError, "in_features must be >= 1, got 0"),
+             (lambda: nn.Linear(2, 2**31), ValueError, "out_features must be <= 2147483647"),
+             (lambda: nn.Linear(2, 3, bias=1), TypeError, "bias must be a bool"),
+             (lambda: nn.Linear(2, 3, dtype=np.int32), TypeError, "dtype must be float32 or float64"),
+             (lambda: nn.BatchNorm2D(3, eps=0), ValueError, "eps must be a finite number > 0, got 0.0"),
+             (lambda: nn.BatchNorm2D(3, eps=float("inf")), ValueError, "eps must be a finite number > 0"),
+             (lambda: nn.BatchNorm2D(3, momentum=1.5), ValueError, r"momentum \(or None\) must be a finite number in \[0, 1\]"),
+             (lambda: nn.BatchNorm2D(3, affine="yes"), TypeError, "affine must be a bool"),
+             (lambda: nn.BatchNorm2D(True), TypeError, "num_features must be an integer, got bool"),
+             (lambda: nn.Dropout(float("nan")), ValueError, r"dropout probability p must be a finite number in \[0, 1\], got nan"),
+             (lambda: nn.Dropout(0.5, rng=1.5), TypeError, "rng must be a numpy.random.Generator"),
+             (lambda: nn.MaxPool2D(2, stride=0), ValueError, "stride must be >= 1, got 0"),
+             (lambda: nn.Sequential(nn.ReLU(), input_grad=1), TypeError, "input_grad must be a bool"),
+             (lambda: nn.Sequential(nn.Linear(2, 2)).predict(np.ones((1, 2), np.float32), batch_size=2.5),
+              TypeError, "batch_size must be an integer, got float 2.5"),
+             (lambda: nn.Sequential(nn.Linear(2, 2)).load_state_dict({}, strict=1), TypeError, "strict must be a bool"),
+             (lambda: nn.init.uniform((2, 2), -1, np.random.default_rng()), ValueError, "uniform bound a must be"),
+             (lambda: nn.init.normal((2, 2), "0.1", np.random.default_rng()), TypeError, "normal std must be a real"),
+             ]
+    for make, exc, message in cases:
+        with pytest.raises(exc, match=message):
+            make()
+
+
+def test_output_shape_uses_the_ops_formula(rng):
+    """Layers predict exactly the shape the op computes (one formula for both)."""
+    for k, s, p, hw in [(3, 1, 1, (7, 5)), ((2, 3), (2, 1), (1, 0), (6, 9)), (5, 3, 2, (11, 4))]:
+        x = rng.standard_normal((2, 3) + hw).astype(np.float32)
+        conv = nn.Conv2D(3, 4, k, stride=s, padding=p, rng=0)
+        assert conv.output_shape(x.shape) == conv(x).shape
+    for k, s, p in [(2, None, 0), (3, 2, 1), ((3, 2), (1, 2), (1, 1))]:
+        pool = nn.MaxPool2D(k, s, p)
+        x = rng.standard_normal((2, 3, 7, 6)).astype(np.float32)
+        assert pool.output_shape(x.shape) == pool(x).shape

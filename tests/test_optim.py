@@ -136,10 +136,22 @@ def test_sgd_with_model_and_errors(rng):
     opt.zero_grad()
     assert not model[0].grads["weight"].any()
 
-    with pytest.raises(KeyError, match="unknown parameter"):
-        opt.load_state_dict({"9.weight": np.zeros(2)})
-    with pytest.raises(ValueError, match="0.bias"):
-        opt.load_state_dict({"0.bias": np.zeros(3)})
+    state = opt.state_dict()
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['9.weight'\]"):
+        opt.load_state_dict({**state, "9.weight": np.zeros(2)})
+    with pytest.raises(ValueError, match=r"missing momentum buffer\(s\) \['0.bias'\]"):
+        opt.load_state_dict({k: v for k, v in state.items() if k != "0.bias"})
+    with pytest.raises(ValueError, match="0.bias.*shape"):
+        opt.load_state_dict({**state, "0.bias": np.zeros(3)})
+    with pytest.raises(TypeError, match="0.bias.*dtype float32"):
+        opt.load_state_dict({**state, "0.bias": np.zeros(2, np.float32)})
+    with pytest.raises(TypeError, match="mapping"):
+        opt.load_state_dict([("0.bias", np.zeros(2))])
+    untouched = opt.state_dict()
+    for k in state:
+        np.testing.assert_array_equal(untouched[k], state[k])  # failed loads change nothing
+    opt.load_state_dict({})  # the state before the first step
+    assert opt.state_dict() == {}
     with pytest.raises(ValueError, match="Nesterov"):
         SGD(model, lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match="lr"):
@@ -160,13 +172,13 @@ def test_schedules():
     assert [w.lr_at(i) for i in range(4)] == [c0 * (i + 1) / 4 for i, c0 in
                                                enumerate(CosineLR(1.0, 100).lr_at(i) for i in range(4))]
     assert w.lr_at(4) == CosineLR(1.0, 100).lr_at(4)
-    with pytest.raises(ValueError, match="step"):
+    with pytest.raises(ValueError, match="step must be >= 0, got -1"):
         c.lr_at(-1)
 
 
 def test_schedule_from_spec():
     assert isinstance(schedule_from_spec("constant", 0.1), ConstantLR)
-    assert isinstance(nn.LRSchedule.from_spec("step:5", 0.1), StepLR) and StepLR(0.1, 5)(5) == 0.1 * 0.1
+    assert isinstance(schedule_from_spec("step:5", 0.1), StepLR) and StepLR(0.1, 5)(5) == 0.1 * 0.1
     s = schedule_from_spec("step:30:0.2", 0.1)
     assert (s.step_size, s.gamma) == (30, 0.2)
     assert schedule_from_spec("step:30", 0.1).gamma == 0.1
@@ -174,6 +186,51 @@ def test_schedule_from_spec():
     assert (c.total_steps, c.min_lr) == (1000, 0.001)
     w = schedule_from_spec("warmup:50+cosine", 0.1, total_steps=1000)
     assert isinstance(w, WarmupLR) and w.warmup_steps == 50 and isinstance(w.schedule, CosineLR)
-    for bad in ("cosine", "linear", "step", "step:x", "warmup:5", "warmup:a+constant", "constant:3", None):
+    for bad in ("cosine", "linear", "step", "step:x", "step:2.5", "step:0", "step:5:nan", "cosine:-1",
+                "warmup:5", "warmup:a+constant", "warmup:-1+constant", "constant:3"):
         with pytest.raises(ValueError, match="allowed forms: constant"):
             schedule_from_spec(bad, 0.1)
+    with pytest.raises(TypeError, match="string"):
+        schedule_from_spec(None, 0.1)
+
+
+def test_no_weight_decay_is_declared_by_the_layer(rng):
+    """decay_bn_and_bias=False asks each layer (Module.no_weight_decay), not the layer's type."""
+    class Scale(nn.Module):
+        no_weight_decay = frozenset({"gain"})
+
+        def __init__(self):
+            super().__init__()
+            self.params = {"gain": np.ones(3), "weight": np.ones(3)}
+            self.grads = {k: np.zeros(3) for k in self.params}
+
+    assert nn.BatchNorm2D(3).no_weight_decay == {"weight", "bias"} and nn.Linear(2, 2).no_weight_decay == set()
+    model = nn.Sequential(nn.Linear(3, 3, dtype=np.float64, rng=0), Scale(), nn.BatchNorm1D(3, dtype=np.float64))
+    before = {name: p.copy() for name, p, _, _ in model.named_parameters()}
+    SGD(model, lr=1.0, weight_decay=0.5, decay_bn_and_bias=False).step()  # grads are zero: decay only
+    after = {name: p for name, p, _, _ in model.named_parameters()}
+    decayed = {name for name in before if not np.array_equal(before[name], after[name])}
+    assert decayed == {"0.weight", "1.weight"}
+    for name in decayed:
+        np.testing.assert_array_equal(after[name], 0.5 * before[name])
+
+
+def test_sgd_argument_types():
+    model = nn.Sequential(nn.Linear(2, 2, rng=0))
+    for kwargs, exc, message in [(dict(lr=True), TypeError, "lr must be a real number, got bool"),
+                                 (dict(lr=float("nan")), ValueError, "lr must be a finite number >= 0"),
+                                 (dict(lr=0.1, momentum=10**400), ValueError, "momentum must be a finite"),
+                                 (dict(lr=0.1, nesterov=1), TypeError, "nesterov must be a bool"),
+                                 (dict(lr=0.1, decay_bn_and_bias="no"), TypeError, "decay_bn_and_bias must be a bool")]:
+        with pytest.raises(exc, match=message):
+            SGD(model, **kwargs)
+    # integers are never truncated: 2.7 steps is an error, not 2
+    for make, name in [(lambda v: StepLR(0.1, v), "step_size"), (lambda v: CosineLR(0.1, v), "total_steps"),
+                       (lambda v: WarmupLR(ConstantLR(0.1), v), "warmup_steps"),
+                       (lambda v: ConstantLR(0.1).lr_at(v), "step")]:
+        with pytest.raises(TypeError, match=f"{name} must be an integer, got float 2.7"):
+            make(2.7)
+        with pytest.raises(TypeError, match=f"{name} must be an integer, got bool"):
+            make(True)
+    with pytest.raises(ValueError, match="step_size must be >= 1, got 0"):
+        StepLR(0.1, 0)

@@ -35,8 +35,8 @@ def distinct(rng, shape, dtype=np.float64):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,k,s,p", CONFIGS, ids=IDS)
 def test_vs_reference(rng, threads, monkeypatch, shape, k, s, p, dtype):
-    import cybn.functional.pool as pool
-    monkeypatch.setattr(pool, "_PARALLEL_MIN", 1)  # run the threaded kernels even on tiny inputs
+    import cybn.functional._dispatch as dispatch
+    monkeypatch.setattr(dispatch, "PARALLEL_MIN", 1)  # run the threaded kernels even on tiny inputs
     x = rng.standard_normal(shape).astype(dtype)
     y, idx = F.max_pool2d(x, k, s, p)
     yr, idxr = R.max_pool2d(x, k, s, p)
@@ -144,8 +144,8 @@ def test_backward_accumulates_overlapping_windows():
 
 @pytest.mark.parametrize("shape", [(4, 8, 33, 32), (1, 3, 5, 6)])
 def test_one_and_two_threads_agree(rng, monkeypatch, shape):
-    import cybn.functional.pool as pool
-    monkeypatch.setattr(pool, "_PARALLEL_MIN", 1)  # small inputs too run on the 2-thread team
+    import cybn.functional._dispatch as dispatch
+    monkeypatch.setattr(dispatch, "PARALLEL_MIN", 1)  # small inputs too run on the 2-thread team
     x = rng.standard_normal(shape).astype(np.float32)
     out = []
     for n in (1, 2):
@@ -216,8 +216,12 @@ def test_bad_backward_inputs():
         F.max_pool2d_backward(y, idx, (1, 3, 4, 4))
     with pytest.raises(ValueError, match="input_shape must be a 4-tuple"):
         F.max_pool2d_backward(y, idx, (2, 4, 4))
-    with pytest.raises(ValueError, match="input_shape must hold positive integers"):
+    with pytest.raises(ValueError, match=r"input_shape \(1, 2, 0, 4\): each size must be >= 1, got 0"):
         F.max_pool2d_backward(y, idx, (1, 2, 0, 4))
+    with pytest.raises(TypeError, match=r"input_shape .*must be an integer, got float 4.0"):
+        F.max_pool2d_backward(y, idx, (1, 2, 4, 4.0))
+    with pytest.raises(TypeError, match="input_shape must be a tuple"):
+        F.max_pool2d_backward(y, idx, np.array(x.shape))
     for bad in (16, -1, 2**40):  # out of range for a 4x4 plane: must raise, never write
         b = idx.copy()
         b[0, 1, 1, 0] = bad

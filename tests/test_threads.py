@@ -53,7 +53,9 @@ def test_environment_variable():
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "1"
     r = run_python("import cybn; cybn.get_num_threads()", CYBN_NUM_THREADS="zero")
-    assert r.returncode != 0 and "CYBN_NUM_THREADS" in r.stderr
+    assert r.returncode != 0 and "CYBN_NUM_THREADS (number of threads) must be an integer, got 'zero'" in r.stderr
+    r = run_python("import cybn; cybn.get_num_threads()", CYBN_NUM_THREADS="0")
+    assert r.returncode != 0 and "CYBN_NUM_THREADS (number of threads) must be >= 1, got 0" in r.stderr
 
 
 def test_show_config_reports_everything():
@@ -63,6 +65,8 @@ def test_show_config_reports_everything():
     assert cybn.__version__ in text
     assert "OpenMP: " + ("enabled" if openmp_enabled() else "DISABLED") in text
     assert "threads:" in text and "BLAS:" in text
+    if openmp_enabled():  # the runtime the kernels run on (torch's libgomp when torch came first)
+        assert "OpenMP runtime: " in text
 
 
 def test_cli_version_and_config():
@@ -80,3 +84,71 @@ def test_idle_openmp_threads_sleep_by_default_but_user_choice_wins():
     assert r.stdout.strip() == "PASSIVE"
     r = run_python(code, OMP_WAIT_POLICY="ACTIVE")
     assert r.stdout.strip() == "ACTIVE"
+
+
+def test_single_threaded_blas_holds_and_restores():
+    from cybn._threads import single_threaded_blas
+    before = cybn.get_num_threads()
+    try:
+        cybn.set_num_threads(2)
+        with single_threaded_blas:
+            assert blas_threads() == {1}
+            with single_threaded_blas:  # nested (or another Python thread's call) keeps the hold
+                assert blas_threads() == {1}
+            assert blas_threads() == {1}
+        assert blas_threads() == {2}
+    finally:
+        cybn.set_num_threads(before)
+
+
+def test_set_num_threads_during_a_blas_hold_is_not_undone():
+    """A set_num_threads from another Python thread while a kernel holds BLAS at 1 is applied
+    when the hold ends (the old conv code restored the limits it found on entry)."""
+    import threading
+    from cybn._threads import single_threaded_blas
+    before = cybn.get_num_threads()
+    try:
+        cybn.set_num_threads(2)
+        with single_threaded_blas:
+            t = threading.Thread(target=cybn.set_num_threads, args=(1,))
+            t.start()
+            t.join()
+            assert blas_threads() == {1} and cybn.get_num_threads() == 1
+        assert blas_threads() == {1}
+        with single_threaded_blas:
+            cybn.set_num_threads(2)
+            assert blas_threads() == {1}
+        assert blas_threads() == {2}
+    finally:
+        cybn.set_num_threads(before)
+
+
+def test_concurrent_kernel_calls_restore_the_setting():
+    import threading
+    import numpy as np
+    from cybn import functional as F
+    before = cybn.get_num_threads()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 300)).astype(np.float32)
+    w = rng.standard_normal((200, 300)).astype(np.float32)
+    xc = rng.standard_normal((2, 16, 8, 8)).astype(np.float32)
+    wc = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    want = F.linear(x, w), F.conv2d(xc, wc, padding=1)
+    errors = []
+
+    def work():
+        for _ in range(30):
+            if not (np.array_equal(F.linear(x, w), want[0])
+                    and np.array_equal(F.conv2d(xc, wc, padding=1), want[1])):
+                errors.append("result changed")
+    try:
+        cybn.set_num_threads(2)
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert blas_threads() == {2}
+    finally:
+        cybn.set_num_threads(before)

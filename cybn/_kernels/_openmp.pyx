@@ -1,25 +1,7 @@
-"""What the compiler gave us: is OpenMP compiled in, and how many threads would it use."""
-
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    #define CYBN_OPENMP_ENABLED 1
-    #define CYBN_OMP_MAX_THREADS() omp_get_max_threads()
-    #else
-    #define CYBN_OPENMP_ENABLED 0
-    #define CYBN_OMP_MAX_THREADS() 1
-    #endif
-    """
-    bint CYBN_OPENMP_ENABLED
-    int CYBN_OMP_MAX_THREADS() nogil
+"""What the compiler gave us: is OpenMP compiled in."""
+from cybn._kernels._common cimport CYBN_OPENMP_ENABLED
 
 
 def openmp_enabled():
     """True when the kernels were compiled with OpenMP (else every kernel runs serially)."""
     return bool(CYBN_OPENMP_ENABLED)
-
-
-def omp_max_threads():
-    """OpenMP's own default team size (1 without OpenMP); cybn passes explicit counts instead."""
-    return CYBN_OMP_MAX_THREADS()

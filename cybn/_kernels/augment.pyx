@@ -8,9 +8,7 @@ to the NumPy formula. Trusts its inputs: cybn.data.loader validates them.
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint8_t
 
-ctypedef fused floating:
-    float
-    double
+from cybn._kernels._common cimport floating
 
 
 def crop_flip_lut(const uint8_t[:, :, :, ::1] images, const int64_t[::1] index,

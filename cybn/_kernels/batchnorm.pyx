@@ -33,9 +33,7 @@ import numpy as np
 cimport cython
 from cython.parallel cimport prange
 
-ctypedef fused floating:
-    float
-    double
+from cybn._kernels._common cimport floating
 
 cdef enum:
     # Values per channel and statistics block: bounds the shifted-sum error to BLOCK * 2^-53.
@@ -68,46 +66,27 @@ cdef extern from *:
     """
     /* Hot inner loops of the reductions, in C so that the double accumulation is SIMD without
        -ffast-math: 8 accumulator lanes (two 4-wide vectors, element i goes to lane i % 8), then a
-       fixed combination tree, then the tail in order. The scalar fallback (compilers without
-       vector extensions) uses the same lanes and tree, so every build gives the same bits. */
-    #if defined(__has_builtin)
-    #  if __has_builtin(__builtin_convertvector) && !defined(CYBN_NO_VECTOR_EXT)
-    #    define CYBN_VEC 1
-    #  endif
-    #endif
-    #include <string.h>
-    #ifdef CYBN_VEC
-    /* On x86-64 Linux/GCC an AVX2 clone is also compiled and picked at load time (ifunc); the
-       lanes and the combination tree are fixed by the C vector types, not by the ISA, and FMA is
-       not enabled, so both clones return identical bits. */
-    #  if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
-    #    define CYBN_CLONES __attribute__((target_clones("avx2", "default")))
-    #  else
-    #    define CYBN_CLONES
-    #  endif
-    typedef double cybn_d4 __attribute__((vector_size(32)));
-    typedef float cybn_f4 __attribute__((vector_size(16)));
-    #define CYBN_LOAD4_float(dst, p) do { cybn_f4 f_; memcpy(&f_, (p), sizeof f_); \
-                                          (dst) = __builtin_convertvector(f_, cybn_d4); } while (0)
-    #define CYBN_LOAD4_double(dst, p) memcpy(&(dst), (p), sizeof(cybn_d4))
-    /* lanes 0..7 = a[0..3], b[0..3] */
-    #define CYBN_HSUM(a, b) ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((b)[0] + (b)[1]) + ((b)[2] + (b)[3])))
+       fixed combination tree (CYBN_SUM_4_4), then the tail in order. The scalar fallback
+       (compilers without vector extensions) uses the same lanes and tree (CYBN_SUM8), so every
+       build gives the same bits. The vector types, loads, sums and CYBN_CLONES_EXACT (an AVX2
+       clone without FMA: identical bits) come from _common.h. */
+    #ifdef CYBN_HAVE_VECTOR_EXT
     /* *sd += sum(x - k), *sq += sum((x - k)^2): shifted sums of one block. */
     #define CYBN_SHIFTED(T) \
-    CYBN_CLONES static void cybn_shifted_##T(const T *p, Py_ssize_t n, double k, double *sd, double *sq) { \
+    CYBN_CLONES_EXACT static void cybn_shifted_##T(const T *p, Py_ssize_t n, double k, double *sd, double *sq) { \
         cybn_d4 kk = {k, k, k, k}, a0 = {0, 0, 0, 0}, a1 = a0, q0 = a0, q1 = a0, d0, d1; \
         Py_ssize_t i = 0; double s, q; \
         for (; i + 8 <= n; i += 8) { \
             CYBN_LOAD4_##T(d0, p + i); CYBN_LOAD4_##T(d1, p + i + 4); \
             d0 -= kk; d1 -= kk; a0 += d0; a1 += d1; q0 += d0 * d0; q1 += d1 * d1; \
         } \
-        s = CYBN_HSUM(a0, a1); q = CYBN_HSUM(q0, q1); \
+        s = CYBN_SUM_4_4(a0, a1); q = CYBN_SUM_4_4(q0, q1); \
         for (; i < n; i++) { double d = (double)p[i] - k; s += d; q += d * d; } \
         *sd += s; *sq += q; \
     }
     /* *sg += sum(g), *sgx += sum(g * (x - mu)): the two backward reductions of one plane. */
     #define CYBN_BWD(T) \
-    CYBN_CLONES static void cybn_bwd_##T(const T *g, const T *x, Py_ssize_t n, double mu, double *sg, double *sgx) { \
+    CYBN_CLONES_EXACT static void cybn_bwd_##T(const T *g, const T *x, Py_ssize_t n, double mu, double *sg, double *sgx) { \
         cybn_d4 mm = {mu, mu, mu, mu}, a0 = {0, 0, 0, 0}, a1 = a0, b0 = a0, b1 = a0, g0, g1, x0, x1; \
         Py_ssize_t i = 0; double s, t; \
         for (; i + 8 <= n; i += 8) { \
@@ -115,18 +94,41 @@ cdef extern from *:
             CYBN_LOAD4_##T(x0, x + i); CYBN_LOAD4_##T(x1, x + i + 4); \
             a0 += g0; a1 += g1; b0 += g0 * (x0 - mm); b1 += g1 * (x1 - mm); \
         } \
-        s = CYBN_HSUM(a0, a1); t = CYBN_HSUM(b0, b1); \
+        s = CYBN_SUM_4_4(a0, a1); t = CYBN_SUM_4_4(b0, b1); \
         for (; i < n; i++) { double gi = (double)g[i]; s += gi; t += gi * ((double)x[i] - mu); } \
         *sg += s; *sgx += t; \
     }
+    /* The same for the gradient of ReLU(BN(x)): g counts only where the pre-activation
+       z = ((x - h) - l) * s + b, recomputed in T exactly as the forward computed it, is > 0 (so
+       the mask is the forward's, bit for bit; a NaN z masks like ReLU's backward: 0). */
+    typedef long long cybn_l4 __attribute__((vector_size(32)));
+    #define CYBN_MASK4_float(dst, p, h, l, s, b) do { cybn_f4 v_; memcpy(&v_, (p), sizeof v_); \
+        v_ = ((v_ - (h)) - (l)) * (s) + (b); (dst) = __builtin_convertvector(v_ > 0, cybn_l4); } while (0)
+    #define CYBN_MASK4_double(dst, p, h, l, s, b) do { cybn_d4 v_; memcpy(&v_, (p), sizeof v_); \
+        v_ = ((v_ - (h)) - (l)) * (s) + (b); (dst) = __builtin_convertvector(v_ > 0, cybn_l4); } while (0)
+    #define CYBN_BWD_RELU(T) \
+    CYBN_CLONES_EXACT static void cybn_bwd_relu_##T(const T *g, const T *x, Py_ssize_t n, double mu, T h, T l, T sc, T sh, double *sg, double *sgx) { \
+        cybn_d4 mm = {mu, mu, mu, mu}, a0 = {0, 0, 0, 0}, a1 = a0, b0 = a0, b1 = a0, g0, g1, x0, x1; \
+        cybn_l4 m0, m1; Py_ssize_t i = 0; double s, t; \
+        for (; i + 8 <= n; i += 8) { \
+            CYBN_LOAD4_##T(g0, g + i); CYBN_LOAD4_##T(g1, g + i + 4); \
+            CYBN_LOAD4_##T(x0, x + i); CYBN_LOAD4_##T(x1, x + i + 4); \
+            CYBN_MASK4_##T(m0, x + i, h, l, sc, sh); CYBN_MASK4_##T(m1, x + i + 4, h, l, sc, sh); \
+            g0 = (cybn_d4)((cybn_l4)g0 & m0); g1 = (cybn_d4)((cybn_l4)g1 & m1); \
+            a0 += g0; a1 += g1; b0 += g0 * (x0 - mm); b1 += g1 * (x1 - mm); \
+        } \
+        s = CYBN_SUM_4_4(a0, a1); t = CYBN_SUM_4_4(b0, b1); \
+        for (; i < n; i++) { T z = ((x[i] - h) - l) * sc + sh; double gi = z > 0 ? (double)g[i] : 0.0; \
+                             s += gi; t += gi * ((double)x[i] - mu); } \
+        *sg += s; *sgx += t; \
+    }
     #else
-    #define CYBN_HSUM8(a) ((((a)[0] + (a)[1]) + ((a)[2] + (a)[3])) + (((a)[4] + (a)[5]) + ((a)[6] + (a)[7])))
     #define CYBN_SHIFTED(T) \
     static void cybn_shifted_##T(const T *p, Py_ssize_t n, double k, double *sd, double *sq) { \
         double a[8] = {0}, q8[8] = {0}, s, q, d; Py_ssize_t i = 0; int j; \
         for (; i + 8 <= n; i += 8) for (j = 0; j < 8; j++) { \
             d = (double)p[i + j] - k; a[j] += d; q8[j] += d * d; } \
-        s = CYBN_HSUM8(a); q = CYBN_HSUM8(q8); \
+        s = CYBN_SUM8(a); q = CYBN_SUM8(q8); \
         for (; i < n; i++) { d = (double)p[i] - k; s += d; q += d * d; } \
         *sd += s; *sq += q; \
     }
@@ -135,8 +137,19 @@ cdef extern from *:
         double a[8] = {0}, b[8] = {0}, s, t, gi; Py_ssize_t i = 0; int j; \
         for (; i + 8 <= n; i += 8) for (j = 0; j < 8; j++) { \
             gi = (double)g[i + j]; a[j] += gi; b[j] += gi * ((double)x[i + j] - mu); } \
-        s = CYBN_HSUM8(a); t = CYBN_HSUM8(b); \
+        s = CYBN_SUM8(a); t = CYBN_SUM8(b); \
         for (; i < n; i++) { gi = (double)g[i]; s += gi; t += gi * ((double)x[i] - mu); } \
+        *sg += s; *sgx += t; \
+    }
+    #define CYBN_BWD_RELU(T) \
+    static void cybn_bwd_relu_##T(const T *g, const T *x, Py_ssize_t n, double mu, T h, T l, T sc, T sh, double *sg, double *sgx) { \
+        double a[8] = {0}, b[8] = {0}, s, t, gi; Py_ssize_t i = 0; int j; T z; \
+        for (; i + 8 <= n; i += 8) for (j = 0; j < 8; j++) { \
+            z = ((x[i + j] - h) - l) * sc + sh; gi = z > 0 ? (double)g[i + j] : 0.0; \
+            a[j] += gi; b[j] += gi * ((double)x[i + j] - mu); } \
+        s = CYBN_SUM8(a); t = CYBN_SUM8(b); \
+        for (; i < n; i++) { z = ((x[i] - h) - l) * sc + sh; gi = z > 0 ? (double)g[i] : 0.0; \
+                             s += gi; t += gi * ((double)x[i] - mu); } \
         *sg += s; *sgx += t; \
     }
     #endif
@@ -144,6 +157,8 @@ cdef extern from *:
     CYBN_SHIFTED(double)
     CYBN_BWD(float)
     CYBN_BWD(double)
+    CYBN_BWD_RELU(float)
+    CYBN_BWD_RELU(double)
     """
     void cybn_shifted_float(const float* p, Py_ssize_t n, double k, double* sd, double* sq) noexcept nogil
     void cybn_shifted_double(const double* p, Py_ssize_t n, double k, double* sd, double* sq) noexcept nogil
@@ -151,6 +166,11 @@ cdef extern from *:
                         double* sgx) noexcept nogil
     void cybn_bwd_double(const double* g, const double* x, Py_ssize_t n, double mu, double* sg,
                          double* sgx) noexcept nogil
+    void cybn_bwd_relu_float(const float* g, const float* x, Py_ssize_t n, double mu, float h,
+                             float l, float sc, float sh, double* sg, double* sgx) noexcept nogil
+    void cybn_bwd_relu_double(const double* g, const double* x, Py_ssize_t n, double mu, double h,
+                              double l, double sc, double sh, double* sg,
+                              double* sgx) noexcept nogil
 
 
 cdef inline void _shifted(const floating* p, Py_ssize_t n, double k, double* sd,
@@ -167,6 +187,32 @@ cdef inline void _bwd_plane(const floating* g, const floating* x, Py_ssize_t n, 
         cybn_bwd_float(g, x, n, mu, sg, sgx)
     else:
         cybn_bwd_double(g, x, n, mu, sg, sgx)
+
+
+cdef inline void _bwd_relu_plane(const floating* g, const floating* x, Py_ssize_t n, double mu,
+                                 floating h, floating l, floating sc, floating sh, double* sg,
+                                 double* sgx) noexcept nogil:
+    if floating is float:
+        cybn_bwd_relu_float(g, x, n, mu, h, l, sc, sh, sg, sgx)
+    else:
+        cybn_bwd_relu_double(g, x, n, mu, h, l, sc, sh, sg, sgx)
+
+
+cdef inline floating _relu_if(floating v, bint relu) noexcept nogil:
+    """ReLU (NaN passes, as in ``relu_forward``) when fused, else v."""
+    if relu and v <= 0:
+        return 0
+    return v
+
+
+cdef inline floating _masked(floating g, floating x, Py_ssize_t c, const floating* mhi,
+                             const floating* mlo, const floating* sc,
+                             const floating* sh) noexcept nogil:
+    """g where the fused forward's pre-activation ((x - mhi) - mlo) * sc + sh is > 0, else 0;
+    g itself when not fused (sc == NULL)."""
+    if sc != NULL and not (((x - mhi[c]) - mlo[c]) * sc[c] + sh[c] > 0):
+        return 0
+    return g
 
 
 cdef inline void _merge(double* mean_a, double* m2_a, double na,
@@ -322,8 +368,9 @@ def batch_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var, 
 
 def affine_normalize(const floating[:, :, ::1] x, const floating[::1] mhi,
                      const floating[::1] mlo, const floating[::1] scale,
-                     const floating[::1] shift, floating[:, :, ::1] y, int num_threads):
-    """y = ((x - mhi[c]) - mlo[c]) * scale[c] + shift[c]; one read of x, one write of y."""
+                     const floating[::1] shift, floating[:, :, ::1] y, bint relu, int num_threads):
+    """y = ((x - mhi[c]) - mlo[c]) * scale[c] + shift[c], then ReLU when ``relu`` (fused BN +
+    ReLU); one read of x, one write of y."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t t, i, c
     cdef const floating* px = &x[0, 0, 0]
@@ -336,7 +383,8 @@ def affine_normalize(const floating[:, :, ::1] x, const floating[::1] mhi,
     with nogil:
         if S == 1:
             for t in prange(N, num_threads=num_threads, schedule='static'):
-                _normalize_row(px + t * C, py + t * C, &mhi[0], &mlo[0], &scale[0], &shift[0], C)
+                _normalize_row(px + t * C, py + t * C, &mhi[0], &mlo[0], &scale[0], &shift[0], C,
+                               relu)
         else:
             for t in prange(N * C, num_threads=num_threads, schedule='static'):
                 c = t % C
@@ -347,21 +395,23 @@ def affine_normalize(const floating[:, :, ::1] x, const floating[::1] mhi,
                 xp = px + t * S
                 yp = py + t * S
                 for i in range(S):
-                    yp[i] = ((xp[i] - h) - l) * s + b
+                    yp[i] = _relu_if(((xp[i] - h) - l) * s + b, relu)
 
 
 cdef inline void _normalize_row(const floating* x, floating* y, const floating* mhi,
                                 const floating* mlo, const floating* scale,
-                                const floating* shift, Py_ssize_t C) noexcept nogil:
+                                const floating* shift, Py_ssize_t C, bint relu) noexcept nogil:
     cdef Py_ssize_t c
     for c in range(C):
-        y[c] = ((x[c] - mhi[c]) - mlo[c]) * scale[c] + shift[c]
+        y[c] = _relu_if(((x[c] - mhi[c]) - mlo[c]) * scale[c] + shift[c], relu)
 
 
 cdef void _bwd_chunk(const floating* dy, const floating* x, const double* mean,
                      Py_ssize_t C, Py_ssize_t S, Py_ssize_t n0, Py_ssize_t n1,
-                     double* sdy, double* sdyx) noexcept nogil:
-    """sdy[c] += sum(dy), sdyx[c] += sum(dy * (x - mean[c])) over rows [n0, n1), in double."""
+                     double* sdy, double* sdyx, const floating* mhi, const floating* mlo,
+                     const floating* sc, const floating* sh) noexcept nogil:
+    """sdy[c] += sum(g), sdyx[c] += sum(g * (x - mean[c])) over rows [n0, n1), in double, with
+    g = dy, or (sc != NULL) dy masked by the fused ReLU (see ``_masked``)."""
     cdef Py_ssize_t n, c
     cdef const floating* d
     cdef const floating* p
@@ -372,10 +422,10 @@ cdef void _bwd_chunk(const floating* dy, const floating* x, const double* mean,
             d = dy + n * C
             p = x + n * C
             for c in range(C):
-                g0 = d[c]
-                g1 = d[c + C]
-                g2 = d[c + 2 * C]
-                g3 = d[c + 3 * C]
+                g0 = _masked(d[c], p[c], c, mhi, mlo, sc, sh)
+                g1 = _masked(d[c + C], p[c + C], c, mhi, mlo, sc, sh)
+                g2 = _masked(d[c + 2 * C], p[c + 2 * C], c, mhi, mlo, sc, sh)
+                g3 = _masked(d[c + 3 * C], p[c + 3 * C], c, mhi, mlo, sc, sh)
                 sdy[c] = sdy[c] + ((g0 + g1) + (g2 + g3))
                 sdyx[c] = sdyx[c] + ((g0 * (p[c] - mean[c]) + g1 * (p[c + C] - mean[c]))
                                      + (g2 * (p[c + 2 * C] - mean[c]) + g3 * (p[c + 3 * C] - mean[c])))
@@ -384,29 +434,43 @@ cdef void _bwd_chunk(const floating* dy, const floating* x, const double* mean,
             d = dy + n * C
             p = x + n * C
             for c in range(C):
-                sdy[c] = sdy[c] + d[c]
-                sdyx[c] = sdyx[c] + d[c] * (p[c] - mean[c])
+                g0 = _masked(d[c], p[c], c, mhi, mlo, sc, sh)
+                sdy[c] = sdy[c] + g0
+                sdyx[c] = sdyx[c] + g0 * (p[c] - mean[c])
             n = n + 1
         return
     for n in range(n0, n1):
         for c in range(C):
-            _bwd_plane(dy + (n * C + c) * S, x + (n * C + c) * S, S, mean[c], &sdy[c], &sdyx[c])
+            if sc == NULL:
+                _bwd_plane(dy + (n * C + c) * S, x + (n * C + c) * S, S, mean[c], &sdy[c],
+                           &sdyx[c])
+            else:
+                _bwd_relu_plane(dy + (n * C + c) * S, x + (n * C + c) * S, S, mean[c], mhi[c],
+                                mlo[c], sc[c], sh[c], &sdy[c], &sdyx[c])
 
 
 def backward_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                   const double[::1] mean, double[::1] sum_dy, double[::1] sum_dyxc,
-                  int num_threads):
-    """sum_dy[c] = sum(dy), sum_dyxc[c] = sum(dy * (x - mean[c])): one fused read of dy and x."""
+                  const floating[::1] mhi, const floating[::1] mlo, const floating[::1] scale,
+                  const floating[::1] shift, bint relu, int num_threads):
+    """sum_dy[c] = sum(g), sum_dyxc[c] = sum(g * (x - mean[c])): one fused read of dy and x.
+
+    g = dy; with ``relu`` (fused BN + ReLU), dy where the forward's pre-activation
+    ((x - mhi) - mlo) * scale + shift is > 0, else 0 (mhi/mlo/scale/shift as given to the
+    forward; unused otherwise)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t ntask = _ntasks(N, S), t, c
     cdef double[:, :, ::1] part = np.zeros((ntask, 2, C), dtype=np.float64)
     cdef const floating* pdy = &dy[0, 0, 0]
     cdef const floating* px = &x[0, 0, 0]
     cdef const double* pm = &mean[0]
+    cdef const floating* psc = &scale[0] if relu else NULL
+    cdef const floating* psh = &shift[0] if relu else NULL
     with nogil:
         for t in prange(ntask, num_threads=num_threads, schedule='static'):
             _bwd_chunk(pdy, px, pm, C, S, _chunk_start(t, N, ntask),
-                       _chunk_start(t + 1, N, ntask), &part[t, 0, 0], &part[t, 1, 0])
+                       _chunk_start(t + 1, N, ntask), &part[t, 0, 0], &part[t, 1, 0],
+                       &mhi[0], &mlo[0], psc, psh)
         for c in range(C):
             sum_dy[c] = 0
             sum_dyxc[c] = 0
@@ -418,8 +482,10 @@ def backward_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
 def backward_dx(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                 const floating[::1] mhi, const floating[::1] mlo, const floating[::1] a,
                 const floating[::1] b, const floating[::1] d, floating[:, :, ::1] dx,
-                int num_threads):
-    """dx = a[c]*dy + b[c]*((x - mhi[c]) - mlo[c]) + d[c]; one read of dy, x and one write of dx."""
+                const floating[::1] scale, const floating[::1] shift, bint relu, int num_threads):
+    """dx = a[c]*g + b[c]*((x - mhi[c]) - mlo[c]) + d[c]; one read of dy, x and one write of dx.
+
+    g = dy, or with ``relu`` dy masked as in ``backward_sums``."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t t, i, c
     cdef const floating* pdy = &dy[0, 0, 0]
@@ -428,14 +494,18 @@ def backward_dx(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
     cdef const floating* gp
     cdef const floating* xp
     cdef floating* op
-    cdef floating h, l, ca, cb, cd
+    cdef floating h, l, ca, cb, cd, xc, s, sh, g
+    cdef const floating* psc
+    cdef const floating* psh
     if N * C * S == 0:
         return
+    psc = &scale[0] if relu else NULL
+    psh = &shift[0] if relu else NULL
     with nogil:
         if S == 1:
             for t in prange(N, num_threads=num_threads, schedule='static'):
                 _dx_row(pdy + t * C, px + t * C, pdx + t * C, &mhi[0], &mlo[0], &a[0], &b[0],
-                        &d[0], C)
+                        &d[0], psc, psh, C)
         else:
             for t in prange(N * C, num_threads=num_threads, schedule='static'):
                 c = t % C
@@ -447,14 +517,27 @@ def backward_dx(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                 gp = pdy + t * S
                 xp = px + t * S
                 op = pdx + t * S
-                for i in range(S):
-                    op[i] = ca * gp[i] + (cb * ((xp[i] - h) - l) + cd)
+                if relu:
+                    s = psc[c]
+                    sh = psh[c]
+                    for i in range(S):
+                        # both loads unconditional: a load in one arm only keeps gcc from
+                        # turning the select into a vector blend (a mispredicted branch: 9x)
+                        g = gp[i]
+                        xc = (xp[i] - h) - l
+                        g = g if xc * s + sh > 0 else 0
+                        op[i] = ca * g + (cb * xc + cd)
+                else:
+                    for i in range(S):
+                        op[i] = ca * gp[i] + (cb * ((xp[i] - h) - l) + cd)
 
 
 cdef inline void _dx_row(const floating* dy, const floating* x, floating* dx,
                          const floating* mhi, const floating* mlo, const floating* a,
-                         const floating* b, const floating* d, Py_ssize_t C) noexcept nogil:
+                         const floating* b, const floating* d, const floating* sc,
+                         const floating* sh, Py_ssize_t C) noexcept nogil:
     cdef Py_ssize_t c
     for c in range(C):
-        dx[c] = a[c] * dy[c] + (b[c] * ((x[c] - mhi[c]) - mlo[c]) + d[c])
+        dx[c] = (a[c] * _masked(dy[c], x[c], c, mhi, mlo, sc, sh)
+                 + (b[c] * ((x[c] - mhi[c]) - mlo[c]) + d[c]))
 

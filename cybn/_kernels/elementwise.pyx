@@ -6,9 +6,7 @@ branch-free select lets the compiler vectorise them.
 """
 from cython.parallel cimport prange
 
-ctypedef fused floating:
-    float
-    double
+from cybn._kernels._common cimport floating
 
 
 def relu_forward(const floating[::1] x, floating[::1] y, int num_threads):

@@ -15,9 +15,7 @@ from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.string cimport memset
 
-ctypedef fused floating:
-    float
-    double
+from cybn._kernels._common cimport floating
 
 
 # The 2x2/stride-2 row kernels are plain C so that gcc/clang auto-vectorise them: written in
@@ -30,13 +28,6 @@ ctypedef fused floating:
 # first NaN), which is the element (1) chose, since (1) only moves on a strictly larger value.
 cdef extern from *:
     """
-    #include <stdint.h>
-    #include <stddef.h>
-    #if defined(_MSC_VER)
-    #define CYBN_RESTRICT __restrict
-    #else
-    #define CYBN_RESTRICT __restrict__
-    #endif
     static void cybn_pool2x2_row_f(const float* CYBN_RESTRICT r0, float* CYBN_RESTRICT yo,
                                    int64_t* CYBN_RESTRICT io, ptrdiff_t Wo, ptrdiff_t W,
                                    int64_t base) {

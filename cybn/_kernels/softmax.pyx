@@ -18,36 +18,21 @@ from libc.math cimport log
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 
-ctypedef fused floating:
-    float
-    double
+from cybn._kernels._common cimport floating, threads_for
 
 cdef extern from *:
     """
-    #include <string.h>
-    #include <stdint.h>
-    /* -fno-trapping-math for these functions only: it lets GCC if-convert the clamps below
-       into vector selects (with trapping math a compare "may trap", so the loop keeps its
-       branches and stays scalar). It changes no result, only whether FP exception *flags*
-       are treated as side effects; it is not -ffast-math (no reassociation, no FTZ). */
-    #define CYBN_VEC __attribute__((optimize("no-trapping-math")))
-    /* On x86-64 Linux/GCC the row functions are also compiled for AVX2+FMA (x86-64-v3) and
-       picked at load time (ifunc): the exp loop runs ~2x faster than on baseline SSE2. Each
-       machine always takes the same clone, so results stay deterministic there (FMA
-       contraction may change the last bit between machines, well inside the tests' bounds).
-       Build with CFLAGS=-DCYBN_NO_CLONES to get the baseline code only. */
-    #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) \
-        && defined(__linux__) && !defined(CYBN_NO_CLONES)
-    #define CYBN_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-    #else
-    #define CYBN_CLONES
-    #endif
+    /* CYBN_NO_TRAPPING_MATH (from _common.h) lets GCC if-convert the clamps below into vector
+       selects (with trapping math a compare "may trap", so the loop keeps its branches and
+       stays scalar). The row functions are CYBN_CLONES_FMA: the exp loop runs ~2x faster with
+       AVX2+FMA than on baseline SSE2; FMA may change the last bit between machines, well
+       inside the tests' bounds. */
 
     /* exp(x) for x <= 0 in float: k = round(x/ln2) by the 1.5*2^23 trick (pure arithmetic,
        vectorises on plain SSE2), r = x - k ln2 in two parts (k*ln2_hi exact), cephes
        degree-6 polynomial on |r| <= ln2/2, scaled by 2^k built from exponent bits.
        x < -87 -> 0 (true value < 1.7e-38 ~ FLT_MIN); NaN -> NaN. */
-    static inline CYBN_VEC float cybn_expf(float x) {
+    static inline CYBN_NO_TRAPPING_MATH float cybn_expf(float x) {
         float xc = x < -87.0f ? -87.0f : x;
         float kf = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
         float r = xc - kf * 0.693359375f;
@@ -67,7 +52,7 @@ cdef extern from *:
     }
     /* The same in double: Taylor to degree 13 on |r| <= ln2/2 (truncation < 5e-18 relative);
        x < -708 -> 0 (true value < 3.3e-308 ~ DBL_MIN). */
-    static inline CYBN_VEC double cybn_expd(double x) {
+    static inline CYBN_NO_TRAPPING_MATH double cybn_expd(double x) {
         double xc = x < -708.0 ? -708.0 : x;
         double kf = (xc * 1.4426950408889634074 + 6755399441055744.0) - 6755399441055744.0;
         double r = xc - kf * 6.93145751953125e-1;
@@ -95,7 +80,7 @@ cdef extern from *:
     /* Row primitives, one copy per dtype. Four fixed accumulators (combined in a fixed
        order) let the reductions vectorise without reassociating anything. */
     #define CYBN_ROW_KERNELS(T, S, EXP)                                                      \
-    static CYBN_CLONES CYBN_VEC T cybn_rowmax_##S(const T *x, Py_ssize_t c) {               \
+    static CYBN_CLONES_FMA CYBN_NO_TRAPPING_MATH T cybn_rowmax_##S(const T *x, Py_ssize_t c) {               \
         T m[8];                                                                             \
         Py_ssize_t j = 0, k;                                                                \
         for (k = 0; k < 8; k++) m[k] = x[0];                                                \
@@ -106,7 +91,7 @@ cdef extern from *:
         return m[0];                                                                        \
     }                                                                                       \
     /* e[j] = exp(x[j] - m); returns the sum of e in double */                              \
-    static CYBN_CLONES CYBN_VEC double cybn_expsum_##S(const T *restrict x, T *restrict e, T m,         \
+    static CYBN_CLONES_FMA CYBN_NO_TRAPPING_MATH double cybn_expsum_##S(const T *CYBN_RESTRICT x, T *CYBN_RESTRICT e, T m,         \
                                            Py_ssize_t c) {                                  \
         Py_ssize_t j;                                                                       \
         for (j = 0; j < c; j++) e[j] = EXP(x[j] - m);                                       \
@@ -115,19 +100,19 @@ cdef extern from *:
             a0 += e[j]; a1 += e[j + 1]; a2 += e[j + 2]; a3 += e[j + 3];                     \
         }                                                                                   \
         for (; j < c; j++) a0 += e[j];                                                      \
-        return (a0 + a1) + (a2 + a3);                                                       \
+        return CYBN_SUM4(a0, a1, a2, a3);                                                   \
     }                                                                                       \
     /* y[j] = x[j] * a (product in double) */                                               \
-    static CYBN_CLONES CYBN_VEC void cybn_scale_##S(const T *restrict x, T *restrict y, double a,       \
+    static CYBN_CLONES_FMA CYBN_NO_TRAPPING_MATH void cybn_scale_##S(const T *CYBN_RESTRICT x, T *CYBN_RESTRICT y, double a,       \
                                         Py_ssize_t c) {                                     \
         for (Py_ssize_t j = 0; j < c; j++) y[j] = (T)(x[j] * a);                            \
     }                                                                                       \
     /* e[j] *= a in place (product in double) */                                             \
-    static CYBN_CLONES CYBN_VEC void cybn_scale_inplace_##S(T *e, double a, Py_ssize_t c) {             \
+    static CYBN_CLONES_FMA CYBN_NO_TRAPPING_MATH void cybn_scale_inplace_##S(T *e, double a, Py_ssize_t c) {             \
         for (Py_ssize_t j = 0; j < c; j++) e[j] = (T)(e[j] * a);                            \
     }                                                                                       \
     /* out[j] = (x[j] - m) - ls */                                                          \
-    static CYBN_CLONES CYBN_VEC void cybn_logsm_##S(const T *restrict x, T *restrict out, T m,          \
+    static CYBN_CLONES_FMA CYBN_NO_TRAPPING_MATH void cybn_logsm_##S(const T *CYBN_RESTRICT x, T *CYBN_RESTRICT out, T m,          \
                                         double ls, Py_ssize_t c) {                          \
         for (Py_ssize_t j = 0; j < c; j++) out[j] = (T)((double)(x[j] - m) - ls);           \
     }
@@ -154,9 +139,7 @@ cdef enum:
 
 
 cdef inline int _threads_for(Py_ssize_t n, Py_ssize_t c, int num_threads) noexcept nogil:
-    if n * c < PARALLEL_MIN_ELEMENTS or n < 2:
-        return 1
-    return num_threads if num_threads < n else <int>n
+    return threads_for(n * c, PARALLEL_MIN_ELEMENTS, n, num_threads)
 
 
 cdef inline floating _row_max(const floating* x, Py_ssize_t c) noexcept nogil:

@@ -3,7 +3,8 @@ import json
 import os
 
 from .. import distributed as _dist
-from .._argtypes import arg_type, nonnegative_float, positive_float, positive_int, probability
+from .._validation import (nonnegative_float_arg, positive_float_arg, positive_int_arg, probability_arg,
+                           spec_arg)
 from ..nn import init_from_spec, schedule_from_spec
 from ..recipe import (BN_CHOICES, NAN_POLICIES, CifarData, TrainConfig, add_data_options, load_config,
                       run)
@@ -39,33 +40,33 @@ def add_train_options(p):
     p.add_argument("--bn", choices=BN_CHOICES, default=d.bn,
                    help="where batch norm goes: nowhere, after every conv/linear layer, or only "
                         "on the last layer before softmax (default: %(default)s)")
-    p.add_argument("--init", type=arg_type(init_from_spec), default=d.init,
+    p.add_argument("--init", type=spec_arg(init_from_spec), default=d.init,
                    help="weight init: uniform:A for U(-A, A), he, glorot, ... (default: %(default)s)")
-    p.add_argument("--bn-eps", type=positive_float, default=d.bn_eps, help="BN epsilon (default: %(default)s)")
+    p.add_argument("--bn-eps", type=positive_float_arg, default=d.bn_eps, help="BN epsilon (default: %(default)s)")
     p.add_argument("--no-bias", dest="bias", action="store_false",
                    help="no conv/linear biases anywhere (with BN they are already dropped where BN follows)")
-    p.add_argument("--dropout", type=probability, default=d.dropout,
+    p.add_argument("--dropout", type=probability_arg, default=d.dropout,
                    help="dropout probability before the last linear layer (default: %(default)s)")
-    p.add_argument("--lr", type=nonnegative_float, default=d.lr, help="peak learning rate (default: %(default)s)")
-    p.add_argument("--momentum", type=nonnegative_float, default=d.momentum, help="SGD momentum (default: %(default)s)")
+    p.add_argument("--lr", type=nonnegative_float_arg, default=d.lr, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--momentum", type=nonnegative_float_arg, default=d.momentum, help="SGD momentum (default: %(default)s)")
     p.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    p.add_argument("--weight-decay", type=nonnegative_float, default=d.weight_decay,
+    p.add_argument("--weight-decay", type=nonnegative_float_arg, default=d.weight_decay,
                    help="L2 weight decay (default: %(default)s)")
     p.add_argument("--decay-bn-and-bias", action="store_true",
                    help="also apply weight decay to BN parameters and biases (off by default)")
-    p.add_argument("--schedule", type=arg_type(_check_schedule), default=d.schedule,
+    p.add_argument("--schedule", type=spec_arg(_check_schedule), default=d.schedule,
                    help="lr schedule: constant, step:STEPS[:GAMMA], cosine[:MIN_LR], warmup:N+<schedule> "
                         "(default: %(default)s)")
-    p.add_argument("--epochs", type=positive_int, default=None, help=f"epochs (default: {d.epochs})")
-    p.add_argument("--steps", dest="max_steps", type=positive_int, default=None, help="stop after this many steps")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="(default: %(default)s)")
+    p.add_argument("--epochs", type=positive_int_arg, default=None, help=f"epochs (default: {d.epochs})")
+    p.add_argument("--steps", dest="max_steps", type=positive_int_arg, default=None, help="stop after this many steps")
+    p.add_argument("--batch-size", type=positive_int_arg, default=d.batch_size, help="(default: %(default)s)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, data order, augmentation")
-    p.add_argument("--train-limit", type=positive_int, default=None, help="use only the first N training images")
-    p.add_argument("--test-limit", type=positive_int, default=None, help="use only the first N test images")
+    p.add_argument("--train-limit", type=positive_int_arg, default=None, help="use only the first N training images")
+    p.add_argument("--test-limit", type=positive_int_arg, default=None, help="use only the first N test images")
     p.add_argument("--nan-policy", choices=NAN_POLICIES, default=d.nan_policy,
                    help="on a NaN/Inf loss or gradient: stop with an error, or skip that step")
-    p.add_argument("--checkpoint-every", type=positive_int, default=None,
+    p.add_argument("--checkpoint-every", type=positive_int_arg, default=None,
                    help="also checkpoint every N steps (always at the end of each epoch)")
     p.add_argument("--sync-bn", action="store_true",
                    help="under mpiexec: batch norm with the statistics of the whole global batch "

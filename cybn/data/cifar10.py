@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._validation import is_integer, nonnegative_int
 from .download import CIFAR10_FILENAME, CIFAR10_URL, default_cache_dir, download_cifar10
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR10", "load_cifar10", "safe_unpickle"]
@@ -190,13 +191,12 @@ def _read_members(location, wanted):
 def _limits(limit):
     if limit is None:
         return None, None
-    pair = (limit, limit) if isinstance(limit, (int, np.integer)) else limit
-    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+    pair = (limit, limit) if is_integer(limit) else limit
+    if not isinstance(pair, (tuple, list)):
+        raise TypeError(f"limit must be an int or a (train, test) pair, got {type(limit).__name__} {limit!r}")
+    if len(pair) != 2:
         raise ValueError(f"limit must be an int or a (train, test) pair, got {limit!r}")
-    for v in pair:
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
-            raise ValueError(f"limit values must be non-negative ints or None, got {limit!r}")
-    return tuple(None if v is None else int(v) for v in pair)
+    return tuple(None if v is None else nonnegative_int(v, f"limit {limit!r}: each value") for v in pair)
 
 
 def _head(a, n):

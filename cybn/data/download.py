@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from .._progress import Progress
+from .._validation import nonnegative_int, positive_float
 
 __all__ = ["CIFAR10_URL", "CIFAR10_MD5", "CIFAR10_SIZE", "CIFAR10_FILENAME", "DownloadError",
            "ChecksumError", "default_cache_dir", "download", "download_cifar10"]
@@ -85,6 +86,8 @@ def download(url, dest, md5=None, size=None, quiet=False, timeout=60.0):
     Resumes an existing ``.part`` with an HTTP Range request and restarts from zero when the
     server answers with the whole file instead. Progress goes to stderr unless ``quiet``.
     """
+    size = None if size is None else nonnegative_int(size, "size")
+    timeout = positive_float(timeout, "timeout")
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)

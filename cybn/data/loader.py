@@ -6,46 +6,16 @@ crop offsets and the flips of all its samples. So the loader's whole state is th
 (seed, epoch, batches already yielded) and a checkpoint can resume bit-identically, even in
 the middle of an epoch, without pickling a bit generator.
 """
-import numbers
+from collections.abc import Mapping
 
 import numpy as np
 
-from .._kernels.augment import crop_flip_lut
-from .._threads import kernel_threads
+from ..functional import crop_flip_lut
+from .._validation import (MAX_INT, flag, float_dtype, generator, integer, nonnegative_int, positive_int,
+                           uint8_images)
 
 __all__ = ["channel_stats", "normalization_lut", "normalize", "crop_flip_normalize",
            "augment_normalize", "DataLoader"]
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-# The kernel takes padding as a C int (and crop offsets up to 2*padding as int64).
-_MAX_PADDING = 2**31 - 1
-
-
-def _uint8_images(images, name="images"):
-    if not isinstance(images, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(images).__name__}")
-    if images.dtype != np.uint8:
-        raise TypeError(f"{name} must be uint8 pixels (0..255), got {images.dtype}")
-    if images.ndim != 4:
-        raise ValueError(f"{name} must be NCHW (4 dimensions), got shape {images.shape}")
-    return np.ascontiguousarray(images)
-
-
-def _float_dtype(dtype):
-    dtype = np.dtype(dtype)
-    if dtype not in _FLOATS:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    return dtype
-
-
-def _offsets(a, n, hi, name):
-    a = np.asarray(a)
-    if a.shape != (n,) or a.dtype.kind not in "iub":
-        raise ValueError(f"{name} must be {n} integers, got {a.dtype} {a.shape}")
-    if n and (a.min() < 0 or a.max() > hi):
-        raise ValueError(f"{name} must be in [0, {hi}], found {a.min()}..{a.max()}")
-    return np.ascontiguousarray(a, dtype=np.int64)
 
 
 def channel_stats(images):
@@ -54,7 +24,7 @@ def channel_stats(images):
     Computed exactly from a 256-bin histogram per channel (float64), so it is cheap and the
     same for any batch order. Use the training set's stats for every split.
     """
-    images = _uint8_images(images)
+    images = uint8_images(images)
     if images.shape[0] == 0:
         raise ValueError("channel_stats: no images")
     channels = images.shape[1]
@@ -104,40 +74,27 @@ def normalization_lut(mean, std, dtype=np.float32):
     mean, std = _mean_std(mean, std, mean.size)
     values = np.arange(256, dtype=np.float64) / 255.0
     return np.ascontiguousarray(((values[None, :] - mean[:, None]) / std[:, None]),
-                                dtype=_float_dtype(dtype))
+                                dtype=float_dtype(dtype))
 
 
-# A training batch (128 images) takes ~0.25 ms on one core: too short for a thread team to
-# pay off, and on a busy machine one descheduled worker stalls the whole team for ms. So only
-# large batches (evaluation) are split, with at least this many images per thread.
-_IMAGES_PER_THREAD = 512
-
-
-def _run(images, index, oy, ox, flips, padding, lut, dtype):
-    n, c, h, w = len(index), images.shape[1], images.shape[2], images.shape[3]
-    out = np.empty((n, c, h, w), dtype=dtype)
-    threads = max(1, min(kernel_threads(), n * c * h * w // (_IMAGES_PER_THREAD * 3072)))
-    crop_flip_lut(images, index, oy, ox, flips, int(padding), lut, out, threads)
-    return out
+def _int_array(a):
+    """Offsets / flips given as any array-like (lists too); their checks are the op's."""
+    return a if isinstance(a, np.ndarray) else np.asarray(a)
 
 
 def crop_flip_normalize(images, oy, ox, flips, mean, std, padding=4, dtype=np.float32):
     """Deterministic augmentation: crop image i of its zero-padded version at (oy[i], ox[i]),
     mirror it when flips[i], normalise. oy/ox in [0, 2*padding]; the pad is black (pixel 0),
     as in torchvision's RandomCrop before Normalize."""
-    images = _uint8_images(images)
-    n = images.shape[0]
-    padding = _check_int(padding, "padding", 0, _MAX_PADDING)
-    oy = _offsets(oy, n, 2 * padding, "oy")
-    ox = _offsets(ox, n, 2 * padding, "ox")
-    flips = _offsets(flips, n, 1, "flips").astype(np.uint8)
+    images = uint8_images(images)
     lut = normalization_lut(*_mean_std(mean, std, images.shape[1]), dtype=dtype)
-    return _run(images, np.arange(n, dtype=np.int64), oy, ox, flips, padding, lut, lut.dtype)
+    return crop_flip_lut(images, lut, np.arange(images.shape[0]), _int_array(oy), _int_array(ox),
+                         _int_array(flips), padding)
 
 
 def normalize(images, mean, std, dtype=np.float32):
     """uint8 NCHW images -> float (x/255 - mean) / std per channel, C-contiguous."""
-    images = _uint8_images(images)
+    images = uint8_images(images)
     n = images.shape[0]
     zeros = np.zeros(n, dtype=np.int64)
     return crop_flip_normalize(images, zeros, zeros, zeros, mean, std, padding=0, dtype=dtype)
@@ -146,9 +103,11 @@ def normalize(images, mean, std, dtype=np.float32):
 def augment_normalize(images, mean, std, rng, padding=4, flip=True, dtype=np.float32):
     """Random crop (zero padding ``padding``) + random horizontal flip + normalise, drawing
     oy, ox (each uniform in [0, 2*padding]) and then the flips from the numpy Generator ``rng``."""
-    images = _uint8_images(images)
+    images = uint8_images(images)
     n = images.shape[0]
-    padding = _check_int(padding, "padding", 0, _MAX_PADDING)
+    padding = nonnegative_int(padding, "padding", MAX_INT)
+    flip = flag(flip, "flip")
+    generator(rng)
     oy = rng.integers(0, 2 * padding + 1, n)
     ox = rng.integers(0, 2 * padding + 1, n)
     flips = rng.integers(0, 2, n) if flip else np.zeros(n, dtype=np.int64)
@@ -158,14 +117,6 @@ def augment_normalize(images, mean, std, rng, padding=4, flip=True, dtype=np.flo
 def share(n, rank, size):
     """[lo, hi) of rank ``rank``'s share of ``n`` items split as evenly as possible over ``size``."""
     return (rank * n) // size, ((rank + 1) * n) // size
-
-
-def _check_int(value, name, minimum, maximum=None):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be an integer <= {maximum}, got {value!r}")
-    return int(value)
 
 
 class DataLoader:
@@ -184,18 +135,19 @@ class DataLoader:
 
     def __init__(self, images, labels, batch_size, shuffle=True, augment=False, seed=None,
                  drop_last=False, dtype=np.float32, mean=None, std=None, padding=4, flip=True):
-        self.images = _uint8_images(images)
+        self.images = uint8_images(images)
         n = self.images.shape[0]
         labels = np.asarray(labels)
-        if labels.shape != (n,) or (n and labels.dtype.kind not in "iu"):
-            raise ValueError(f"labels must be {n} integers (one per image), "
-                             f"got {labels.dtype} {labels.shape}")
+        if n and labels.dtype.kind not in "iu":
+            raise TypeError(f"labels must be integers, got dtype {labels.dtype}")
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},) (one per image), got {labels.shape}")
         self.labels = np.ascontiguousarray(labels, dtype=np.int64)
-        self.batch_size = _check_int(batch_size, "batch_size", 1)
-        self.padding = _check_int(padding, "padding", 0, _MAX_PADDING)
-        self.shuffle, self.augment, self.flip = bool(shuffle), bool(augment), bool(flip)
-        self.drop_last = bool(drop_last)
-        self.dtype = _float_dtype(dtype)
+        self.batch_size = positive_int(batch_size, "batch_size")
+        self.padding = nonnegative_int(padding, "padding", MAX_INT)
+        self.shuffle, self.augment = flag(shuffle, "shuffle"), flag(augment, "augment")
+        self.flip, self.drop_last = flag(flip, "flip"), flag(drop_last, "drop_last")
+        self.dtype = float_dtype(dtype)
         if mean is None or std is None:
             if mean is not None or std is not None:
                 raise ValueError("give both mean and std, or neither")
@@ -204,7 +156,7 @@ class DataLoader:
         self._lut = normalization_lut(self.mean, self.std, self.dtype)
         if seed is None:
             seed = int(np.random.default_rng().integers(2**63))  # fits int64 / JSON
-        self.seed = _check_int(seed, "seed", 0)
+        self.seed = nonnegative_int(seed, "seed")
         self._epoch = 0
         self._position = 0
         self._plan_cache = None
@@ -233,7 +185,7 @@ class DataLoader:
 
     def set_epoch(self, epoch):
         """Start epoch ``epoch`` from its first batch at the next iteration."""
-        self._epoch = _check_int(epoch, "epoch", 0)
+        self._epoch = nonnegative_int(epoch, "epoch")
         self._position = 0
 
     # ---------------------------------------------------------------- state
@@ -244,17 +196,18 @@ class DataLoader:
 
     def set_state(self, state):
         """Restore a :meth:`get_state` dict (from a loader over the same data and batch size)."""
-        try:
-            seed, epoch, position = state["seed"], state["epoch"], state["position"]
-        except (KeyError, TypeError):
-            raise ValueError(f"not a DataLoader state: {state!r}") from None
+        if not isinstance(state, Mapping):
+            raise TypeError(f"a DataLoader state must be the dict from get_state(), got {type(state).__name__}")
+        missing = [k for k in ("seed", "epoch", "position") if k not in state]
+        if missing:
+            raise ValueError(f"not a DataLoader state: it lacks {missing} (got keys {sorted(map(str, state))})")
         for key, mine in (("num_samples", self.num_samples), ("batch_size", self.batch_size)):
-            if key in state and int(state[key]) != mine:
-                raise ValueError(f"loader state was saved with {key}={int(state[key])}, "
+            if key in state and nonnegative_int(state[key], f"loader state {key}") != mine:
+                raise ValueError(f"loader state was saved with {key}={state[key]}, "
                                  f"this loader has {mine}")
-        seed = _check_int(int(seed), "seed", 0)
-        epoch = _check_int(int(epoch), "epoch", 0)
-        position = _check_int(int(position), "position", 0)
+        seed = nonnegative_int(state["seed"], "loader state seed")
+        epoch = nonnegative_int(state["epoch"], "loader state epoch")
+        position = nonnegative_int(state["position"], "loader state position")
         if position > len(self):
             raise ValueError(f"position {position} is beyond the {len(self)} batches of an epoch")
         self.seed, self._epoch, self._position = seed, epoch, position
@@ -284,7 +237,8 @@ class DataLoader:
 
     def batch(self, epoch, k):
         """Batch ``k`` of epoch ``epoch`` (pure: does not move the loader)."""
-        if not 0 <= k < len(self):
+        epoch = nonnegative_int(epoch, "epoch")
+        if not 0 <= integer(k, "batch index k") < len(self):
             raise IndexError(f"batch {k} out of range: an epoch has {len(self)} batches")
         order, oy, ox, flips = self._plan(epoch)
         s = slice(k * self.batch_size, min((k + 1) * self.batch_size, self.num_samples))
@@ -292,7 +246,7 @@ class DataLoader:
             lo, hi = share(s.stop - s.start, *self.part)
             s = slice(s.start + lo, s.start + hi)
         index = order[s]
-        x = _run(self.images, index, oy[s], ox[s], flips[s], self.padding, self._lut, self.dtype)
+        x = crop_flip_lut(self.images, self._lut, index, oy[s], ox[s], flips[s], self.padding)
         return x, self.labels[index]
 
     def __iter__(self):

@@ -6,7 +6,7 @@ import os
 import platform
 import time
 
-from .._argtypes import comma_list, positive_float, positive_int
+from .._validation import comma_list, positive_float_arg, positive_int_arg
 from ..recipe import CifarData, RunError, add_data_options
 from .small_init import CONFIGS, DEFAULT_PARTS, PARTS, Options
 
@@ -42,20 +42,20 @@ class SmallInitCommand:
                         "sweep for (c), a learning-rate sweep, Dropout and BN scale invariance. Writes "
                         "results.json, report.md and plots (with matplotlib) to --out.")
         d = Options()
-        p.add_argument("--epochs", type=positive_int, default=None,
+        p.add_argument("--epochs", type=positive_int_arg, default=None,
                        help=f"epochs per configuration (default {d.epochs}; --quick: 2)")
-        p.add_argument("--lr", type=positive_float, default=d.lr,
+        p.add_argument("--lr", type=positive_float_arg, default=d.lr,
                        help="peak learning rate of the shared cosine schedule (default: %(default)s)")
-        p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="(default: %(default)s)")
+        p.add_argument("--batch-size", type=positive_int_arg, default=d.batch_size, help="(default: %(default)s)")
         p.add_argument("--seed", type=int, default=d.seed, help="one seed for weights, data order and augmentation")
         p.add_argument("--parts", type=comma_list(str), default=DEFAULT_PARTS,
                        help=f"comma-separated parts to run, from {','.join(PARTS)}, or 'all' "
                             f"(default: {','.join(DEFAULT_PARTS)}); 'steps' needs 'main' with configuration d")
         p.add_argument("--configs", type=comma_list(str), default=tuple(CONFIGS),
                        help="configurations for the main part, from a,b,c,d (default: all)")
-        p.add_argument("--sweep-steps", type=positive_int, default=None,
+        p.add_argument("--sweep-steps", type=positive_int_arg, default=None,
                        help=f"steps of each learning-rate sweep run (default {d.sweep_steps})")
-        p.add_argument("--eps-steps", type=positive_int, default=None,
+        p.add_argument("--eps-steps", type=positive_int_arg, default=None,
                        help=f"steps of each epsilon sweep run (default {d.eps_steps})")
         p.add_argument("--quick", action="store_true",
                        help="a small version: 5,000 training / 1,000 test images, 2 epochs, short sweeps")

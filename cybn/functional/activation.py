@@ -7,19 +7,10 @@ dead unit gives 0, and a NaN y gives 0; PyTorch would pass dy through at a NaN y
 import numpy as np
 
 from .._kernels import elementwise as _k
-from .._threads import kernel_threads
-from ._checks import float_array, shape_is
+from .._validation import float_array, shape_is
+from ._dispatch import threads_for
 
 __all__ = ["relu", "relu_backward"]
-
-# Below this many elements one thread is faster than waking an OpenMP team (measured on the
-# 2-core dev box: a region costs ~3 us, milliseconds when the other core is busy; relu breaks
-# even at ~32k float32 elements), so small calls stay serial.
-_PARALLEL_MIN = 1 << 15
-
-
-def _threads_for(n):
-    return kernel_threads() if n >= _PARALLEL_MIN else 1
 
 
 def relu(x):
@@ -27,7 +18,7 @@ def relu(x):
     shape = getattr(x, "shape", None)
     x = float_array(x, "x")  # note: np.ascontiguousarray turns a 0-d array into shape (1,)
     y = np.empty_like(x)
-    _k.relu_forward(x.reshape(-1), y.reshape(-1), _threads_for(x.size))
+    _k.relu_forward(x.reshape(-1), y.reshape(-1), threads_for(x.size))
     return y.reshape(shape)
 
 
@@ -39,5 +30,5 @@ def relu_backward(dy, y):
     y = float_array(y, "y", dtype=dy.dtype)
     shape_is(y_in, shape, "y (the shape of dy)")
     dx = np.empty_like(dy)
-    _k.relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), _threads_for(dy.size))
+    _k.relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), threads_for(dy.size))
     return dx.reshape(shape)

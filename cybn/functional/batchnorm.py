@@ -8,6 +8,12 @@ Same maths and signatures as ``cybn.reference.batchnorm`` (see its docstrings). 
 * ``batch_norm_backward``: 1 fused read of dy and x for sum(dy) and sum(dy*(x-mean)) (which give
   dbias and dweight), then 1 read of dy, x + 1 write of dx.
 * ``batch_norm_eval``: 1 read + 1 write.
+* ``batch_norm_eval_backward``: the same fused read of dy and x for the sums, then 1 read of dy
+  + 1 write of dx (eval-mode BN is a fixed per-channel affine map).
+* ``batch_norm_relu_train`` / ``batch_norm_relu_backward``: BN followed by ReLU, fused: the same
+  passes as BN alone. The forward applies the ReLU as it writes y; the backward recomputes the
+  ReLU mask from x (the forward's pre-activation, bit for bit) inside its two passes, so the
+  ReLU costs no pass of its own and its input gradient is never stored.
 
 Determinism: reductions are split into chunks of rows chosen from the input shape only, each
 chunk reduced by one thread in a fixed order, partials merged in a fixed order: results are
@@ -18,15 +24,14 @@ running_mean, running_var) may be float32 or float64 independently of x; batch m
 returned as float64. ``weight``/``bias`` None means gamma = 1 / beta = 0 (affine=False);
 ``batch_norm_backward`` still returns dweight/dbias (for the implicit gamma=1, beta=0).
 """
-import numbers
-
 import numpy as np
 
 from .._kernels import batchnorm as _k
 from .._threads import kernel_threads
-from ._checks import FLOAT_DTYPES, finite_float, float_array, positive_int, shape_is
+from .._validation import check_float_array, float_array, integer, positive_float, real, shape_is
 
-__all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "update_running_stats"]
+__all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
+           "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward"]
 
 
 def _input(x, name="x"):
@@ -64,7 +69,7 @@ def _stat(v, name, C, nonnegative=False):
 
 
 def _eps(eps):
-    return finite_float(eps, "eps", positive=True)
+    return positive_float(eps, "eps")
 
 
 def _need_two(x, fname):
@@ -82,51 +87,83 @@ def _split(mean, dtype):
     return hi, lo
 
 
-def _normalize(x, mean, invstd, weight, bias):
+def _affine(mean, invstd, weight, bias, dtype):
+    """(hi, lo, scale, shift) in ``dtype``: y = ((x - hi) - lo) * scale + shift. The fused
+    backward rebuilds exactly these values to recompute the forward's ReLU mask."""
     scale = invstd if weight is None else invstd * weight.astype(np.float64)
     shift = np.zeros_like(mean) if bias is None else bias
-    hi, lo = _split(mean, x.dtype)
+    return _split(mean, dtype) + (scale.astype(dtype), shift.astype(dtype))
+
+
+def _normalize(x, mean, invstd, weight, bias, relu=False):
     y = np.empty_like(x)
     if x.size:
-        _k.affine_normalize(_as3(x), hi, lo, scale.astype(x.dtype), shift.astype(x.dtype),
-                            _as3(y), kernel_threads())
+        _k.affine_normalize(_as3(x), *_affine(mean, invstd, weight, bias, x.dtype), _as3(y), relu,
+                            kernel_threads())
     return y
 
 
-def batch_norm_train(x, weight, bias, eps=1e-5):
-    """Training-mode forward: (y, mean, var); mean, var float64 (C,), var is the biased variance."""
+def _train(x, weight, bias, eps, relu, fname):
     x = _input(x)
     weight = _param(weight, "weight", x)
     bias = _param(bias, "bias", x)
     eps = _eps(eps)
-    _need_two(x, "batch_norm_train")
+    _need_two(x, fname)
     C = x.shape[1]
     mean = np.empty(C, dtype=np.float64)
     var = np.empty(C, dtype=np.float64)
     _k.batch_stats(_as3(x), mean, var, kernel_threads())
-    y = _normalize(x, mean, 1.0 / np.sqrt(var + eps), weight, bias)
+    y = _normalize(x, mean, 1.0 / np.sqrt(var + eps), weight, bias, relu)
     return y, mean, var
 
 
-def batch_norm_backward(dy, x, weight, mean, var, eps=1e-5):
-    """(dx, dweight, dbias) of batch_norm_train; dweight/dbias are (C,) in x's dtype."""
+def _backward_args(dy, x, weight, mean, var, eps, names=("mean", "var")):
+    """The validated arguments of both backward passes (``names``: what the statistics are)."""
     x = _input(x)
     dy = float_array(dy, "dy", dtype=x.dtype)
     if dy.shape != x.shape:
         raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
-    weight = _param(weight, "weight", x)
     C = x.shape[1]
-    mean = _stat(mean, "mean", C)
-    var = _stat(var, "var", C, nonnegative=True)
-    eps = _eps(eps)
-    m = _need_two(x, "batch_norm_backward")
+    return (dy, x, _param(weight, "weight", x), _stat(mean, names[0], C),
+            _stat(var, names[1], C, nonnegative=True), _eps(eps))
+
+
+def batch_norm_train(x, weight, bias, eps=1e-5):
+    """Training-mode forward: (y, mean, var); mean, var float64 (C,), var is the biased variance."""
+    return _train(x, weight, bias, eps, False, "batch_norm_train")
+
+
+def batch_norm_relu_train(x, weight, bias, eps=1e-5):
+    """relu(batch_norm_train(x, ...)) in one pass after the statistics: (y, mean, var)."""
+    return _train(x, weight, bias, eps, True, "batch_norm_relu_train")
+
+
+def batch_norm_backward(dy, x, weight, mean, var, eps=1e-5):
+    """(dx, dweight, dbias) of batch_norm_train; dweight/dbias are (C,) in x's dtype."""
+    return _backward(dy, x, weight, None, mean, var, eps, False, "batch_norm_backward")
+
+
+def batch_norm_relu_backward(dy, x, weight, bias, mean, var, eps=1e-5):
+    """(dx, dweight, dbias) of batch_norm_relu_train given dy = dL/d(its output y).
+
+    The ReLU mask is recomputed from x, weight, bias, mean, var and eps (pass the forward's).
+    """
+    return _backward(dy, x, weight, bias, mean, var, eps, True, "batch_norm_relu_backward")
+
+
+def _backward(dy, x, weight, bias, mean, var, eps, relu, fname):
+    dy, x, weight, mean, var, eps = _backward_args(dy, x, weight, mean, var, eps)
+    bias = _param(bias, "bias", x)
+    C = x.shape[1]
+    m = _need_two(x, fname)
     threads = kernel_threads()
     dt = x.dtype
     dy3, x3 = _as3(dy), _as3(x)
+    invstd = 1.0 / np.sqrt(var + eps)
+    hi, lo, scale, shift = _affine(mean, invstd, weight, bias, dt)
     sum_dy = np.empty(C, dtype=np.float64)
     sum_dyxc = np.empty(C, dtype=np.float64)
-    _k.backward_sums(dy3, x3, mean, sum_dy, sum_dyxc, threads)
-    invstd = 1.0 / np.sqrt(var + eps)
+    _k.backward_sums(dy3, x3, mean, sum_dy, sum_dyxc, hi, lo, scale, shift, relu, threads)
     gamma = np.ones(C) if weight is None else weight.astype(np.float64)
     dbias = sum_dy
     dweight = sum_dyxc * invstd  # = sum(dy * x_hat)
@@ -135,9 +172,9 @@ def batch_norm_backward(dy, x, weight, mean, var, eps=1e-5):
     a = gamma * invstd
     b = -a * invstd * invstd * sum_dyxc / m
     d = -a * sum_dy / m
-    hi, lo = _split(mean, x.dtype)
     dx = np.empty_like(x)
-    _k.backward_dx(dy3, x3, hi, lo, a.astype(dt), b.astype(dt), d.astype(dt), _as3(dx), threads)
+    _k.backward_dx(dy3, x3, hi, lo, a.astype(dt), b.astype(dt), d.astype(dt), _as3(dx), scale,
+                   shift, relu, threads)
     return dx, dweight.astype(dt), dbias.astype(dt)
 
 
@@ -153,13 +190,27 @@ def batch_norm_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
     return _normalize(x, running_mean, 1.0 / np.sqrt(running_var + eps), weight, bias)
 
 
+def batch_norm_eval_backward(dy, x, weight, running_mean, running_var, eps=1e-5):
+    """(dx, dweight, dbias) of batch_norm_eval: a fixed per-channel affine map, so with
+    invstd = 1/sqrt(running_var + eps): dx = weight * invstd * dy, dweight = sum(dy * x_hat),
+    dbias = sum(dy); sums in float64, results in x's dtype (dweight/dbias also when weight is None)."""
+    dy, x, weight, running_mean, running_var, eps = _backward_args(
+        dy, x, weight, running_mean, running_var, eps, ("running_mean", "running_var"))
+    C = x.shape[1]
+    dt = x.dtype
+    sum_dy = np.zeros(C, dtype=np.float64)
+    sum_dyxc = np.zeros(C, dtype=np.float64)
+    invstd = 1.0 / np.sqrt(running_var + eps)
+    if x.size:
+        _k.backward_sums(_as3(dy), _as3(x), running_mean, sum_dy, sum_dyxc,
+                         *_affine(running_mean, invstd, weight, None, dt), False, kernel_threads())
+    # dx = dy * scale: the normalisation kernel with a zero mean and shift (it never reads x)
+    dx = _normalize(dy, np.zeros(C), invstd, weight, None)
+    return dx, (sum_dyxc * invstd).astype(dt), sum_dy.astype(dt)
+
+
 def _running(v, name):
-    if not isinstance(v, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {type(v).__name__}")
-    if v.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must have dtype float32 or float64, got {v.dtype}")
-    if v.ndim != 1:
-        raise ValueError(f"{name} must have 1 dimension (C,), got shape {v.shape}")
+    check_float_array(v, name, ndim=1)
     if not v.flags.writeable:
         raise ValueError(f"{name} is updated in place and must be writeable")
     return v
@@ -176,12 +227,8 @@ def update_running_stats(running_mean, running_var, mean, var, count, momentum=0
         raise ValueError("running_mean and running_var must not share memory")
     mean = _stat(mean, "mean", C)
     var = _stat(var, "var", C, nonnegative=True)
-    if isinstance(count, numbers.Integral) and not isinstance(count, bool) and count < 2:
-        raise ValueError(f"count must be >= 2 (values per channel in the batch), got {count}")
-    count = positive_int(count, "count")
-    momentum = finite_float(momentum, "momentum")
-    if not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    count = integer(count, "count", minimum=2)
+    momentum = real(momentum, "momentum", 0.0, 1.0)
     # O(C) work: plain NumPy, computed in float64 and stored in the running arrays' dtype.
     unbiased = var * (count / (count - 1))
     running_mean[...] = (1 - momentum) * running_mean.astype(np.float64) + momentum * mean

@@ -19,43 +19,13 @@ per (name, dtype) and reused.
 import threading
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from .._kernels import conv as _k
 from .._threads import kernel_threads
-from ._checks import MAX_INT, float_array, nonnegative_int, pair, positive_int
+from .._threads import single_threaded_blas as _single_threaded_blas
+from .._validation import MAX_INT, float_array, nonnegative_int, pair, positive_int
 
 __all__ = ["conv2d", "conv2d_backward"]
-
-# Created after the kernel import, so it also sees the BLAS that scipy.linalg.cython_blas loaded.
-_blas = ThreadpoolController()
-_blas_lock = threading.Lock()
-_blas_users = 0  # conv calls in flight (from any Python thread) that need BLAS at one thread
-_blas_limiter = None
-
-
-class _SingleThreadedBlas:
-    """Hold every BLAS library at one thread while any conv call runs (OpenMP provides the
-    parallelism). Reference-counted, so overlapping calls from several Python threads restore
-    cybn's setting only when the last one leaves (a plain nested limit would restore the 1)."""
-
-    def __enter__(self):
-        global _blas_users, _blas_limiter
-        with _blas_lock:
-            if _blas_users == 0:
-                _blas_limiter = _blas.limit(limits=1, user_api="blas")
-            _blas_users += 1
-
-    def __exit__(self, *exc):
-        global _blas_users, _blas_limiter
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
-
-
-_single_threaded_blas = _SingleThreadedBlas()
 
 # Per Python thread: name, dtype -> flat scratch array, grown on demand and reused (avoids
 # page-faulting fresh allocations on every call; a few MB: per kernel thread one image's im2col

@@ -10,24 +10,13 @@ Conventions (identical in cybn.reference.pool; values and indices match PyTorch'
   index is returned (PyTorch's CPU kernel returns the last one; the value is NaN either way);
 - indices are int64 flat positions h*W + w in the unpadded input plane (PyTorch's convention).
 """
-import numbers
-
 import numpy as np
 
 from .._kernels import pool as _k
-from .._threads import kernel_threads
-from ._checks import float_array, nonnegative_int, pair
+from .._validation import conv_output_size, float_array, nonnegative_int, pair, positive_int
+from ._dispatch import threads_for
 
 __all__ = ["max_pool2d", "max_pool2d_backward"]
-
-# Below this many elements one thread is faster than waking an OpenMP team (measured on the
-# 2-core dev box: a region costs ~3 us, milliseconds when the other core is busy; relu breaks
-# even at ~32k float32 elements), so small calls stay serial.
-_PARALLEL_MIN = 1 << 15
-
-
-def _threads_for(n):
-    return kernel_threads() if n >= _PARALLEL_MIN else 1
 
 
 def _geometry(shape, kernel_size, stride, padding):
@@ -41,8 +30,7 @@ def _geometry(shape, kernel_size, stride, padding):
     if H == 0 or W == 0:
         # with padding the windows would hold padding only: no element to take the max of
         raise ValueError(f"x of shape {shape} has an empty input plane (H = {H}, W = {W})")
-    Ho = (H + 2 * ph - kh) // sh + 1
-    Wo = (W + 2 * pw - kw) // sw + 1
+    Ho, Wo = conv_output_size((H, W), (kh, kw), (sh, sw), (ph, pw))
     if Ho < 1 or Wo < 1:
         raise ValueError(f"input of shape {shape} padded by {(ph, pw)} is smaller than the kernel "
                          f"{(kh, kw)}: the output would be empty")
@@ -62,17 +50,16 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     y = np.empty((N, C, Ho, Wo), dtype=x.dtype)
     indices = np.empty((N, C, Ho, Wo), dtype=np.int64)
     _k.max_pool2d_forward(x.reshape(N * C, H, W), y.reshape(N * C, Ho, Wo),
-                          indices.reshape(N * C, Ho, Wo), kh, kw, sh, sw, ph, pw, _threads_for(x.size))
+                          indices.reshape(N * C, Ho, Wo), kh, kw, sh, sw, ph, pw, threads_for(x.size))
     return y, indices
 
 
 def _input_shape(input_shape, dy_shape):
-    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 4:
+    if not isinstance(input_shape, (tuple, list)):
+        raise TypeError(f"input_shape must be a tuple (N, C, H, W), got {type(input_shape).__name__}")
+    if len(input_shape) != 4:
         raise ValueError(f"input_shape must be a 4-tuple (N, C, H, W), got {input_shape!r}")
-    for v in input_shape:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-            raise ValueError(f"input_shape must hold positive integers, got {tuple(input_shape)}")
-    input_shape = tuple(int(v) for v in input_shape)
+    input_shape = tuple(positive_int(v, f"input_shape {tuple(input_shape)}: each size") for v in input_shape)
     if input_shape[:2] != dy_shape[:2]:
         raise ValueError(f"input_shape {input_shape} and dy of shape {dy_shape} disagree on (N, C)")
     return input_shape
@@ -98,7 +85,7 @@ def max_pool2d_backward(dy, indices, input_shape):
     dx = np.empty((N, C, H, W), dtype=dy.dtype)
     L = dy.shape[2] * dy.shape[3]
     bad = _k.max_pool2d_backward(dy.reshape(N * C, L), indices.reshape(N * C, L),
-                                 dx.reshape(N * C, H * W), _threads_for(dx.size))
+                                 dx.reshape(N * C, H * W), threads_for(dx.size))
     if bad:
         raise ValueError(f"indices hold {bad} value(s) outside [0, H*W) = [0, {H * W}) for "
                          f"input_shape {(N, C, H, W)}")

@@ -20,8 +20,8 @@ import numpy as np
 
 from .._kernels import batchnorm as _k
 from .._threads import kernel_threads
-from ._checks import float_array, shape_is
-from .batchnorm import _as3, _count, _eps, _input, _param, _split, _stat
+from .._validation import float_array, integer, shape_is
+from .batchnorm import _as3, _backward_args, _count, _input, _split, _stat
 
 __all__ = ["batch_norm_stats", "batch_norm_gather_stats", "batch_norm_backward_reduce",
            "batch_norm_backward_elemt"]
@@ -101,7 +101,10 @@ def batch_norm_backward_reduce(dy, x, mean):
     sum_dy = np.zeros(C, dtype=np.float64)
     sum_dyxc = np.zeros(C, dtype=np.float64)
     if x.size:
-        _k.backward_sums(_as3(dy), _as3(x), mean, sum_dy, sum_dyxc, kernel_threads())
+        hi, lo = _split(mean, x.dtype)
+        unused = np.zeros(C, x.dtype)  # the fused-ReLU operands (relu off)
+        _k.backward_sums(_as3(dy), _as3(x), mean, sum_dy, sum_dyxc, hi, lo, unused, unused, False,
+                         kernel_threads())
     return sum_dy, sum_dyxc
 
 
@@ -109,16 +112,11 @@ def batch_norm_backward_elemt(dy, x, weight, mean, var, sum_dy, sum_dyxc, count,
     """dx of BN given the statistics and the two backward sums of the WHOLE batch of ``count``
     values per channel (``count`` >= 2): ``dx = a*dy + b*(x - mean) + d`` with ``a = gamma*invstd``,
     ``b = -a * invstd^2 * sum_dyxc / count``, ``d = -a * sum_dy / count``."""
-    dy, x = _dy_x(dy, x)
-    weight = _param(weight, "weight", x)
+    dy, x, weight, mean, var, eps = _backward_args(dy, x, weight, mean, var, eps)
     C = x.shape[1]
-    mean = _stat(mean, "mean", C)
-    var = _stat(var, "var", C, nonnegative=True)
     sum_dy = shape_is(np.asarray(sum_dy, dtype=np.float64), (C,), "sum_dy (one value per channel)")
     sum_dyxc = shape_is(np.asarray(sum_dyxc, dtype=np.float64), (C,), "sum_dyxc (one value per channel)")
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 2:
-        raise ValueError(f"count (values per channel in the whole batch) must be an integer >= 2, got {count!r}")
-    eps = _eps(eps)
+    count = integer(count, "count (values per channel in the whole batch)", minimum=2)
     dt = x.dtype
     invstd = 1.0 / np.sqrt(var + eps)
     gamma = np.ones(C) if weight is None else weight.astype(np.float64)
@@ -128,6 +126,7 @@ def batch_norm_backward_elemt(dy, x, weight, mean, var, sum_dy, sum_dyxc, count,
     dx = np.empty_like(x)
     if x.size:
         hi, lo = _split(mean, dt)
+        unused = np.zeros(C, dt)  # the fused-ReLU operands (relu off)
         _k.backward_dx(_as3(dy), _as3(x), hi, lo, a.astype(dt), b.astype(dt), d.astype(dt), _as3(dx),
-                       kernel_threads())
+                       unused, unused, False, kernel_threads())
     return dx

@@ -4,6 +4,7 @@ import os
 import numpy as np
 
 from .. import _formats
+from .._validation import flag, positive_int
 from .module import Module
 
 __all__ = ["Sequential", "HookHandle"]
@@ -43,7 +44,7 @@ class Sequential(Module):
         self.layers = list(layers)
         self._hooks = {}
         self._next_hook = 0
-        self.needs_input_grad = bool(input_grad)
+        self.needs_input_grad = flag(input_grad, "input_grad")
 
     # needs_input_grad is forwarded to the first layer (the only one whose input gradient is optional)
     @property
@@ -126,8 +127,7 @@ class Sequential(Module):
         """Outputs for ``x`` in eval mode, ``batch_size`` rows at a time; the previous mode is
         restored afterwards and cached activations are discarded (do not call between a training
         forward and its backward)."""
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = positive_int(batch_size, "batch_size")
         was_training = self.training
         modes = [layer.training for layer in self.layers]
         self.eval()

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from .._validation import float_dtype, from_text, nonnegative_float
+
 __all__ = ["fans", "uniform", "normal", "kaiming_normal", "kaiming_uniform", "he_normal", "he_uniform",
            "glorot_uniform", "glorot_normal", "xavier_uniform", "xavier_normal", "zeros", "torch_default",
            "Initializer", "init_from_spec", "SPEC_FORMS"]
@@ -33,24 +35,16 @@ def fans(shape):
     return shape[1] * receptive, shape[0] * receptive
 
 
-def _dtype(dtype):
-    return np.dtype(dtype)
-
-
 def uniform(shape, a, rng, dtype=np.float32):
     """U(-a, a): the small-initialization experiment's weights."""
-    a = float(a)
-    if not (a >= 0 and math.isfinite(a)):
-        raise ValueError(f"uniform bound a must be a finite number >= 0, got {a}")
-    return rng.uniform(-a, a, size=shape).astype(_dtype(dtype))
+    a = nonnegative_float(a, "uniform bound a")
+    return rng.uniform(-a, a, size=shape).astype(float_dtype(dtype))
 
 
 def normal(shape, std, rng, dtype=np.float32):
     """N(0, std^2)."""
-    std = float(std)
-    if not (std >= 0 and math.isfinite(std)):
-        raise ValueError(f"normal std must be a finite number >= 0, got {std}")
-    return (rng.standard_normal(size=shape) * std).astype(_dtype(dtype))
+    std = nonnegative_float(std, "normal std")
+    return (rng.standard_normal(size=shape) * std).astype(float_dtype(dtype))
 
 
 def _fan(shape, mode):
@@ -93,7 +87,7 @@ xavier_normal = glorot_normal
 
 
 def zeros(shape, rng=None, dtype=np.float32):
-    return np.zeros(shape, dtype=_dtype(dtype))
+    return np.zeros(shape, dtype=float_dtype(dtype))
 
 
 def torch_default(shape, rng, dtype=np.float32):
@@ -143,25 +137,25 @@ def init_from_spec(spec):
     """Parse "uniform:0.001", "normal:0.01", "he", "kaiming", "glorot", "xavier", "torch", ...
 
     An ``Initializer`` is returned unchanged; a plain callable ``fn(shape, rng, dtype)`` is wrapped
-    (zero biases). Anything else raises ValueError naming the allowed forms.
+    (zero biases). A bad string raises ValueError naming the allowed forms; anything else
+    TypeError.
     """
     if isinstance(spec, Initializer):
         return spec
     if callable(spec):
         return Initializer(getattr(spec, "__name__", repr(spec)), spec)
     if not isinstance(spec, str):
-        raise _bad_spec(spec, f"expected a string or a callable, got {type(spec).__name__}")
+        raise TypeError(f"init spec must be a string (allowed forms: {', '.join(SPEC_FORMS)}) or a "
+                        f"callable, got {type(spec).__name__}")
     text = spec.strip().lower()
     kind, sep, arg = text.partition(":")
     if kind in ("uniform", "normal"):
         if not sep or not arg:
             raise _bad_spec(spec, f"{kind} needs a number, e.g. {kind}:0.001")
         try:
-            value = float(arg)
-        except ValueError:
-            raise _bad_spec(spec, f"{arg!r} is not a number") from None
-        if not (math.isfinite(value) and value >= 0):
-            raise _bad_spec(spec, f"{kind} needs a finite number >= 0, got {value}")
+            value = from_text(arg, nonnegative_float, "the " + ("bound" if kind == "uniform" else "std"))
+        except ValueError as e:
+            raise _bad_spec(spec, str(e)) from None
         fn = uniform if kind == "uniform" else normal
         return Initializer(f"{kind}:{arg}", lambda shape, rng, dtype=np.float32: fn(shape, value, rng, dtype))
     if sep:

@@ -3,14 +3,14 @@
 Every layer computes through ``cybn.functional`` only; gradients are **overwritten** by ``backward``.
 """
 import math
-import numbers
 
 import numpy as np
 
 from .. import functional as F
-from ..functional._checks import MAX_INT
+from .._validation import (MAX_INT, as_generator, check_float_array, conv_output_size, flag, float_dtype,
+                           nonnegative_int, pair, plain_array, positive_float, positive_int, real)
 from . import init as _init
-from .module import Module, _not_plain_array, as_generator, float_dtype
+from .module import Module
 
 # Sizes and geometry reach C ``int`` kernel arguments and BLAS dimensions: anything larger is
 # an input bug (it could never be allocated), reported as a ValueError naming the argument.
@@ -19,64 +19,15 @@ __all__ = ["Conv2D", "Linear", "BatchNorm1D", "BatchNorm2D", "ReLU", "MaxPool2D"
            "SoftmaxCrossEntropy"]
 
 
-def _is_int(a):
-    return isinstance(a, numbers.Integral) and not isinstance(a, (bool, np.bool_))
-
-
-def _pair(v, name, minimum=1):
-    vals = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    if len(vals) != 2:
-        raise ValueError(f"{name} must be an int or a pair (h, w), got {v!r}")
-    for a in vals:
-        if not _is_int(a):
-            raise TypeError(f"{name} must be an int or a pair of ints, got {v!r}")
-        if a < minimum:
-            raise ValueError(f"{name} must be >= {minimum}, got {v!r}")
-        if a > MAX_INT:
-            raise ValueError(f"{name} must be <= {MAX_INT} (2**31 - 1), got {v!r}")
-    return int(vals[0]), int(vals[1])
-
-
-def _positive(v, name):
-    if not _is_int(v):
-        raise TypeError(f"{name} must be an int, got {v!r}")
-    if v < 1:
-        raise ValueError(f"{name} must be >= 1, got {v}")
-    if v > MAX_INT:
-        raise ValueError(f"{name} must be <= {MAX_INT} (2**31 - 1), got {v}")
-    return int(v)
-
-
-def _flag(v, name):
-    """A bool argument (``np.bool_`` too): anything else is a TypeError, not a truth-value guess."""
-    if not isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool (True or False), got {type(v).__name__} {v!r}")
-    return bool(v)
-
-
-def _short(v):
-    r = repr(v)
-    return r if len(r) <= 40 else r[:30] + f"... ({len(r)} characters)"
-
-
-def _real(v, name, ok, want):
-    """A real number accepted by ``ok(float)`` as a Python float; ``want`` describes the range."""
-    if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a real number, got {type(v).__name__} {_short(v)}")
-    try:
-        f = float(v)
-    except OverflowError:  # a huge Python int (10**400)
-        f = math.inf if v > 0 else -math.inf
-    if not ok(f):  # NaN fails every comparison, so it is rejected here too
-        raise ValueError(f"{name} must be {want}, got {_short(v)}")
-    return f
+def _size(v, name):
+    return positive_int(v, name, MAX_INT)
 
 
 class _Affine(Module):
     """Shared by Conv2D and Linear: weight from an initializer, optional bias, overwrite-grads."""
 
     def _init_params(self, shape, bias, dtype, rng, init, size_names):
-        bias = _flag(bias, "bias")
+        bias = flag(bias, "bias")
         self.dtype = float_dtype(dtype)
         n = math.prod(shape)
         if n * self.dtype.itemsize > np.iinfo(np.intp).max:
@@ -111,11 +62,11 @@ class Conv2D(_Affine):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  dtype=np.float32, rng=None, init="he"):
         super().__init__()
-        self.in_channels = _positive(in_channels, "in_channels")
-        self.out_channels = _positive(out_channels, "out_channels")
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(stride, "stride")
-        self.padding = _pair(padding, "padding", minimum=0)
+        self.in_channels = _size(in_channels, "in_channels")
+        self.out_channels = _size(out_channels, "out_channels")
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride, "stride")
+        self.padding = pair(padding, "padding", nonnegative_int)
         self._init_params((self.out_channels, self.in_channels) + self.kernel_size, bias, dtype, rng, init,
                           "in_channels, out_channels and kernel_size")
 
@@ -136,8 +87,7 @@ class Conv2D(_Affine):
 
     def output_shape(self, input_shape):
         n, _, h, w = input_shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        return (n, self.out_channels, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+        return (n, self.out_channels) + conv_output_size((h, w), self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self):
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -154,8 +104,8 @@ class Linear(_Affine):
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32, rng=None, init="he"):
         super().__init__()
-        self.in_features = _positive(in_features, "in_features")
-        self.out_features = _positive(out_features, "out_features")
+        self.in_features = _size(in_features, "in_features")
+        self.out_features = _size(out_features, "out_features")
         self._init_params((self.out_features, self.in_features), bias, dtype, rng, init,
                           "in_features and out_features")
 
@@ -190,14 +140,14 @@ class _BatchNorm(Module):
     Eval: normalize with the running stats. ``affine=False``: no weight/bias parameters.
     """
     _ndim = None
+    no_weight_decay = frozenset({"weight", "bias"})
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, dtype=np.float32):
         super().__init__()
-        self.num_features = _positive(num_features, "num_features")
-        self.eps = _real(eps, "eps", lambda f: 0.0 < f < math.inf, "a finite number > 0")
-        self.momentum = None if momentum is None else _real(momentum, "momentum", lambda f: 0.0 <= f <= 1.0,
-                                                             "in [0, 1] (or None)")
-        self.affine = _flag(affine, "affine")
+        self.num_features = _size(num_features, "num_features")
+        self.eps = positive_float(eps, "eps")
+        self.momentum = None if momentum is None else real(momentum, "momentum (or None)", 0.0, 1.0)
+        self.affine = flag(affine, "affine")
         self.dtype = float_dtype(dtype)
         c = self.num_features
         if self.affine:
@@ -246,20 +196,11 @@ class _BatchNorm(Module):
             _, x, mean, var = cache
             dx, dw, db = F.batch_norm_backward(dy, x, w, mean, var, self.eps)
         else:
-            # Eval-mode BN is a fixed per-channel affine map: dx = dy * weight / sqrt(running_var + eps).
-            # (Only needed for input-gradient analysis of a frozen model, so plain NumPy is enough.)
-            x = cache[1]
-            shape = (1, -1) + (1,) * (dy.ndim - 2)
-            axes = (0,) + tuple(range(2, dy.ndim))
-            inv = 1.0 / np.sqrt(self.buffers["running_var"].astype(np.float64) + self.eps)
-            scale = inv if w is None else inv * w
-            dx = (dy * scale.reshape(shape)).astype(self.dtype)
-            db = dy.sum(axes, dtype=np.float64)
-            xhat = (x - self.buffers["running_mean"].reshape(shape)) * inv.reshape(shape)
-            dw = (dy * xhat).sum(axes)
+            dx, dw, db = F.batch_norm_eval_backward(dy, cache[1], w, self.buffers["running_mean"],
+                                                    self.buffers["running_var"], self.eps)
         if self.affine:
-            np.copyto(self.grads["weight"], dw, casting="unsafe")
-            np.copyto(self.grads["bias"], db, casting="unsafe")
+            np.copyto(self.grads["weight"], dw)
+            np.copyto(self.grads["bias"], db)
         return dx
 
     def extra_repr(self):
@@ -278,8 +219,7 @@ class BatchNorm1D(_BatchNorm):
 
 class ReLU(Module):
     def forward(self, x):
-        if type(x) is not np.ndarray:
-            raise _not_plain_array(x, "ReLU's input x")
+        plain_array(x, "ReLU's input x")
         y = F.relu(x)
         self._save_for_backward(y, y)
         return y
@@ -293,14 +233,13 @@ class MaxPool2D(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
-        self.padding = _pair(padding, "padding", minimum=0)
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
+        self.padding = pair(padding, "padding", nonnegative_int)
         self._orig = (kernel_size, stride if stride is not None else kernel_size, padding)
 
     def forward(self, x):
-        if type(x) is not np.ndarray:
-            raise _not_plain_array(x, "MaxPool2D's input x")
+        plain_array(x, "MaxPool2D's input x")
         y, indices = F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
         self._save_for_backward((indices, x.shape), y)
         return y
@@ -311,8 +250,7 @@ class MaxPool2D(Module):
 
     def output_shape(self, input_shape):
         n, c, h, w = input_shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        return (n, c, (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1)
+        return (n, c) + conv_output_size((h, w), self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self):
         k, s, p = self._orig
@@ -323,8 +261,7 @@ class Flatten(Module):
     """(N, ...) -> (N, prod(...)), C-order like ``torch.nn.Flatten`` (channels vary slowest)."""
 
     def forward(self, x):
-        if type(x) is not np.ndarray:
-            raise _not_plain_array(x, "Flatten's input x")
+        plain_array(x, "Flatten's input x")
         if x.ndim < 1:
             raise ValueError(f"Flatten expects an input with a batch axis, got a 0-d array (shape {x.shape})")
         # explicit feature count, not -1: reshape(0, -1) is ambiguous for an empty batch
@@ -346,36 +283,21 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, rng=None):
         super().__init__()
-        self.p = _real(p, "dropout probability p", lambda f: 0.0 <= f <= 1.0, "in [0, 1]")
+        self.p = real(p, "dropout probability p", 0.0, 1.0)
         self.rng = as_generator(rng, "rng")
 
     def forward(self, x):
-        if type(x) is not np.ndarray:
-            raise _not_plain_array(x, "Dropout's input x")
-        if x.dtype not in (np.float32, np.float64):
-            raise TypeError(f"Dropout's input x must have dtype float32 or float64, got {x.dtype}")
-        if not self.training or self.p == 0.0:
-            self._save_for_backward(("identity",), x)
+        check_float_array(x, "Dropout's input x")
+        if not self.training or self.p == 0.0:  # the identity: nothing drawn, nothing computed
+            self._save_for_backward(None, x)
             return x
-        if self.p == 1.0:
-            keep = np.zeros(x.shape, bool)
-            scale = 0.0
-        else:
-            keep = self.rng.random(x.shape, dtype=x.dtype.type) >= self.p
-            scale = 1.0 / (1.0 - self.p)
-        y = np.multiply(x, keep)
-        y *= x.dtype.type(scale)
-        self._save_for_backward(("mask", keep, scale), y)
+        y, mask = F.dropout(x, self.p, self.rng)
+        self._save_for_backward(mask, y)
         return y
 
     def backward(self, dy):
-        cache = self._pop_cache(dy)
-        if cache[0] == "identity":
-            return dy
-        _, keep, scale = cache
-        dx = np.multiply(dy, keep)
-        dx *= dy.dtype.type(scale)
-        return dx
+        mask = self._pop_cache(dy)
+        return dy if mask is None else F.dropout_backward(dy, mask, self.p)
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -1,11 +1,9 @@
 """Model builders."""
 import numpy as np
 
-from ..functional._checks import finite_float
-
+from .._validation import as_generator, choice, flag, float_dtype, positive_int, real
 from .container import Sequential
-from .layers import BatchNorm1D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU, _flag
-from .module import as_generator, float_dtype
+from .layers import BatchNorm1D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU
 
 __all__ = ["cnn7", "BN_CHOICES"]
 
@@ -39,14 +37,13 @@ def cnn7(bn="none", init="uniform:0.001", dtype=np.float32, seed=0, dropout=0.0,
     match the equivalent ``torch.nn.Sequential`` (Conv2d, BatchNorm2d, ReLU, MaxPool2d, Flatten,
     Linear, BatchNorm1d, Dropout), so its ``state_dict`` (converted to numpy) loads directly.
     """
-    if bn not in BN_CHOICES:
-        raise ValueError(f"bn must be one of {BN_CHOICES}, got {bn!r}")
+    bn = choice(bn, "bn", BN_CHOICES)
     dtype = float_dtype(dtype)
-    bias = _flag(bias, "bias")
-    dropout = finite_float(dropout, "dropout")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    rng = as_generator(seed)
+    bias = flag(bias, "bias")
+    dropout = real(dropout, "dropout", 0.0, 1.0, exclusive_maximum=True)
+    width, hidden, num_classes = (positive_int(v, name) for v, name in
+                                  ((width, "width"), (hidden, "hidden"), (num_classes, "num_classes")))
+    rng = as_generator(seed, "seed")
     bn_kw = dict(eps=bn_eps, momentum=bn_momentum, dtype=dtype)
     use_bn = bn == "all"
     layers = []

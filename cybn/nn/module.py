@@ -11,6 +11,12 @@ Conventions (the same for all layers):
   Because params and grads are only ever updated in place, an optimizer can keep references to them
   (and ``load_state_dict`` copies into them) without ever going stale.
 - ``buffers``: non-trained state (BatchNorm's running statistics, ``num_batches_tracked``).
+  ``copy_buffers()`` / ``restore_buffers(snapshot)`` save and put back all of a model's buffers
+  (e.g. around an evaluation that must not move them), so nobody writes ``buffers`` from outside.
+- ``no_weight_decay``: the names of a layer's params that ``SGD(decay_bn_and_bias=False)`` leaves
+  undecayed besides every ``bias`` (BatchNorm declares ``{"weight", "bias"}``: its gain and shift
+  set a scale, not a fit, and decaying them only fights the normalisation). A class attribute,
+  so a new layer opts in by declaring it; the optimizer never needs to know layer types.
 - ``forward(x)`` keeps what ``backward`` needs in a cache; ``backward(dy)`` consumes it (and frees
   it), so calling ``backward`` before ``forward`` (or twice) raises ``RuntimeError``.
 - ``backward(dy)`` validates ``dy`` first (``check_grad_output``: a plain ndarray with the forward
@@ -24,40 +30,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def float_dtype(dtype):
-    """``dtype`` as a numpy dtype, restricted to float32/float64 (TypeError otherwise)."""
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in _FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
-
-def as_generator(rng, name="rng"):
-    """A ``numpy.random.Generator`` from a Generator, an int seed >= 0 or None (fresh OS entropy)."""
-    if isinstance(rng, np.random.Generator):
-        return rng
-    if rng is None:
-        return np.random.default_rng()
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
-        if rng < 0:
-            raise ValueError(f"{name} must be a numpy.random.Generator, an int seed >= 0 or None, got {rng}")
-        return np.random.default_rng(int(rng))
-    raise TypeError(f"{name} must be a numpy.random.Generator, an int seed or None, got {type(rng).__name__}")
-
-
-def _not_plain_array(a, what):
-    """The TypeError for a non-ndarray or an ndarray subclass passed as ``what``."""
-    if isinstance(a, np.ndarray):
-        return TypeError(f"{what} must be a plain numpy.ndarray, got the subclass {type(a).__name__} "
-                         "(its extra semantics, e.g. a mask, would be ignored: pass np.asarray(...) "
-                         "or a filled copy)")
-    return TypeError(f"{what} must be a numpy.ndarray, got {type(a).__name__}")
+from .._validation import flag, ndim_is, plain_array
 
 
 def check_grad_output(dy, shape, dtype, owner):
@@ -65,8 +38,7 @@ def check_grad_output(dy, shape, dtype, owner):
     output's ``shape`` and ``dtype`` (no broadcasting, no casts: a mismatch is a caller bug).
     The one place every layer's backward checks its incoming gradient."""
     what = f"{owner}.backward: dy (the gradient of the output)"
-    if type(dy) is not np.ndarray:
-        raise _not_plain_array(dy, what)
+    plain_array(dy, what)
     if dy.dtype != dtype:
         raise TypeError(f"{what} has dtype {dy.dtype}, but the forward output has dtype {np.dtype(dtype)}")
     if dy.shape != tuple(shape):
@@ -97,6 +69,9 @@ def set_generator_state(rng, words):
 
 class Module:
     """Base class: a differentiable layer with ``forward``/``backward`` and named state."""
+
+    # names of params exempt from weight decay under SGD(decay_bn_and_bias=False); see above
+    no_weight_decay = frozenset()
 
     def __init__(self):
         self.params = {}
@@ -150,17 +125,13 @@ class Module:
     def _check_input(self, x, ndim=None):
         """TypeError unless ``x`` is an ndarray of this layer's dtype; ValueError on a wrong rank."""
         name = type(self).__name__
-        if type(x) is not np.ndarray:
-            raise _not_plain_array(x, f"{name}'s input x")
+        plain_array(x, f"{name}'s input x")
         if x.dtype != self.dtype:
             raise TypeError(f"{name} has dtype {self.dtype} but its input has dtype {x.dtype} "
                             f"(convert the input with .astype(np.{self.dtype}) or build the layer "
                             f"with dtype=np.{x.dtype})")
         if ndim is not None:
-            allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
-            if x.ndim not in allowed:
-                want = " or ".join(str(a) for a in allowed)
-                raise ValueError(f"{name} expects a {want}-d input, got shape {x.shape}")
+            ndim_is(x, ndim, f"{name}'s input x")
         return x
 
     # ---- parameters / state -------------------------------------------------------------------
@@ -204,6 +175,32 @@ class Module:
                 state[prefix + name] = np.array(b, copy=True)
         return state
 
+    def _buffer_targets(self):
+        return {prefix + name: b for prefix, module in self.named_modules()
+                for name, b in module.buffers.items()}
+
+    def copy_buffers(self):
+        """A snapshot of every buffer in the module tree (copies); opaque: hand it to
+        ``restore_buffers``."""
+        return {key: np.array(b, copy=True) for key, b in self._buffer_targets().items()}
+
+    def restore_buffers(self, snapshot):
+        """Copy a ``copy_buffers()`` snapshot of this model back into its buffers, in place (arrays
+        held elsewhere, e.g. by an optimizer or a probe, stay valid). ValueError if the snapshot
+        comes from a model with other buffers."""
+        if not isinstance(snapshot, Mapping):
+            raise TypeError(f"snapshot must come from copy_buffers(), got {type(snapshot).__name__}")
+        targets = self._buffer_targets()
+        if set(snapshot) != set(targets):
+            raise ValueError(f"the snapshot holds buffers {sorted(snapshot)}, this {type(self).__name__} "
+                             f"has {sorted(targets)}: it comes from another model")
+        for key, target in targets.items():
+            if np.shape(snapshot[key]) != target.shape:
+                raise ValueError(f"snapshot buffer {key!r} has shape {np.shape(snapshot[key])}, "
+                                 f"the model's has {target.shape}")
+        for key, target in targets.items():
+            np.copyto(target, snapshot[key], casting="unsafe")
+
     def _state_targets(self):
         targets = {}
         for prefix, module in self.named_modules():
@@ -225,8 +222,7 @@ class Module:
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a mapping (e.g. the dict from state_dict()) of key -> array, "
                             f"got {type(state).__name__}")
-        if not isinstance(strict, (bool, np.bool_)):
-            raise TypeError(f"strict must be a bool, got {type(strict).__name__}")
+        strict = flag(strict, "strict")
         targets = self._state_targets()
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
@@ -259,16 +255,6 @@ class Module:
         for target, value in checked:
             np.copyto(target, value, casting="unsafe")
         return missing, unexpected
-
-    # TEMPORARY (H2, for cybn/train.py until H1's Module.copy_buffers/restore_buffers land): drop at merge.
-    def copy_buffers(self):
-        """An opaque snapshot of every buffer in the module tree (for ``restore_buffers``)."""
-        return [(m.buffers, k, v.copy()) for _, m in self.named_modules() for k, v in m.buffers.items()]
-
-    def restore_buffers(self, snapshot):
-        """Copy a ``copy_buffers`` snapshot back into the buffers, in place."""
-        for buffers, k, v in snapshot:
-            np.copyto(buffers[k], v)
 
     # ---- description --------------------------------------------------------------------------
     def extra_repr(self):

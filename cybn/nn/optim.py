@@ -13,25 +13,14 @@ resumed at step k gets exactly the learning rates of an uninterrupted run; the t
 ``opt.lr = schedule.lr_at(step)`` before each ``opt.step()``.
 """
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
-from ..functional._checks import finite_float
+from .._validation import flag, from_text, nonnegative_float, nonnegative_int, positive_int
 
 __all__ = ["SGD", "LRSchedule", "ConstantLR", "StepLR", "CosineLR", "WarmupLR", "schedule_from_spec",
            "SCHEDULE_FORMS"]
-
-
-def _nonneg(v, name):
-    v = finite_float(v, name)
-    if v < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {v}")
-    return v
-
-
-def _is_bn(layer):
-    from .layers import _BatchNorm
-    return isinstance(layer, _BatchNorm)
 
 
 class SGD:
@@ -40,19 +29,20 @@ class SGD:
     ``params``: a model (anything with ``named_parameters()``) or an iterable of
     ``(name, param, grad)`` or ``(name, param, grad, layer)`` tuples. Params and grads are used by
     reference and must be updated in place by their owners (cybn layers do).
-    ``decay_bn_and_bias=False`` exempts BatchNorm parameters and every ``*bias`` from weight decay.
+    ``decay_bn_and_bias=False`` exempts from weight decay every param called ``bias`` and those a
+    layer lists in its ``no_weight_decay`` (BatchNorm's weight and bias; see ``cybn.nn.module``).
     """
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0,
                  decay_bn_and_bias=True):
         if hasattr(params, "named_parameters"):
             params = params.named_parameters()
-        self.lr = _nonneg(lr, "lr")
-        self.momentum = _nonneg(momentum, "momentum")
-        self.weight_decay = _nonneg(weight_decay, "weight_decay")
-        self.dampening = _nonneg(dampening, "dampening")
-        self.nesterov = bool(nesterov)
-        self.decay_bn_and_bias = bool(decay_bn_and_bias)
+        self.lr = nonnegative_float(lr, "lr")
+        self.momentum = nonnegative_float(momentum, "momentum")
+        self.weight_decay = nonnegative_float(weight_decay, "weight_decay")
+        self.dampening = nonnegative_float(dampening, "dampening")
+        self.nesterov = flag(nesterov, "nesterov")
+        self.decay_bn_and_bias = flag(decay_bn_and_bias, "decay_bn_and_bias")
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
         self._params = []  # (name, p, g, decay?)
@@ -72,7 +62,9 @@ class SGD:
             if p.shape != g.shape or p.dtype != g.dtype:
                 raise ValueError(f"parameter {name!r}: grad {g.shape} {g.dtype} does not match "
                                  f"param {p.shape} {p.dtype}")
-            decay = self.decay_bn_and_bias or not (name.split(".")[-1] == "bias" or _is_bn(layer))
+            local = name.rsplit(".", 1)[-1]
+            decay = self.decay_bn_and_bias or not (
+                local == "bias" or local in getattr(layer, "no_weight_decay", ()))
             self._params.append((name, p, g, decay))
         if not self._params:
             raise ValueError("SGD got an empty parameter list")
@@ -130,18 +122,36 @@ class SGD:
         return {name: buf.copy() for name, buf in self._buffers.items()}
 
     def load_state_dict(self, state):
-        """Restore momentum buffers; unknown names or shape/dtype mismatches raise."""
+        """Restore momentum buffers: none (before the first step) or one per parameter.
+
+        Like ``Module.load_state_dict``: unexpected or missing names are a ValueError listing
+        them, a shape mismatch a ValueError and a dtype mismatch a TypeError; nothing changes
+        unless every check passes.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"optimizer state must be a mapping (from SGD.state_dict()) of parameter name "
+                            f"-> momentum buffer, got {type(state).__name__}")
         by_name = {name: p for name, p, _, _ in self._params}
-        unknown = [k for k in state if k not in by_name]
-        if unknown:
-            raise KeyError(f"optimizer state has momentum buffers for unknown parameter(s) {unknown}")
+        unexpected = [k for k in state if k not in by_name]
+        missing = [k for k in by_name if k not in state] if state else []
+        if unexpected or missing:
+            parts = []
+            if missing:
+                parts.append(f"missing momentum buffer(s) {missing}")
+            if unexpected:
+                parts.append(f"buffer(s) for unknown parameter(s) {unexpected}")
+            raise ValueError("error loading SGD state: " + "; ".join(parts))
         new = {}
         for name, value in state.items():
-            value = np.asarray(value)
+            try:
+                value = np.asarray(value)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"momentum buffer {name!r} is not an array ({type(value).__name__}): {e}") from None
             p = by_name[name]
-            if value.shape != p.shape or value.dtype != p.dtype:
-                raise ValueError(f"momentum buffer {name!r} is {value.shape} {value.dtype}, "
-                                 f"parameter is {p.shape} {p.dtype}")
+            if value.shape != p.shape:
+                raise ValueError(f"momentum buffer {name!r} has shape {value.shape}, parameter has {p.shape}")
+            if value.dtype != p.dtype:
+                raise TypeError(f"momentum buffer {name!r} has dtype {value.dtype}, parameter has {p.dtype}")
             new[name] = np.array(value, copy=True)
         self._buffers = new
 
@@ -153,9 +163,7 @@ class SGD:
 # ---- learning-rate schedules ----------------------------------------------------------------------
 
 def _step(step):
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise ValueError(f"step must be an integer >= 0, got {step!r}")
-    return int(step)
+    return nonnegative_int(step, "step")
 
 
 class LRSchedule:
@@ -167,15 +175,10 @@ class LRSchedule:
     def __call__(self, step):
         return self.lr_at(step)
 
-    @staticmethod
-    def from_spec(spec, lr, total_steps=None):
-        """See ``schedule_from_spec``."""
-        return schedule_from_spec(spec, lr, total_steps)
-
 
 class ConstantLR(LRSchedule):
     def __init__(self, lr):
-        self.lr = _nonneg(lr, "lr")
+        self.lr = nonnegative_float(lr, "lr")
 
     def lr_at(self, step):
         _step(step)
@@ -189,11 +192,9 @@ class StepLR(LRSchedule):
     """lr * gamma ** (step // step_size)."""
 
     def __init__(self, lr, step_size, gamma=0.1):
-        self.lr = _nonneg(lr, "lr")
-        if int(step_size) < 1:
-            raise ValueError(f"step_size must be >= 1, got {step_size}")
-        self.step_size = int(step_size)
-        self.gamma = _nonneg(gamma, "gamma")
+        self.lr = nonnegative_float(lr, "lr")
+        self.step_size = positive_int(step_size, "step_size")
+        self.gamma = nonnegative_float(gamma, "gamma")
 
     def lr_at(self, step):
         return self.lr * self.gamma ** (_step(step) // self.step_size)
@@ -206,11 +207,9 @@ class CosineLR(LRSchedule):
     """min_lr + (lr - min_lr) * (1 + cos(pi * step / total_steps)) / 2; min_lr after total_steps."""
 
     def __init__(self, lr, total_steps, min_lr=0.0):
-        self.lr = _nonneg(lr, "lr")
-        if int(total_steps) < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-        self.total_steps = int(total_steps)
-        self.min_lr = _nonneg(min_lr, "min_lr")
+        self.lr = nonnegative_float(lr, "lr")
+        self.total_steps = positive_int(total_steps, "total_steps")
+        self.min_lr = nonnegative_float(min_lr, "min_lr")
 
     def lr_at(self, step):
         t = min(_step(step), self.total_steps) / self.total_steps
@@ -225,10 +224,8 @@ class WarmupLR(LRSchedule):
     warmup_steps`` (the inner schedule is not shifted), then ``schedule.lr_at(step)``."""
 
     def __init__(self, schedule, warmup_steps):
-        if int(warmup_steps) < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         self.schedule = schedule
-        self.warmup_steps = int(warmup_steps)
+        self.warmup_steps = nonnegative_int(warmup_steps, "warmup_steps")
 
     @property
     def lr(self):
@@ -256,34 +253,31 @@ def schedule_from_spec(spec, lr, total_steps=None):
         return ValueError(f"bad lr schedule {spec!r} ({why}); allowed forms: " + ", ".join(SCHEDULE_FORMS))
 
     if not isinstance(spec, str):
-        raise bad(f"expected a string, got {type(spec).__name__}")
+        raise TypeError(f"lr schedule must be a string such as 'cosine', got {type(spec).__name__}")
     text = spec.strip().lower()
-    warmup = 0
+    warmup_text = None
     if text.startswith("warmup:"):
         head, plus, text = text.partition("+")
         if not plus:
             raise bad("warmup needs a schedule after '+', e.g. warmup:500+cosine")
+        warmup_text = head.split(":", 1)[1]
+    def number(text, checker, name):
         try:
-            warmup = int(head.split(":", 1)[1])
-        except ValueError:
-            raise bad(f"{head.split(':', 1)[1]!r} is not an integer number of steps") from None
-        if warmup < 0:
-            raise bad("warmup steps must be >= 0")
+            return from_text(text, checker, name)
+        except ValueError as e:
+            raise bad(str(e)) from None
+
     kind, *args = text.split(":")
-    try:
-        nums = [float(a) for a in args]
-    except ValueError:
-        raise bad(f"arguments {args} are not numbers") from None
-    if kind == "constant" and not nums:
+    warmup = 0 if warmup_text is None else number(warmup_text, nonnegative_int, "warmup steps")
+    if kind == "constant" and not args:
         sched = ConstantLR(lr)
-    elif kind == "step" and len(nums) in (1, 2):
-        if nums[0] != int(nums[0]) or nums[0] < 1:
-            raise bad("step size must be an integer >= 1")
-        sched = StepLR(lr, int(nums[0]), nums[1] if len(nums) == 2 else 0.1)
-    elif kind == "cosine" and len(nums) <= 1:
+    elif kind == "step" and len(args) in (1, 2):
+        gamma = number(args[1], nonnegative_float, "gamma") if len(args) == 2 else 0.1
+        sched = StepLR(lr, number(args[0], positive_int, "step size"), gamma)
+    elif kind == "cosine" and len(args) <= 1:
         if total_steps is None:
             raise bad("cosine needs total_steps")
-        sched = CosineLR(lr, total_steps, nums[0] if nums else 0.0)
+        sched = CosineLR(lr, total_steps, number(args[0], nonnegative_float, "min_lr") if args else 0.0)
     else:
         raise bad(f"unknown schedule or wrong number of arguments: {text!r}")
     return WarmupLR(sched, warmup) if warmup else sched

@@ -9,3 +9,5 @@ from .conv import *  # noqa: F401,F403
 from .linear import *  # noqa: F401,F403
 from .pool import *  # noqa: F401,F403
 from .activation import *  # noqa: F401,F403
+from .dropout import *  # noqa: F401,F403
+from .augment import *  # noqa: F401,F403

@@ -15,7 +15,8 @@ batch size works. See each function for its gradient / update rule.
 """
 import numpy as np
 
-__all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "update_running_stats"]
+__all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
+           "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward"]
 
 
 def _axes(x):
@@ -102,6 +103,25 @@ def batch_norm_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
     return y.astype(x.dtype)
 
 
+def batch_norm_eval_backward(dy, x, weight, running_mean, running_var, eps=1e-5):
+    """Gradients of batch_norm_eval, which is affine in x per channel (the statistics are
+    constants): with invstd = 1/sqrt(running_var + eps), x_hat = (x - running_mean) * invstd,
+
+        dx = gamma * invstd * dy,   dweight = sum dy * x_hat,   dbias = sum dy
+
+    computed in float64, returned in x's dtype (dweight/dbias also when weight is None).
+    """
+    axes = _axes(x)
+    dy64 = dy.astype(np.float64)
+    invstd = 1.0 / np.sqrt(np.asarray(running_var, dtype=np.float64) + eps)
+    x_hat = (x.astype(np.float64) - _per_channel(np.asarray(running_mean, dtype=np.float64), x)) \
+        * _per_channel(invstd, x)
+    gamma = np.ones(x.shape[1]) if weight is None else weight.astype(np.float64)
+    dx = dy64 * _per_channel(gamma * invstd, x)
+    return (dx.astype(x.dtype), (dy64 * x_hat).sum(axis=axes).astype(x.dtype),
+            dy64.sum(axis=axes).astype(x.dtype))
+
+
 def update_running_stats(running_mean, running_var, mean, var, count, momentum=0.1):
     """In place, PyTorch semantics (count = m values per channel in the batch, count >= 2):
 
@@ -116,3 +136,26 @@ def update_running_stats(running_mean, running_var, mean, var, count, momentum=0
     mean = np.asarray(mean, dtype=np.float64)
     running_mean[...] = (1 - momentum) * running_mean.astype(np.float64) + momentum * mean
     running_var[...] = (1 - momentum) * running_var.astype(np.float64) + momentum * unbiased
+
+
+def _relu(y):
+    return np.where(y <= 0, 0, y).astype(y.dtype)  # NaN passes, as in reference.relu
+
+
+def batch_norm_relu_train(x, weight, bias, eps=1e-5):
+    """relu(batch_norm_train(x, weight, bias, eps)): returns (y, mean, var)."""
+    y, mean, var = batch_norm_train(x, weight, bias, eps)
+    return _relu(y), mean, var
+
+
+def batch_norm_relu_backward(dy, x, weight, bias, mean, var, eps=1e-5):
+    """Gradients of batch_norm_relu_train given dL/dy: the BN backward of dy masked where the
+    pre-activation gamma * (x - mean) / sqrt(var + eps) + beta is <= 0 (or NaN)."""
+    _axes(x)
+    z = (x.astype(np.float64) - _per_channel(np.asarray(mean, dtype=np.float64), x)) / np.sqrt(
+        _per_channel(np.asarray(var, dtype=np.float64), x) + eps)
+    if weight is not None:
+        z = z * _per_channel(weight.astype(np.float64), x)
+    if bias is not None:
+        z = z + _per_channel(bias.astype(np.float64), x)
+    return batch_norm_backward(np.where(z > 0, dy, 0).astype(dy.dtype), x, weight, mean, var, eps)

@@ -17,11 +17,9 @@ and dx is dxp without its padding border. Clarity over speed; computes in the in
 """
 import numpy as np
 
+from .._validation import conv_output_size, nonnegative_int, pair
+
 __all__ = ["conv2d", "conv2d_backward"]
-
-
-def _pair(v):
-    return (int(v[0]), int(v[1])) if isinstance(v, (tuple, list)) else (int(v), int(v))
 
 
 def _geometry(x, weight, stride, padding):
@@ -31,15 +29,13 @@ def _geometry(x, weight, stride, padding):
     if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"need x (N, C, H, W) and weight (F, C, kh, kw), got x {x.shape}, "
                          f"weight {weight.shape}")
-    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    (sh, sw), (ph, pw) = pair(stride, "stride"), pair(padding, "padding", nonnegative_int)
     _, _, H, W = x.shape
     _, _, kh, kw = weight.shape
     if kh > H + 2 * ph or kw > W + 2 * pw:
         raise ValueError(f"kernel {(kh, kw)} larger than the padded input of x {x.shape} "
                          f"with padding {(ph, pw)}")
-    Ho = (H + 2 * ph - kh) // sh + 1
-    Wo = (W + 2 * pw - kw) // sw + 1
-    return (sh, sw), (ph, pw), (Ho, Wo)
+    return (sh, sw), (ph, pw), conv_output_size((H, W), (kh, kw), (sh, sw), (ph, pw))
 
 
 def _tap(xp, i, j, sh, sw, Ho, Wo):

@@ -9,21 +9,18 @@ Conventions (shared with cybn.functional.pool and PyTorch's CPU max_pool2d):
 """
 import numpy as np
 
+from .._validation import conv_output_size, nonnegative_int, pair
+
 __all__ = ["max_pool2d", "max_pool2d_backward"]
-
-
-def _pair(v):
-    return (v, v) if np.isscalar(v) else tuple(v)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     """x (N, C, H, W) -> (y, indices), both (N, C, Ho, Wo) with Ho = (H + 2ph - kh)//sh + 1."""
-    kh, kw = _pair(kernel_size)
-    sh, sw = _pair(kernel_size if stride is None else stride)
-    ph, pw = _pair(padding)
+    kh, kw = pair(kernel_size, "kernel_size")
+    sh, sw = pair(kernel_size if stride is None else stride, "stride")
+    ph, pw = pair(padding, "padding", nonnegative_int)
     N, C, H, W = x.shape
-    Ho = (H + 2 * ph - kh) // sh + 1
-    Wo = (W + 2 * pw - kw) // sw + 1
+    Ho, Wo = conv_output_size((H, W), (kh, kw), (sh, sw), (ph, pw))
     y = np.empty((N, C, Ho, Wo), dtype=x.dtype)
     indices = np.empty((N, C, Ho, Wo), dtype=np.int64)
     for oh in range(Ho):

@@ -1,0 +1,88 @@
+/* C pieces shared by the cybn kernels (included through _common.pxd).
+
+   Attribute macros, each named for what it does:
+   - CYBN_RESTRICT          the compiler's restrict qualifier (C99 restrict is not C++/MSVC).
+   - CYBN_NO_TRAPPING_MATH  -fno-trapping-math for one function: lets GCC if-convert clamps
+                            and selects into vector blends. It changes no result (no
+                            reassociation, no flush-to-zero; it is not -ffast-math), only
+                            whether FP exception flags count as side effects.
+   - CYBN_CLONES_EXACT      also compile the function for AVX2 (no FMA) and pick the clone at
+                            load time (ifunc, x86-64 Linux GCC): both clones give identical bits.
+   - CYBN_CLONES_FMA        the same for x86-64-v3 (AVX2 + FMA): faster, but FMA contraction may
+                            change the last bit between machines (each machine always takes the
+                            same clone, so results stay deterministic on it).
+   Build with CFLAGS=-DCYBN_NO_CLONES to get the baseline code only.
+
+   OpenMP:
+   - CYBN_OPENMP_ENABLED    1 when the kernels are compiled with OpenMP, else 0;
+   - CYBN_WTIME()           omp_get_wtime() (0.0 without OpenMP), for per-thread timings.
+
+   Fixed-order double sums (the same bits on every ISA and build):
+   - CYBN_HAVE_VECTOR_EXT   defined when GCC/clang vector extensions are available
+                            (cybn_d4 = 4 doubles, cybn_f4 = 4 floats, CYBN_LOAD4_float/double
+                            load 4 values of that type into a cybn_d4);
+   - CYBN_SUM_4_4(a, b)     lanes a[0..3], b[0..3] combined by a fixed tree;
+   - CYBN_SUM8(a)           the same tree over an array of 8 lanes (the scalar fallback);
+   - CYBN_SUM4(a0, a1, a2, a3) four scalar accumulators, fixed tree. */
+#ifndef CYBN_COMMON_H
+#define CYBN_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#  include <omp.h>
+#  define CYBN_OPENMP_ENABLED 1
+#  define CYBN_WTIME() omp_get_wtime()
+#else
+#  define CYBN_OPENMP_ENABLED 0
+#  define CYBN_WTIME() 0.0
+#endif
+
+#if defined(_MSC_VER)
+#  define CYBN_RESTRICT __restrict
+#else
+#  define CYBN_RESTRICT __restrict__
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__)
+#  define CYBN_NO_TRAPPING_MATH __attribute__((optimize("no-trapping-math")))
+#else
+#  define CYBN_NO_TRAPPING_MATH
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(CYBN_NO_CLONES)
+#  define CYBN_CLONES_EXACT __attribute__((target_clones("avx2", "default")))
+#  if __GNUC__ >= 11
+#    define CYBN_CLONES_FMA __attribute__((target_clones("arch=x86-64-v3", "default")))
+#  else
+#    define CYBN_CLONES_FMA
+#  endif
+#else
+#  define CYBN_CLONES_EXACT
+#  define CYBN_CLONES_FMA
+#endif
+
+#if defined(__has_builtin)
+#  if __has_builtin(__builtin_convertvector) && !defined(CYBN_NO_VECTOR_EXT)
+#    define CYBN_HAVE_VECTOR_EXT 1
+#  endif
+#endif
+
+#ifdef CYBN_HAVE_VECTOR_EXT
+typedef double cybn_d4 __attribute__((vector_size(32)));
+typedef float cybn_f4 __attribute__((vector_size(16)));
+#  define CYBN_LOAD4_float(dst, p) do { cybn_f4 f_; memcpy(&f_, (p), sizeof f_); \
+                                        (dst) = __builtin_convertvector(f_, cybn_d4); } while (0)
+#  define CYBN_LOAD4_double(dst, p) memcpy(&(dst), (p), sizeof(cybn_d4))
+#endif
+
+#define CYBN_SUM4(a0, a1, a2, a3) (((a0) + (a1)) + ((a2) + (a3)))
+#define CYBN_SUM_4_4(a, b) (CYBN_SUM4((a)[0], (a)[1], (a)[2], (a)[3]) \
+                            + CYBN_SUM4((b)[0], (b)[1], (b)[2], (b)[3]))
+#define CYBN_SUM8(a) (CYBN_SUM4((a)[0], (a)[1], (a)[2], (a)[3]) \
+                      + CYBN_SUM4((a)[4], (a)[5], (a)[6], (a)[7]))
+
+#endif

@@ -1,0 +1,19 @@
+"""How many kernel threads a call of a given size gets (the one "is threading worth it" rule).
+
+Waking an OpenMP team costs ~3 us on an idle core and milliseconds when the other cores are
+busy (one descheduled worker stalls the whole team), so each thread must get enough work to pay
+for it: at least ``grain`` elements (relu, measured on the 2-core dev box, breaks even at ~32k
+float32 elements per thread). The count does not change results: kernels split work in fixed,
+shape-derived blocks.
+"""
+from .._threads import kernel_threads
+
+# Elements of work per thread below which an extra thread does not pay off.
+PARALLEL_MIN = 1 << 15
+
+
+def threads_for(size, grain=None):
+    """Threads for a call touching ``size`` elements: ``size // grain`` (``PARALLEL_MIN`` by
+    default), at least 1 and at most ``kernel_threads()``."""
+    grain = PARALLEL_MIN if grain is None else grain
+    return max(1, min(kernel_threads(), size // grain))
