@@ -9,11 +9,14 @@ cybn's GEMM calls (flops the GEMMs actually execute -- Winograd layers execute f
 im2col -- / mean per-thread seconds inside BLAS, timed by the kernel) against numpy's sgemm rate
 on a 1024^3 product measured in the same run; and the share of the wall time spent in BLAS.
 
---alternatives adds, at all threads, the designs measured side by side per layer: cybn as
-shipped; cybn with im2col only (no Winograd); and the GEMMs alone of the classic whole-batch
-design (one numpy matmul per product over a (K, N*Ho*Wo) im2col matrix, BLAS threaded) -- a lower
-bound for that design, which would still need the unrolling, col2im and NCHW transposes.
+--alternatives adds, at 1 thread and at all threads, the algorithms measured side by side per
+layer (ratios against the shipped one in the same run): cybn as shipped (Winograd F(4x4, 3x3)
+for forward, dx and dW where C, F >= 16); F(4x4) with im2col dW; F(2x2) with im2col dW (the
+previous design); im2col only; and the GEMMs alone of the classic whole-batch design (one numpy
+matmul per product over a (K, N*Ho*Wo) im2col matrix, BLAS threaded) -- a lower bound for that
+design, which would still need the unrolling, col2im and NCHW transposes.
 """
+import contextlib
 import argparse
 import os
 import sys
@@ -38,9 +41,13 @@ def gemm_flops(n, c, f, hw, k=3):
 def executed_gemm_flops(n, c, f, hw):
     """Flops the GEMMs of one cybn forward + backward actually execute (3x3, stride 1, pad 1)."""
     im2col = 2.0 * n * f * c * 9 * hw * hw
-    wino = 16 * 2.0 * n * f * c * ((hw + 1) // 2) ** 2  # 16 products per 2x2 output tile
-    use = fconv._use_winograd(3, 3, 1, 1, c, f)
-    return (wino if use else im2col) * 2 + im2col  # forward and dx, + dweight (im2col)
+
+    def wino(m):  # (m+2)^2 products per m x m output tile
+        return (m + 2) ** 2 * 2.0 * n * f * c * (-(-hw // m)) ** 2
+
+    if not fconv._use_winograd(3, 3, 1, 1, c, f, n * hw * hw):
+        return 3 * im2col
+    return 2 * wino(fconv._WINO_M) + (wino(4) if fconv._WINO_DW else im2col)
 
 
 def cases_for(n, c, f, hw, dtype, torch, rng):
@@ -124,40 +131,61 @@ def main(argv=None):
         alternatives(args, dtype, torch, nmax)
 
 
-def alternatives(args, dtype, torch, nt):
+# name -> settings of cybn.functional.conv; the first is the shipped configuration
+ALGORITHMS = {
+    "shipped: F(4x4) fwd/dx/dW": {},
+    "F(4x4) fwd/dx, im2col dW": {"_WINO_DW": False},
+    "F(2x2) fwd/dx, im2col dW": {"_WINO_M": 2, "_WINO_DW": False},
+    "im2col only": {"_WINOGRAD": False},
+}
+
+
+@contextlib.contextmanager
+def conv_settings(settings):
+    old = {k: getattr(fconv, k) for k in settings}
+    for k, v in settings.items():
+        setattr(fconv, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(fconv, k, v)
+
+
+def alternatives(args, dtype, torch, nmax):
     rng = np.random.default_rng(1)
+    names = list(ALGORITHMS) + ["whole-batch GEMMs only"]
     rows = []
-    with harness.threads(nt):
-        for c, f, hw in SHAPES:
-            cases = cases_for(args.batch, c, f, hw, dtype, None, rng)
-            run = cases["cybn"]
+    for nt in ([1] if nmax == 1 else [1, nmax]):
+        with harness.threads(nt):
+            for c, f, hw in SHAPES:
+                run = cases_for(args.batch, c, f, hw, dtype, None, rng)["cybn"]
+                cases = {}
+                for name, settings in ALGORITHMS.items():
+                    def case(run=run, settings=settings):
+                        with conv_settings(settings):
+                            run()
+                    cases[name] = case
+                k, p = 9 * c, args.batch * hw * hw
+                w = rng.standard_normal((f, k)).astype(dtype)
+                cols = rng.standard_normal((k, p)).astype(dtype)
+                dy = rng.standard_normal((f, p)).astype(dtype)
+                y, dw, dcols = np.empty((f, p), dtype), np.empty((f, k), dtype), np.empty((k, p), dtype)
 
-            def im2col_only(run=run):
-                fconv._WINOGRAD = False
-                try:
-                    run()
-                finally:
-                    fconv._WINOGRAD = True
+                def batch_gemms(w=w, cols=cols, dy=dy, y=y, dw=dw, dcols=dcols):
+                    np.matmul(w, cols, out=y)
+                    np.matmul(dy, cols.T, out=dw)
+                    np.matmul(w.T, dy, out=dcols)
 
-            k, p = 9 * c, args.batch * hw * hw
-            w = rng.standard_normal((f, k)).astype(dtype)
-            cols = rng.standard_normal((k, p)).astype(dtype)
-            dy = rng.standard_normal((f, p)).astype(dtype)
-            y, dw, dcols = np.empty((f, p), dtype), np.empty((f, k), dtype), np.empty((k, p), dtype)
-
-            def batch_gemms(w=w, cols=cols, dy=dy, y=y, dw=dw, dcols=dcols):
-                np.matmul(w, cols, out=y)
-                np.matmul(dy, cols.T, out=dw)
-                np.matmul(w.T, dy, out=dcols)
-
-            med = harness.measure({"cybn": run, "im2col only": im2col_only,
-                                   "whole-batch GEMMs only": batch_gemms},
-                                  repeats=args.repeats, warmup=1)
-            rows.append([f"{c}->{f} @{hw}x{hw}"] + [med[m] * 1e3 for m in
-                        ("cybn", "im2col only", "whole-batch GEMMs only")])
-    print(f"\n## Alternatives at {nt} threads (ms per forward + backward, interleaved medians)\n")
-    print(harness.markdown_table(["layer", "cybn (Winograd fwd/dx where C,F >= 16)",
-                                  "cybn im2col only", "whole-batch numpy GEMMs alone"], rows))
+                cases["whole-batch GEMMs only"] = batch_gemms
+                med = harness.measure(cases, repeats=args.repeats, warmup=1)
+                base = med[names[0]]
+                rows.append([f"{c}->{f} @{hw}x{hw}", nt] + [
+                    f"{med[m] * 1e3:.1f} ({base / med[m]:.2f}x)" if m != names[0]
+                    else f"{med[m] * 1e3:.1f}" for m in names])
+    print("\n## Alternatives (ms per forward + backward, interleaved medians; in brackets the "
+          "shipped time / this one: < 1 means slower than shipped)\n")
+    print(harness.markdown_table(["layer", "threads"] + names, rows))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""2-D convolution kernels: im2col / col2im and Winograd F(2x2,3x3), fused per thread with
-single-threaded BLAS GEMMs (scipy.linalg.cython_blas sgemm/dgemm, called without the GIL).
+"""2-D convolution kernels: im2col / col2im and Winograd F(2x2,3x3) / F(4x4,3x3), fused per
+thread with single-threaded BLAS GEMMs (scipy.linalg.cython_blas sgemm/dgemm, without the GIL).
 
 im2col path (any kernel, stride, padding). Work units (images, or fixed blocks of images for the
 backward) are handed out dynamically to the OpenMP threads; a thread unrolls one image into its
@@ -14,44 +14,22 @@ with the products avoids writing and re-reading a whole-batch im2col matrix (150
 128 x 32ch @ 32x32 float32); per-thread GEMMs avoid the BLAS pool's fork/join per product.
 
 Winograd path (3x3, stride 1; forward, and dx as the forward conv of dy with the flipped
-kernel): see ``conv2d_winograd`` below: 2.25x fewer GEMM flops, 16 GEMMs (F, C) @ (C, tiles).
+kernel): see ``conv2d_winograd`` below: F(2x2): 2.25x fewer GEMM flops, 16 GEMMs
+(F, C) @ (C, tiles); F(4x4): 4x fewer, 36 GEMMs. dW by F(4x4) as well
+(``conv2d_winograd_dw``: 36 GEMMs (F, tiles) @ (tiles, C) per group of images). The
+transforms' hot loops are C with AVX-512 / AVX2 clones chosen at load time
+(``target_clones``: one portable baseline build).
 
 The caller must cap the BLAS library at ONE thread while these run (OpenMP provides the
 parallelism). Reductions (dW, db) are summed per fixed block of images and the blocks combined
 in order, so results are deterministic and the same for any thread count. Kernels trust their
 inputs (validation is in cybn.functional.conv).
 """
-from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset, memcpy
-from scipy.linalg.cython_blas cimport sgemm, dgemm
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    #define CYBN_WTIME() omp_get_wtime()
-    #else
-    #define CYBN_WTIME() 0.0
-    #endif
-    """
-    double CYBN_WTIME() nogil
-
-
-cdef inline void _gemm_rm(char ta, char tb, int m, int n, int k, floating* a, int lda,
-                          floating* b, int ldb, floating beta, floating* c, int ldc) noexcept nogil:
-    """Row-major C (m, n) = op(A) (m, k) @ op(B) (k, n) + beta*C via column-major BLAS.
-
-    A row-major matrix is its transpose in column-major storage, so C^T = op(B)^T op(A)^T:
-    swap the operands and the m/n roles, keep the transpose flags.
-    """
-    cdef floating one = 1
-    if m == 0 or n == 0:
-        return
-    if floating is float:
-        sgemm(&tb, &ta, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc)
-    else:
-        dgemm(&tb, &ta, &n, &m, &k, &one, b, &ldb, a, &lda, &beta, c, &ldc)
+from cybn._kernels._blas cimport gemm_rm
+from cybn._kernels._common cimport floating, CYBN_WTIME
 
 
 cdef inline void _valid_cols(int W, int kw_j, int sw, int pw, int Wo, int* ow0, int* ow1) noexcept nogil:
@@ -127,6 +105,12 @@ cdef void _col2im(const floating* cols, floating* dx, int C, int H, int W, int k
                     src += Wo
 
 
+cdef inline int _block_start(int N, int blk, int nblocks) noexcept nogil:
+    """First image of fixed block blk of nblocks (the split depends on N only); returned, not
+    written through a pointer, so that prange keeps the caller's variable thread-private."""
+    return <int>((<long long>N * blk) // nblocks)
+
+
 cdef inline double _sum(const floating* a, Py_ssize_t n) noexcept nogil:
     """Sum in double with 8 independent accumulators (fixed order, so deterministic): one
     serial accumulator would be latency-bound, 4 cycles per element."""
@@ -182,7 +166,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
                     for p in range(L):
                         yp[<Py_ssize_t>f * P + p] = bias[f]
             t0 = CYBN_WTIME()
-            _gemm_rm(c'N', c'N', F, L, K, <floating*>&weight[0, 0, 0, 0], K, ct, L, beta, yp, P)
+            gemm_rm(c'N', c'N', F, L, K, <floating*>&weight[0, 0, 0, 0], K, ct, L, beta, yp, P)
             gemm_seconds[t] += CYBN_WTIME() - t0
 
 
@@ -218,8 +202,8 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
     for blk in prange(nblocks, num_threads=num_threads, schedule="dynamic", chunksize=1,
                       nogil=True):
         t = threadid()
-        n0 = <int>((<long long>N * blk) // nblocks)
-        n1 = <int>((<long long>N * (blk + 1)) // nblocks)
+        n0 = _block_start(N, blk, nblocks)
+        n1 = _block_start(N, blk + 1, nblocks)
         ct = &cols[t, 0]
         dct = &dcols[t, 0]
         dwt = &dw_part[blk, 0]
@@ -240,11 +224,11 @@ def conv2d_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1
                 t0 = CYBN_WTIME()
                 # dW^T (K, F) += cols (K, L) @ dy^T (L, F): measured up to 1.4x faster in OpenBLAS
                 # than dW = dy @ cols^T for these shapes (the long operand is packed as A)
-                _gemm_rm(c'N', c'T', K, F, L, ct, L, dyp, P, beta, dwt, F)
+                gemm_rm(c'N', c'T', K, F, L, ct, L, dyp, P, beta, dwt, F)
                 gemm_seconds[t] += CYBN_WTIME() - t0
                 if compute_dx:
                     t0 = CYBN_WTIME()
-                    _gemm_rm(c'T', c'N', K, L, F, <floating*>&weight[0, 0, 0, 0], K, dyp, P,
+                    gemm_rm(c'T', c'N', K, L, F, <floating*>&weight[0, 0, 0, 0], K, dyp, P,
                              0, dct, L)
                     gemm_seconds[t] += CYBN_WTIME() - t0
                     _col2im(dct, &dx[n, 0, 0, 0], C, H, W, kh, kw, sh, sw, ph, pw, Wo, oh0, oh1)
@@ -396,25 +380,392 @@ cdef extern from *:
     void cybn_wino_out_d(const double* m, long FT, double* o0, double* o1, double bf, int TW) nogil
 
 
-cdef void _wino_input(const floating* x, floating* U, floating* Z, floating* tmp, int C, int H,
-                      int W, int ph, int pw, int TH, int TW, int Tg, int t0) noexcept nogil:
-    """U[xi, c, t0 + th*TW + tw] = (B^T d B)[a, b] for the tiles of one image (ld = Tg).
+# Winograd F(4x4, 3x3): 6x6 input tiles at stride 4, 36 GEMMs over 16-pixel output tiles,
+# i.e. 36/16 = 2.25 multiply-adds per output pixel and (f, c) pair instead of 9 (4x fewer than
+# im2col, 1.78x fewer than F(2x2)); the transformed data is 2.25x the image instead of 4x.
+#   B^T = [[4,0,-5,0,1,0],[0,-4,-4,1,1,0],[0,4,-4,-1,1,0],[0,-2,-1,2,1,0],[0,2,-1,-2,1,0],
+#          [0,4,0,-5,0,1]],
+#   G = [[1/4,0,0],[-1/6,-1/6,-1/6],[-1/6,1/6,-1/6],[1/24,1/12,1/6],[1/24,-1/12,1/6],[0,0,1]],
+#   A^T = [[1,1,1,1,1,0],[0,1,-1,2,-2,0],[0,1,1,4,4,0],[0,1,-1,8,-8,1]].
+# The transforms are written with multiplications by powers of two only (5d = 4d + d), so an
+# FMA contraction in a vectorised clone rounds exactly like the separate multiply and add: every
+# clone gives the same bits.
 
-    Z: >= W zeros standing in for the padding rows; tmp: 4 padded rows of width 2*TW + 2.
+cdef extern from *:
     """
-    cdef int WZ = 2 * TW + 2
+    /* One portable baseline build; the hot transform loops get AVX-512 / AVX2 clones that the
+       loader picks for the running CPU (GCC on x86-64 Linux; elsewhere, or with
+       -DCYBN_NO_CLONES, the plain code). Like _common.h's CYBN_CLONES_EXACT plus an AVX-512
+       clone: these transforms multiply by powers of two only, so the FMA contraction of the
+       AVX-512 clone cannot change a bit. */
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+        && !defined(CYBN_NO_CLONES)
+    #define CYBN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+    #else
+    #define CYBN_CLONES
+    #endif
+    /* The streams of a transform never overlap; `restrict` on local pointers is not enough for
+       GCC to vectorise these loops without alias checks (too many streams for them). */
+    #if defined(__GNUC__) && !defined(__clang__)
+    #define CYBN_IVDEP _Pragma("GCC ivdep")
+    #else
+    #define CYBN_IVDEP
+    #endif
+
+    /* z = B^T d for the 6 values d0..d5 of one input column or row (see B^T above). */
+    #define CYBN_WINO4_B(T, z, d0, d1, d2, d3, d4, d5) {                                 \
+        T p_ = (d4) - (d2), q_ = (d3) - (d1);                                           \
+        z[0] = 4 * ((d0) - (d2)) + p_; z[1] = ((d3) + (d4)) - 4 * ((d1) + (d2));        \
+        z[2] = ((d4) - (d3)) + 4 * ((d1) - (d2)); z[3] = p_ + 2 * q_; z[4] = p_ - 2 * q_; \
+        z[5] = 4 * ((d1) - (d3)) + ((d5) - (d3)); }
+    /* B^T along 6 input rows r[0..5] (a missing row points at zeros), written at column offset
+       pw of the 6 padded tile rows t + a*WZ (zero borders). */
+    #define CYBN_WINO4_ROWS(T, NAME)                                                     \
+    CYBN_CLONES static void NAME(const T* const* r, T* t, int W, int pw, int WZ) {      \
+        for (int a = 0; a < 6; ++a) {                                                   \
+            for (int i = 0; i < pw; ++i) t[a * WZ + i] = 0;                             \
+            for (int i = pw + W; i < WZ; ++i) t[a * WZ + i] = 0;                        \
+        }                                                                               \
+        const T *__restrict r0 = r[0], *__restrict r1 = r[1], *__restrict r2 = r[2];    \
+        const T *__restrict r3 = r[3], *__restrict r4 = r[4], *__restrict r5 = r[5];    \
+        T *__restrict t0 = t + pw, *__restrict t1 = t0 + WZ, *__restrict t2 = t1 + WZ;  \
+        T *__restrict t3 = t2 + WZ, *__restrict t4 = t3 + WZ, *__restrict t5 = t4 + WZ; \
+        CYBN_IVDEP                                                                      \
+        for (int i = 0; i < W; ++i) {                                                   \
+            T z[6];                                                                     \
+            CYBN_WINO4_B(T, z, r0[i], r1[i], r2[i], r3[i], r4[i], r5[i])                \
+            t0[i] = z[0]; t1[i] = z[1]; t2[i] = z[2];                                   \
+            t3[i] = z[3]; t4[i] = z[4]; t5[i] = z[5];                                   \
+        }                                                                               \
+    }
+    /* B along the columns of each tile of one padded row ta: stream b gets u[b*CT + tw]. */
+    #define CYBN_WINO4_IN(T, NAME)                                                       \
+    CYBN_CLONES static void NAME(const T* __restrict ta, T* __restrict u, long CT, int TW) { \
+        T *__restrict u0 = u, *__restrict u1 = u + CT, *__restrict u2 = u + 2 * CT;     \
+        T *__restrict u3 = u + 3 * CT, *__restrict u4 = u + 4 * CT, *__restrict u5 = u + 5 * CT; \
+        for (int tw = 0; tw < TW; ++tw) {                                               \
+            const T* d = ta + 4 * tw;                                                   \
+            T z[6];                                                                     \
+            CYBN_WINO4_B(T, z, d[0], d[1], d[2], d[3], d[4], d[5])                      \
+            u0[tw] = z[0]; u1[tw] = z[1]; u2[tw] = z[2];                                \
+            u3[tw] = z[3]; u4[tw] = z[4]; u5[tw] = z[5];                                \
+        }                                                                               \
+    }
+    /* A^T m A (+ bf) of n consecutive tiles: m[xi*FT + t] (xi = 6a + b) -> o[(4i + j)*n + t],
+       the 16 output pixels of each tile as 16 streams. The body works on one tile (scalar V)
+       or, with GCC vector types, on a 64-byte vector of tiles (the same operations lane by
+       lane, so the bits do not depend on the path); GCC leaves the plain loop scalar. */
+    #define CYBN_WINO4_OUT_BODY(V, LD, ST)                                               \
+        {                                                                               \
+            V s[4][6];                                                                  \
+            for (int b = 0; b < 6; ++b) {                                               \
+                V m0 = LD(q + b * FT), m1 = LD(q + (6 + b) * FT), m2 = LD(q + (12 + b) * FT); \
+                V m3 = LD(q + (18 + b) * FT), m4 = LD(q + (24 + b) * FT);               \
+                V m5 = LD(q + (30 + b) * FT);                                           \
+                V p = m1 + m2, d = m1 - m2, p2 = m3 + m4, d2 = m3 - m4;                 \
+                s[0][b] = (m0 + p) + p2; s[1][b] = d + 2 * d2;                          \
+                s[2][b] = p + 4 * p2; s[3][b] = (d + 8 * d2) + m5;                      \
+            }                                                                           \
+            for (int i = 0; i < 4; ++i) {                                               \
+                V p = s[i][1] + s[i][2], d = s[i][1] - s[i][2];                         \
+                V p2 = s[i][3] + s[i][4], d2 = s[i][3] - s[i][4];                       \
+                ST(oo + (4 * i) * n, ((s[i][0] + p) + p2) + bf);                        \
+                ST(oo + (4 * i + 1) * n, (d + 2 * d2) + bf);                            \
+                ST(oo + (4 * i + 2) * n, (p + 4 * p2) + bf);                            \
+                ST(oo + (4 * i + 3) * n, ((d + 8 * d2) + s[i][5]) + bf);                \
+            }                                                                           \
+        }
+    #define CYBN_LD_S(p) (*(p))
+    #define CYBN_ST_S(p, v) (*(p) = (v))
+    #if defined(__GNUC__)
+    typedef float cybn_vf __attribute__((vector_size(64), aligned(4), may_alias));
+    typedef double cybn_vd __attribute__((vector_size(64), aligned(8), may_alias));
+    #define CYBN_LD_VF(p) (*(const cybn_vf*)(p))
+    #define CYBN_ST_VF(p, v) (*(cybn_vf*)(p) = (v))
+    #define CYBN_LD_VD(p) (*(const cybn_vd*)(p))
+    #define CYBN_ST_VD(p, v) (*(cybn_vd*)(p) = (v))
+    #define CYBN_WINO4_OUT_VEC(VT, LDV, STV)                                             \
+        for (; t + (long)(sizeof(VT) / sizeof(*m)) <= n; t += sizeof(VT) / sizeof(*m)) { \
+            const __typeof__(*m)* q = m + t; __typeof__(*o)* oo = o + t;                \
+            CYBN_WINO4_OUT_BODY(VT, LDV, STV)                                           \
+        }
+    #else
+    #define CYBN_WINO4_OUT_VEC(VT, LDV, STV)
+    #endif
+    #define CYBN_WINO4_OUT(T, VT, LDV, STV, NAME)                                        \
+    CYBN_CLONES static void NAME(const T* __restrict m, long FT, T* __restrict o, long n, \
+                                 T bf) {                                                \
+        long t = 0;                                                                     \
+        CYBN_WINO4_OUT_VEC(VT, LDV, STV)                                                \
+        for (; t < n; ++t) {                                                            \
+            const T* q = m + t; T* oo = o + t;                                          \
+            CYBN_WINO4_OUT_BODY(T, CYBN_LD_S, CYBN_ST_S)                                \
+        }                                                                               \
+    }
+    /* Output row r = 4*th + i of one image plane from the tile streams o (see above):
+       y[4*tw + j] = o[(4i + j)*n + tw], for the Wo columns of the row. */
+    #define CYBN_WINO4_ROW(T, NAME)                                                      \
+    static void NAME(const T* __restrict o, long n, int i, T* __restrict y, int Wo) {    \
+        const T* o0 = o + (4 * i) * n;                                                  \
+        int tw = 0;                                                                     \
+        for (; 4 * tw + 4 <= Wo; ++tw) {                                                \
+            y[4 * tw] = o0[tw]; y[4 * tw + 1] = o0[n + tw];                             \
+            y[4 * tw + 2] = o0[2 * n + tw]; y[4 * tw + 3] = o0[3 * n + tw];             \
+        }                                                                               \
+        for (int j = 0; 4 * tw + j < Wo; ++j) y[4 * tw + j] = o0[j * n + tw];           \
+    }
+    CYBN_WINO4_ROWS(float, cybn_wino4_rows_f)
+    CYBN_WINO4_ROWS(double, cybn_wino4_rows_d)
+    CYBN_WINO4_IN(float, cybn_wino4_in_f_scalar)
+    CYBN_WINO4_IN(double, cybn_wino4_in_d)
+    CYBN_WINO4_OUT(float, cybn_vf, CYBN_LD_VF, CYBN_ST_VF, cybn_wino4_out_f)
+    CYBN_WINO4_OUT(double, cybn_vd, CYBN_LD_VD, CYBN_ST_VD, cybn_wino4_out_d)
+    CYBN_WINO4_ROW(float, cybn_wino4_row_f)
+    CYBN_WINO4_ROW(double, cybn_wino4_row_d)
+
+    /* V[(alpha*a + b)*F*C + f*C + c] = (G g G^T)[a, b] in double, rounded once, for every 3x3
+       kernel g = w[f, c] (alpha = 4: F(2x2); 6: F(4x4)); ``flipped``: g[i][j] = w[f, c, 2-i, 2-j]
+       stored at V[xi, c, f] (the weights of the dx conv). */
+    static const double cybn_G2[12] = {1, 0, 0, .5, .5, .5, .5, -.5, .5, 0, 0, 1};
+    static const double cybn_G4[18] = {1. / 4, 0, 0, -1. / 6, -1. / 6, -1. / 6,
+                                       -1. / 6, 1. / 6, -1. / 6, 1. / 24, 1. / 12, 1. / 6,
+                                       1. / 24, -1. / 12, 1. / 6, 0, 0, 1};
+    /* ALPHA and G are compile-time constants, so the loops unroll. The ALPHA^2 streams of V
+       lie F*C apart (often a power of two: they would share cache sets), so each block of up
+       to 64 kernels of one output row is transformed into a local buffer first and then
+       stored stream by stream, contiguously. */
+    #define CYBN_WINO_WEIGHTS_A(T, NAME, ALPHA, G)                                       \
+    static void NAME(const T* w, T* V, int F, int C, int flipped, int o0, int o1) {     \
+        long FC = (long)F * C;                                                          \
+        int Q = flipped ? F : C;                                                        \
+        double buf[ALPHA * ALPHA][64];                                                  \
+        for (int o = o0; o < o1; ++o)                                                   \
+            for (int q0 = 0; q0 < Q; q0 += 64) {                                        \
+                int nq = Q - q0 < 64 ? Q - q0 : 64;                                     \
+                for (int q = 0; q < nq; ++q) {                                          \
+                    long f = flipped ? q0 + q : o, c = flipped ? o : q0 + q;            \
+                    const T* k = w + (f * C + c) * 9;                                   \
+                    double g[9], r[ALPHA * 3];                                          \
+                    for (int i = 0; i < 9; ++i) g[i] = flipped ? k[8 - i] : k[i];       \
+                    for (int a = 0; a < ALPHA; ++a)                                     \
+                        for (int j = 0; j < 3; ++j)                                     \
+                            r[a * 3 + j] = G[a * 3] * g[j] + G[a * 3 + 1] * g[3 + j]    \
+                                           + G[a * 3 + 2] * g[6 + j];                   \
+                    for (int a = 0; a < ALPHA; ++a)                                     \
+                        for (int b = 0; b < ALPHA; ++b)                                 \
+                            buf[a * ALPHA + b][q] = r[a * 3] * G[b * 3]                 \
+                                + r[a * 3 + 1] * G[b * 3 + 1] + r[a * 3 + 2] * G[b * 3 + 2]; \
+                }                                                                       \
+                for (int xi = 0; xi < ALPHA * ALPHA; ++xi) {                            \
+                    T* v = V + xi * FC + (long)o * Q + q0;                              \
+                    for (int q = 0; q < nq; ++q) v[q] = (T)buf[xi][q];                  \
+                }                                                                       \
+            }                                                                           \
+    }
+    #define CYBN_WINO_WEIGHTS(T, NAME)                                                   \
+    CYBN_WINO_WEIGHTS_A(T, NAME##_2, 4, cybn_G2)                                        \
+    CYBN_WINO_WEIGHTS_A(T, NAME##_4, 6, cybn_G4)                                        \
+    static void NAME(const T* w, T* V, int F, int C, int flipped, int alpha, int o0,    \
+                     int o1) {                                                          \
+        if (alpha == 4) NAME##_2(w, V, F, C, flipped, o0, o1);                          \
+        else NAME##_4(w, V, F, C, flipped, o0, o1);                                     \
+    }
+    CYBN_WINO_WEIGHTS(float, cybn_wino_weights_f)
+    CYBN_WINO_WEIGHTS(double, cybn_wino_weights_d)
+
+    /* dW by F(4x4, 3x3): dL/dV = (A dy A^T) (.) (B^T d B) per tile, dW = G^T (dL/dV) G.
+       A dy A^T of the tiles of one tile row of one dy plane: 4 rows r[0..3] (a missing row
+       points at zeros) -> 6 rows of t (width WT = 4*TW, zero past Wo) -> per tile, stream
+       6a + b gets y[(6a + b)*FT + tw]. A = (A^T)^T: z = (d0, d0+d1+d2+d3, d0-d1+d2-d3,
+       d0+2d1+4d2+8d3, d0-2d1+4d2-8d3, d3). */
+    #define CYBN_WINO4_A(T, z, d0, d1, d2, d3) {                                         \
+        T p = d0 + d2, q = d1 + d3, p4 = d0 + 4 * d2, q4 = 2 * d1 + 8 * d3; \
+        z[0] = d0; z[1] = p + q; z[2] = p - q; z[3] = p4 + q4; z[4] = p4 - q4; z[5] = d3; }
+    /* B along the tiles of one row ta of the vertical transform: y[b*FT + tw], b < 6. */
+    #define CYBN_WINO4_DYH(T, NAME)                                                      \
+    static void NAME(const T* __restrict ta, T* __restrict ya, long FT, int tw, int TW) { \
+        for (; tw < TW; ++tw) {                                                         \
+            T z[6];                                                                     \
+            CYBN_WINO4_A(T, z, ta[4 * tw], ta[4 * tw + 1], ta[4 * tw + 2], ta[4 * tw + 3]) \
+            for (int b = 0; b < 6; ++b) ya[b * FT + tw] = z[b];                         \
+        }                                                                               \
+    }
+    #define CYBN_WINO4_DY(T, NAME, HNAME)                                                \
+    CYBN_CLONES static void NAME(const T* const* r, T* __restrict t, int Wo, int TW,    \
+                                 T* __restrict y, long FT) {                            \
+        int WT = 4 * TW;                                                                \
+        const T *__restrict r0 = r[0], *__restrict r1 = r[1];                           \
+        const T *__restrict r2 = r[2], *__restrict r3 = r[3];                           \
+        CYBN_IVDEP                                                                      \
+        for (int i = 0; i < Wo; ++i) {                                                  \
+            T z[6];                                                                     \
+            CYBN_WINO4_A(T, z, r0[i], r1[i], r2[i], r3[i])                                 \
+            for (int a = 0; a < 6; ++a) t[a * WT + i] = z[a];                           \
+        }                                                                               \
+        for (int a = 0; a < 6; ++a)                                                     \
+            for (int i = Wo; i < WT; ++i) t[a * WT + i] = 0;                            \
+        for (int a = 0; a < 6; ++a) HNAME(t + a * WT, y + 6 * a * FT, FT, 0, TW);       \
+    }
+    CYBN_WINO4_DYH(float, cybn_wino4_dyh_f_scalar)
+    CYBN_WINO4_DYH(double, cybn_wino4_dyh_d)
+
+    /* float: the stride-4 tile (de)interleaving of the F(4x4) transforms with SSE 4x4
+       transposes, 4 tiles at a time (GCC leaves these loops scalar even in the AVX-512
+       clones); the same operations as the scalar code, so the bits do not depend on the path.
+       cybn_wino4_in_f reads 2 floats past the row's last tile (the caller's slack). Cloned as
+       well, so that AVX-512 code never calls legacy-SSE code (measured: the SSE/AVX state
+       transitions made the dy transform 2x slower than scalar code). */
+    #if defined(__SSE__) || defined(_M_X64)
+    #define CYBN_T4(r0, r1, r2, r3, d0, d1, d2, d3) {                                    \
+        __m128 t0_ = _mm_unpacklo_ps(r0, r1), t1_ = _mm_unpackhi_ps(r0, r1);            \
+        __m128 t2_ = _mm_unpacklo_ps(r2, r3), t3_ = _mm_unpackhi_ps(r2, r3);            \
+        d0 = _mm_movelh_ps(t0_, t2_); d1 = _mm_movehl_ps(t2_, t0_);                     \
+        d2 = _mm_movelh_ps(t1_, t3_); d3 = _mm_movehl_ps(t3_, t1_); }
+    CYBN_CLONES static void cybn_wino4_in_f(const float* ta, float* u, long CT, int TW) {
+        const __m128 two = _mm_set1_ps(2), four = _mm_set1_ps(4);
+        int tw = 0;
+        for (; tw + 4 <= TW; tw += 4) {
+            const float* d = ta + 4 * tw;
+            __m128 r0 = _mm_loadu_ps(d), r1 = _mm_loadu_ps(d + 4), r2 = _mm_loadu_ps(d + 8);
+            __m128 r3 = _mm_loadu_ps(d + 12), r4 = _mm_loadu_ps(d + 16);
+            __m128 d0, d1, d2, d3;
+            CYBN_T4(r0, r1, r2, r3, d0, d1, d2, d3)
+            __m128 s0 = _mm_unpacklo_ps(r1, r2), s1 = _mm_unpacklo_ps(r3, r4);
+            __m128 d4 = _mm_movelh_ps(s0, s1), d5 = _mm_movehl_ps(s1, s0);
+            __m128 p = _mm_sub_ps(d4, d2), q = _mm_sub_ps(d3, d1);
+            float* o = u + tw;
+            _mm_storeu_ps(o, _mm_add_ps(_mm_mul_ps(four, _mm_sub_ps(d0, d2)), p));
+            _mm_storeu_ps(o + CT, _mm_sub_ps(_mm_add_ps(d3, d4),
+                                             _mm_mul_ps(four, _mm_add_ps(d1, d2))));
+            _mm_storeu_ps(o + 2 * CT, _mm_add_ps(_mm_sub_ps(d4, d3),
+                                                 _mm_mul_ps(four, _mm_sub_ps(d1, d2))));
+            _mm_storeu_ps(o + 3 * CT, _mm_add_ps(p, _mm_mul_ps(two, q)));
+            _mm_storeu_ps(o + 4 * CT, _mm_sub_ps(p, _mm_mul_ps(two, q)));
+            _mm_storeu_ps(o + 5 * CT, _mm_add_ps(_mm_mul_ps(four, _mm_sub_ps(d1, d3)),
+                                                 _mm_sub_ps(d5, d3)));
+        }
+        cybn_wino4_in_f_scalar(ta + 4 * tw, u + tw, CT, TW - tw);
+    }
+    CYBN_CLONES static void cybn_wino4_dyh_f(const float* ta, float* ya, long FT, int tw,
+                                             int TW) {
+        const __m128 two = _mm_set1_ps(2), four = _mm_set1_ps(4), eight = _mm_set1_ps(8);
+        for (; tw + 4 <= TW; tw += 4) {
+            const float* d = ta + 4 * tw;
+            __m128 d0, d1, d2, d3;
+            CYBN_T4(_mm_loadu_ps(d), _mm_loadu_ps(d + 4), _mm_loadu_ps(d + 8),
+                    _mm_loadu_ps(d + 12), d0, d1, d2, d3)
+            __m128 p = _mm_add_ps(d0, d2), q = _mm_add_ps(d1, d3);
+            __m128 p4 = _mm_add_ps(d0, _mm_mul_ps(four, d2));
+            __m128 q4 = _mm_add_ps(_mm_mul_ps(two, d1), _mm_mul_ps(eight, d3));
+            float* o = ya + tw;
+            _mm_storeu_ps(o, d0);
+            _mm_storeu_ps(o + FT, _mm_add_ps(p, q));
+            _mm_storeu_ps(o + 2 * FT, _mm_sub_ps(p, q));
+            _mm_storeu_ps(o + 3 * FT, _mm_add_ps(p4, q4));
+            _mm_storeu_ps(o + 4 * FT, _mm_sub_ps(p4, q4));
+            _mm_storeu_ps(o + 5 * FT, d3);
+        }
+        cybn_wino4_dyh_f_scalar(ta, ya, FT, tw, TW);
+    }
+    #else
+    static void cybn_wino4_in_f(const float* ta, float* u, long CT, int TW)
+        { cybn_wino4_in_f_scalar(ta, u, CT, TW); }
+    static void cybn_wino4_dyh_f(const float* ta, float* ya, long FT, int tw, int TW)
+        { cybn_wino4_dyh_f_scalar(ta, ya, FT, tw, TW); }
+    #endif
+    CYBN_WINO4_DY(float, cybn_wino4_dy_f, cybn_wino4_dyh_f)
+    CYBN_WINO4_DY(double, cybn_wino4_dy_d, cybn_wino4_dyh_d)
+    /* dw[f, c] (3x3) = G^T dv G from dv[xi*FC + f*C + c] (double, 36 streams), blocked like
+       the weight transform so the streams are read contiguously. */
+    #define CYBN_WINO4_DW(T, NAME)                                                       \
+    static void NAME(const double* dv, T* dw, int F, int C, int f0, int f1) {           \
+        const double* G = cybn_G4;                                                      \
+        long FC = (long)F * C;                                                          \
+        double buf[36][64];                                                             \
+        for (int f = f0; f < f1; ++f)                                                   \
+            for (int c0 = 0; c0 < C; c0 += 64) {                                        \
+                int nc = C - c0 < 64 ? C - c0 : 64;                                     \
+                for (int xi = 0; xi < 36; ++xi)                                         \
+                    for (int q = 0; q < nc; ++q) buf[xi][q] = dv[xi * FC + (long)f * C + c0 + q]; \
+                for (int q = 0; q < nc; ++q) {                                          \
+                    double r[3][6];                                                     \
+                    for (int i = 0; i < 3; ++i)                                         \
+                        for (int b = 0; b < 6; ++b) {                                   \
+                            double s = 0;                                               \
+                            for (int a = 0; a < 6; ++a) s += G[a * 3 + i] * buf[a * 6 + b][q]; \
+                            r[i][b] = s;                                                \
+                        }                                                               \
+                    T* o = dw + ((long)f * C + c0 + q) * 9;                             \
+                    for (int i = 0; i < 3; ++i)                                         \
+                        for (int j = 0; j < 3; ++j) {                                   \
+                            double s = 0;                                               \
+                            for (int b = 0; b < 6; ++b) s += r[i][b] * G[b * 3 + j];    \
+                            o[i * 3 + j] = (T)s;                                        \
+                        }                                                               \
+                }                                                                       \
+            }                                                                           \
+    }
+    CYBN_WINO4_DW(float, cybn_wino4_dw_f)
+    CYBN_WINO4_DW(double, cybn_wino4_dw_d)
+    """
+    void cybn_wino4_rows_f(const float* const* r, float* t, int W, int pw, int WZ) nogil
+    void cybn_wino4_rows_d(const double* const* r, double* t, int W, int pw, int WZ) nogil
+    void cybn_wino4_in_f(const float* ta, float* u, long CT, int TW) nogil
+    void cybn_wino4_in_d(const double* ta, double* u, long CT, int TW) nogil
+    void cybn_wino4_out_f(const float* m, long FT, float* o, long n, float bf) nogil
+    void cybn_wino4_out_d(const double* m, long FT, double* o, long n, double bf) nogil
+    void cybn_wino4_row_f(const float* o, long n, int i, float* y, int Wo) nogil
+    void cybn_wino4_row_d(const double* o, long n, int i, double* y, int Wo) nogil
+    void cybn_wino_weights_f(const float* w, float* V, int F, int C, int flipped, int alpha,
+                             int o0, int o1) nogil
+    void cybn_wino_weights_d(const double* w, double* V, int F, int C, int flipped,
+                             int alpha, int o0, int o1) nogil
+    void cybn_wino4_dy_f(const float* const* r, float* t, int Wo, int TW, float* y, long FT) nogil
+    void cybn_wino4_dy_d(const double* const* r, double* t, int Wo, int TW, double* y,
+                         long FT) nogil
+    void cybn_wino4_dw_f(const double* dv, float* dw, int F, int C, int f0, int f1) nogil
+    void cybn_wino4_dw_d(const double* dv, double* dw, int F, int C, int f0, int f1) nogil
+
+
+cdef inline Py_ssize_t _stream(Py_ssize_t n) noexcept nogil:
+    """Offset between consecutive transform streams (xi) of n elements: padded by 16 elements,
+    since n is often a multiple of 4 KB and the 16-36 streams a transform reads or writes at once
+    would otherwise share the same few cache sets (measured: up to 1.3x slower transforms)."""
+    return n + 16
+
+
+cdef void _wino_input(const floating* x, floating* U, floating* Z, floating* tmp, int C, int H,
+                      int W, int ph, int pw, int TH, int TW, int Tg, int t0, int m) noexcept nogil:
+    """U[xi, c, t0 + th*TW + tw] = (B^T d B)[a, b] for the tiles of one image (ld = Tg), with
+    output tiles of m x m (2: F(2x2, 3x3), 4: F(4x4, 3x3)).
+
+    Z: >= W zeros standing in for the padding rows; tmp: m + 2 padded rows of width m*TW + 2.
+    """
+    cdef int alpha = m + 2, WZ = m * TW + 2
     cdef int c, th, a, k, ih
-    cdef Py_ssize_t CT = <Py_ssize_t>C * Tg
-    cdef const floating* r[4]
+    cdef Py_ssize_t CT = _stream(<Py_ssize_t>C * Tg)
+    cdef const floating* r[6]
     cdef floating* ta
     cdef floating* u
     memset(Z, 0, W * sizeof(floating))
     for c in range(C):
         for th in range(TH):
-            for k in range(4):
-                ih = 2 * th - ph + k
+            for k in range(alpha):
+                ih = m * th - ph + k
                 r[k] = x + (<Py_ssize_t>c * H + ih) * W if 0 <= ih < H else Z
-            # B^T along the 4 rows (unit stride), then B along the columns of each tile
+            u = U + <Py_ssize_t>c * Tg + t0 + th * TW
+            # B^T along the rows (unit stride), then B along the columns of each tile
+            if m == 4:
+                if floating is float:
+                    cybn_wino4_rows_f(r, tmp, W, pw, WZ)
+                else:
+                    cybn_wino4_rows_d(r, tmp, W, pw, WZ)
+                for a in range(6):
+                    if floating is float:
+                        cybn_wino4_in_f(tmp + a * WZ, u + 6 * a * CT, CT, TW)
+                    else:
+                        cybn_wino4_in_d(tmp + a * WZ, u + 6 * a * CT, CT, TW)
+                continue
             if floating is float:
                 cybn_wino_rows_f(r[0], r[1], r[2], r[3], tmp, tmp + WZ, tmp + 2 * WZ,
                                  tmp + 3 * WZ, W, pw, WZ)
@@ -423,50 +774,85 @@ cdef void _wino_input(const floating* x, floating* U, floating* Z, floating* tmp
                                  tmp + 3 * WZ, W, pw, WZ)
             for a in range(4):
                 ta = tmp + a * WZ
-                u = U + (4 * a) * CT + <Py_ssize_t>c * Tg + t0 + th * TW
                 if floating is float:
-                    cybn_wino_in_f(ta, u, u + CT, u + 2 * CT, u + 3 * CT, TW)
+                    cybn_wino_in_f(ta, u + 4 * a * CT, u + (4 * a + 1) * CT,
+                                   u + (4 * a + 2) * CT, u + (4 * a + 3) * CT, TW)
                 else:
-                    cybn_wino_in_d(ta, u, u + CT, u + 2 * CT, u + 3 * CT, TW)
+                    cybn_wino_in_d(ta, u + 4 * a * CT, u + (4 * a + 1) * CT,
+                                   u + (4 * a + 2) * CT, u + (4 * a + 3) * CT, TW)
 
 
 cdef void _wino_output(const floating* M, floating* y, floating* tmp, const floating* bias,
                        bint has_bias, int F, int Ho, int Wo, int TH, int TW, int Tg,
                        int t0) noexcept nogil:
-    """y[f] = A^T m A (+ bias) for the tiles of one image; m[xi] = M[xi, f, t0 + tile]."""
-    cdef int f, th, tw, b, r
-    cdef Py_ssize_t FT = <Py_ssize_t>F * Tg
-    cdef const floating* m
+    """F(2x2): y[f] = A^T m A (+ bias) for the tiles of one image; m[xi] = M[xi, f, t0 + tile].
+
+    tmp: 2 rows of width 2*TW (the tile row's output before it is cut to Wo columns)."""
+    cdef int f, th, r
+    cdef Py_ssize_t FT = _stream(<Py_ssize_t>F * Tg)
+    cdef const floating* mp
     cdef floating bf
-    cdef floating* o0 = tmp
-    cdef floating* o1 = tmp + 2 * TW
     for f in range(F):
         bf = bias[f] if has_bias else 0
         for th in range(TH):
-            m = M + <Py_ssize_t>f * Tg + t0 + th * TW
+            mp = M + <Py_ssize_t>f * Tg + t0 + th * TW
             if floating is float:
-                cybn_wino_out_f(m, FT, o0, o1, bf, TW)
+                cybn_wino_out_f(mp, FT, tmp, tmp + 2 * TW, bf, TW)
             else:
-                cybn_wino_out_d(m, FT, o0, o1, bf, TW)
-            r = 2 * th
-            memcpy(y + (<Py_ssize_t>f * Ho + r) * Wo, o0, Wo * sizeof(floating))
-            if r + 1 < Ho:
-                memcpy(y + (<Py_ssize_t>f * Ho + r + 1) * Wo, o1, Wo * sizeof(floating))
+                cybn_wino_out_d(mp, FT, tmp, tmp + 2 * TW, bf, TW)
+            for r in range(2 * th, min(2 * th + 2, Ho)):
+                memcpy(y + (<Py_ssize_t>f * Ho + r) * Wo, tmp + (r - 2 * th) * 2 * TW,
+                       Wo * sizeof(floating))
+
+
+cdef void _wino4_output(const floating* M, floating* y, floating* O, const floating* bias,
+                        bint has_bias, int F, int Ho, int Wo, int TH, int TW, int Tg,
+                        int g0, int g1) noexcept nogil:
+    """F(4x4): y[g, f] = A^T m A (+ bias) for the images g0..g1 of a group: per f, all the
+    group's tiles at once (a long vector loop) into O (16 * Tg), then cut into the rows of y."""
+    cdef int f, g, th, i, r
+    cdef int T = TH * TW
+    cdef Py_ssize_t FT = _stream(<Py_ssize_t>F * Tg)
+    cdef floating bf
+    cdef const floating* o
+    for f in range(F):
+        bf = bias[f] if has_bias else 0
+        if floating is float:
+            cybn_wino4_out_f(M + <Py_ssize_t>f * Tg, FT, O, Tg, bf)
+        else:
+            cybn_wino4_out_d(M + <Py_ssize_t>f * Tg, FT, O, Tg, bf)
+        for g in range(g0, g1):
+            for th in range(TH):
+                o = O + (g - g0) * T + th * TW
+                for i in range(4):
+                    r = 4 * th + i
+                    if r >= Ho:
+                        break
+                    if floating is float:
+                        cybn_wino4_row_f(o, Tg, i, y + ((<Py_ssize_t>g * F + f) * Ho + r) * Wo,
+                                         Wo)
+                    else:
+                        cybn_wino4_row_d(o, Tg, i, y + ((<Py_ssize_t>g * F + f) * Ho + r) * Wo,
+                                         Wo)
 
 
 def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] V,
                     const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
                     floating[:, ::1] U, floating[:, ::1] M, floating[:, ::1] Z, floating[:, ::1] tmp,
-                    double[::1] gemm_seconds, int ph, int pw, int group, int num_threads):
-    """3x3 stride-1 conv y = x * g (+ bias) by Winograd F(2x2, 3x3); V (16, F, C) = G g G^T.
+                    floating[:, ::1] O, double[::1] gemm_seconds, int ph, int pw, int m, int group,
+                    int num_threads):
+    """3x3 stride-1 conv y = x * g (+ bias) by Winograd F(m x m, 3x3), m = 2 or 4;
+    V ((m+2)^2, F, C) = G g G^T (``winograd_weights``).
 
     Groups of ``group`` images are handed out to the threads dynamically; per group: input
-    transform -> 16 GEMMs over the group's tiles -> output transform. Scratch per thread:
-    U (16*C*Tg), M (16*F*Tg) with Tg = group*TH*TW, Z (>= W), tmp (4*(2TW+2)).
+    transform -> (m+2)^2 GEMMs over the group's tiles -> output transform. Scratch per thread:
+    U ((m+2)^2*(C*Tg+16)), M ((m+2)^2*(F*Tg+16)) with Tg = group*TH*TW, TH = ceil(Ho/m), TW = ceil(Wo/m);
+    Z (>= W), tmp ((m+2)*(m*TW+2)), O (16*Tg for m = 4; unused for m = 2).
     """
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int F = V.shape[1], Ho = y.shape[2], Wo = y.shape[3]
-    cdef int TH = (Ho + 1) // 2, TW = (Wo + 1) // 2, T = TH * TW
+    cdef int TH = (Ho + m - 1) // m, TW = (Wo + m - 1) // m, T = TH * TW
+    cdef int nxi = (m + 2) * (m + 2)
     cdef int t, g0, g1, g, xi, Tg, ngroups, gi
     cdef floating* Ut
     cdef floating* Mt
@@ -483,53 +869,135 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] V,
         Tg = (g1 - g0) * T
         for g in range(g0, g1):
             _wino_input(&x[g, 0, 0, 0], Ut, &Z[t, 0], &tmp[t, 0], C, H, W, ph, pw, TH, TW,
-                        Tg, (g - g0) * T)
+                        Tg, (g - g0) * T, m)
         tt = CYBN_WTIME()
-        for xi in range(16):
-            _gemm_rm(c'N', c'N', F, Tg, C, <floating*>&V[xi, 0, 0], C,
-                     Ut + <Py_ssize_t>xi * C * Tg, Tg, 0, Mt + <Py_ssize_t>xi * F * Tg, Tg)
+        for xi in range(nxi):
+            gemm_rm(c'N', c'N', F, Tg, C, <floating*>&V[xi, 0, 0], C,
+                     Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg, 0,
+                     Mt + xi * _stream(<Py_ssize_t>F * Tg), Tg)
         gemm_seconds[t] += CYBN_WTIME() - tt
-        for g in range(g0, g1):
-            _wino_output(Mt, &y[g, 0, 0, 0], &tmp[t, 0], &bias[0], has_bias, F, Ho, Wo, TH,
-                         TW, Tg, (g - g0) * T)
+        if m == 4:
+            _wino4_output(Mt, &y[0, 0, 0, 0], &O[t, 0], &bias[0], has_bias, F, Ho, Wo, TH, TW,
+                          Tg, g0, g1)
+        else:
+            for g in range(g0, g1):
+                _wino_output(Mt, &y[g, 0, 0, 0], &tmp[t, 0], &bias[0], has_bias, F, Ho, Wo,
+                             TH, TW, Tg, (g - g0) * T)
 
 
+def winograd_weights(const floating[:, :, :, ::1] w, floating[:, :, ::1] V, bint flipped,
+                     int num_threads):
+    """V[xi] = (G g G^T)[a, b] (xi = alpha*a + b) for every 3x3 kernel g of w (F, C, 3, 3), in
+    double; alpha = sqrt(V.shape[0]) (4: F(2x2, 3x3), 6: F(4x4, 3x3)).
 
-def winograd_weights(const floating[:, :, :, ::1] w, floating[:, :, ::1] V, bint flipped):
-    """V[4a + b] = (G g G^T)[a, b] for every 3x3 kernel g of w (F, C, 3, 3), in double.
-
-    V is (16, F, C); with ``flipped`` it is (16, C, F) built from the flipped kernels
+    V is (alpha^2, F, C); with ``flipped`` it is (alpha^2, C, F) built from the flipped kernels
     g[i, j] = w[f, c, 2 - i, 2 - j]: the weights of the dx conv (dy convolved with the flipped,
-    transposed kernel). G = [[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]].
+    transposed kernel). Rows of V (f, or c when flipped) are shared out to the threads.
     """
     cdef int F = w.shape[0], C = w.shape[1]
-    cdef int f, c, i, j, a
-    cdef double g[3][3]
-    cdef double r[4][3]
-    cdef double v0, v1, v2, v3
+    cdef int alpha = 4 if V.shape[0] == 16 else 6
+    cdef int R = C if flipped else F
+    cdef int o
+    for o in prange(R, num_threads=num_threads, schedule="static", nogil=True):
+        if floating is float:
+            cybn_wino_weights_f(&w[0, 0, 0, 0], &V[0, 0, 0], F, C, flipped, alpha, o, o + 1)
+        else:
+            cybn_wino_weights_d(&w[0, 0, 0, 0], &V[0, 0, 0], F, C, flipped, alpha, o, o + 1)
+
+
+cdef void _wino4_dy(const floating* dy, floating* Y, const floating* Z, floating* tmp, int F,
+                    int Ho, int Wo, int TH, int TW, int Tg, int t0) noexcept nogil:
+    """Y[xi, f, t0 + th*TW + tw] = (A dy A^T)[a, b] for the 4x4 tiles of one image's dy
+    (F, Ho, Wo); Z: >= Wo zeros for the rows past Ho."""
+    cdef int f, th, k, oh
+    cdef const floating* r[4]
+    for f in range(F):
+        for th in range(TH):
+            for k in range(4):
+                oh = 4 * th + k
+                r[k] = dy + (<Py_ssize_t>f * Ho + oh) * Wo if oh < Ho else Z
+            if floating is float:
+                cybn_wino4_dy_f(r, tmp, Wo, TW, Y + <Py_ssize_t>f * Tg + t0 + th * TW,
+                                _stream(<Py_ssize_t>F * Tg))
+            else:
+                cybn_wino4_dy_d(r, tmp, Wo, TW, Y + <Py_ssize_t>f * Tg + t0 + th * TW,
+                                _stream(<Py_ssize_t>F * Tg))
+
+
+def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                       floating[:, ::1] dv_part, double[::1] dv_acc, double[:, ::1] db_part,
+                       floating[:, ::1] U, floating[:, ::1] Y, floating[:, ::1] Z,
+                       floating[:, ::1] tmp, floating[:, :, :, ::1] dweight, floating[::1] dbias,
+                       double[::1] gemm_seconds, int ph, int pw, int group, int num_threads):
+    """dweight, dbias of a 3x3 stride-1 conv by Winograd F(4x4, 3x3): per tile,
+    dL/dV[xi] = (A dy A^T)[xi] * (B^T d B)[xi]; summed over the tiles of a group of images by 36
+    GEMMs dV[xi] (F, C) += Y[xi] (F, Tg) @ U[xi]^T (Tg, C); dweight = G^T dV G.
+
+    Fixed blocks of images (nblocks = dv_part.shape[0]) each own a partial dV (36*F*C) and db,
+    combined in block order in double (dv_acc: 36*F*C): deterministic for any thread count.
+    Within a block, images go in groups of ``group``. Scratch per thread: U (36*(C*Tg+16)),
+    Y (36*(F*Tg+16)), Z (>= max(W, Wo) zeros), tmp (6*(4*TW+2)); Tg = group*TH*TW.
+    """
+    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef int F = dy.shape[1], Ho = dy.shape[2], Wo = dy.shape[3]
+    cdef int TH = (Ho + 3) // 4, TW = (Wo + 3) // 4, T = TH * TW
+    cdef int nblocks = dv_part.shape[0]
+    cdef Py_ssize_t FC = <Py_ssize_t>F * C
+    cdef int t, blk, n0, n1, g0, g1, g, f, xi, Tg
+    cdef floating* Ut
+    cdef floating* Yt
+    cdef floating* dvp
+    cdef floating beta
+    cdef double s, tt
+    for blk in prange(nblocks, num_threads=num_threads, schedule="dynamic", chunksize=1,
+                      nogil=True):
+        t = threadid()
+        Ut = &U[t, 0]
+        Yt = &Y[t, 0]
+        dvp = &dv_part[blk, 0]
+        n0 = _block_start(N, blk, nblocks)
+        n1 = _block_start(N, blk + 1, nblocks)
+        for f in range(F):
+            db_part[blk, f] = 0
+        memset(&Z[t, 0], 0, Z.shape[1] * sizeof(floating))
+        g0 = n0
+        while g0 < n1:
+            g1 = g0 + group if g0 + group < n1 else n1
+            Tg = (g1 - g0) * T
+            for g in range(g0, g1):
+                _wino_input(&x[g, 0, 0, 0], Ut, &Z[t, 0], &tmp[t, 0], C, H, W, ph, pw, TH, TW,
+                            Tg, (g - g0) * T, 4)
+                for f in range(F):
+                    db_part[blk, f] += _sum(&dy[g, f, 0, 0], <Py_ssize_t>Ho * Wo)
+                _wino4_dy(&dy[g, 0, 0, 0], Yt, &Z[t, 0], &tmp[t, 0], F, Ho, Wo, TH, TW, Tg,
+                          (g - g0) * T)
+            beta = 0 if g0 == n0 else 1
+            tt = CYBN_WTIME()
+            for xi in range(36):
+                gemm_rm(c'N', c'T', F, C, Tg, Yt + xi * _stream(<Py_ssize_t>F * Tg), Tg,
+                         Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg, beta, dvp + xi * FC, C)
+            gemm_seconds[t] += CYBN_WTIME() - tt
+            g0 = g1
+    # fixed-order combination of the block partials (block 0, 1, ... for every element), in
+    # double, then G^T dV G: per output channel f, so the threads share it without changing a bit
+    cdef double* acc = &dv_acc[0]
+    cdef int xf, c
+    cdef Py_ssize_t o
+    for xf in prange(36 * F, num_threads=num_threads, schedule="static", nogil=True):
+        o = <Py_ssize_t>xf * C  # the row (xi, f) = xf of the (36, F, C) partials
+        for c in range(C):
+            acc[o + c] = dv_part[0, o + c]
+        for blk in range(1, nblocks):
+            for c in range(C):
+                acc[o + c] += dv_part[blk, o + c]
+    for f in prange(F, num_threads=num_threads, schedule="static", nogil=True):
+        if floating is float:
+            cybn_wino4_dw_f(acc, &dweight[0, 0, 0, 0], F, C, f, f + 1)
+        else:
+            cybn_wino4_dw_d(acc, &dweight[0, 0, 0, 0], F, C, f, f + 1)
     with nogil:
         for f in range(F):
-            for c in range(C):
-                for i in range(3):
-                    for j in range(3):
-                        g[i][j] = w[f, c, 2 - i, 2 - j] if flipped else w[f, c, i, j]
-                for j in range(3):  # G along the rows
-                    r[0][j] = g[0][j]
-                    r[1][j] = (g[0][j] + g[1][j] + g[2][j]) * 0.5
-                    r[2][j] = (g[0][j] - g[1][j] + g[2][j]) * 0.5
-                    r[3][j] = g[2][j]
-                for a in range(4):  # G^T along the columns
-                    v0 = r[a][0]
-                    v1 = (r[a][0] + r[a][1] + r[a][2]) * 0.5
-                    v2 = (r[a][0] - r[a][1] + r[a][2]) * 0.5
-                    v3 = r[a][2]
-                    if flipped:
-                        V[4 * a, c, f] = <floating>v0
-                        V[4 * a + 1, c, f] = <floating>v1
-                        V[4 * a + 2, c, f] = <floating>v2
-                        V[4 * a + 3, c, f] = <floating>v3
-                    else:
-                        V[4 * a, f, c] = <floating>v0
-                        V[4 * a + 1, f, c] = <floating>v1
-                        V[4 * a + 2, f, c] = <floating>v2
-                        V[4 * a + 3, f, c] = <floating>v3
+            s = 0
+            for blk in range(nblocks):
+                s = s + db_part[blk, f]
+            dbias[f] = <floating>s

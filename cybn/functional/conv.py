@@ -1,16 +1,17 @@
 """2-D convolution (NCHW, zero padding, any kernel/stride): validated front end of ``_kernels.conv``.
 
 The maths is in ``cybn.reference.conv``. Algorithms (see the kernel module docstring):
-- 3x3 stride-1 layers with >= 16 input and output channels: Winograd F(2x2, 3x3) for the
-  forward and for dx (dx = forward conv of dy with the flipped, transposed kernel), im2col for dW;
+- 3x3 stride-1 layers with >= 16 input and output channels and >= _WINO_MIN_PIXELS output
+  pixels: Winograd F(4x4, 3x3) for the forward, for dx (the forward conv of dy with the flipped,
+  transposed kernel) and for dW;
 - everything else: im2col / col2im per image, fused with single-threaded BLAS GEMMs.
-Measured on the shared 2-core EPYC (1 thread, CPU-time medians of interleaved runs, forward +
-backward with dx, batch 128, float32), Winograd (fwd + dx) vs im2col: 145 vs 177 ms (32->32
-@32x32), 72 vs 87 (32->64 @16x16), 132 vs 173 (64->64 @16x16), 76 vs 88 (64->128 @8x8); for
-3->32 Winograd was 2x slower (48 vs 24 ms: GEMMs with 3 rows), hence the channel threshold.
-Winograd for dW as well (16 GEMMs over the tiles) measured 5-10% slower than im2col, so dW
-stays im2col. Per-thread single-threaded GEMMs on one image beat one whole-batch numpy GEMM
-per product (BLAS-threaded): see ``python benchmarks/bench_conv.py --alternatives``.
+Measured on the shared 2-core Xeon (AVX-512; 1 thread, CPU-time medians, batch 128, float32,
+forward + backward with dx, ms), this design vs the previous one (F(2x2) forward/dx, im2col
+dW, SSE-only transforms): 32->32 @32x32 35 vs 63, 32->64 @16x16 16 vs 31, 64->64 @16x16 26 vs
+58, 64->128 @8x8 16 vs 33. With the transforms as they are now, im2col dW instead of F(4x4) dW
+costs 10-40% more per layer. For 3->32 Winograd was 2x slower (GEMMs with 3 rows), hence the
+channel threshold. F(4x4)'s float32 error is ~5x F(2x2)'s (~5e-6 of max |y|; see
+tests/test_conv.py). ``python benchmarks/bench_conv.py --alternatives`` times them all.
 
 The BLAS library (scipy's OpenBLAS, used through scipy.linalg.cython_blas) is held at one thread
 for the duration of a call, since OpenMP provides the parallelism. Scratch buffers are cached
@@ -48,6 +49,25 @@ _gemm_seconds = {"forward": np.zeros(0), "backward": np.zeros(0), "backward_dx":
 _BLOCKS = 16
 
 
+# Small calls must not pay for threads they cannot use: waking a second OpenMP thread costs tens
+# of microseconds (far more when the cores are shared) and a short call gains little from it.
+# Measured (2 threads vs 1, wall medians of interleaved runs, fwd + bwd of the cnn7 layers at
+# batch 1-16): 2 threads lost up to 18% below ~40 MFLOP of direct-conv work per thread and
+# product, and won from ~1.5x that. The thread count never changes the result (fixed work splits).
+_MIN_FLOPS_PER_THREAD = 40e6
+
+
+def _threads_for(N, F, C, kh, kw, Ho, Wo, products=1):
+    """Kernel threads for ``products`` GEMM products over N images: at most one per
+    _MIN_FLOPS_PER_THREAD of direct-conv flops (2*N*F*C*kh*kw*Ho*Wo per product), at least 1, at
+    most N and the setting."""
+    nt = min(kernel_threads(), N)
+    if _MIN_FLOPS_PER_THREAD > 0:
+        flops = 2.0 * products * N * F * C * kh * kw * Ho * Wo
+        nt = min(nt, int(flops // _MIN_FLOPS_PER_THREAD))
+    return max(1, nt)
+
+
 def _buffer(name, shape, dtype):
     size = int(np.prod(shape))
     key = (name, np.dtype(dtype))
@@ -59,46 +79,90 @@ def _buffer(name, shape, dtype):
     return buf[:size].reshape(shape)
 
 
-# Winograd F(2x2, 3x3) for 3x3 stride-1 layers (forward and dx); see the kernel. Switchable so
-# the benchmark can time it against plain im2col. _WINO_TILES: tiles per GEMM group (how many
-# images one thread transforms before its 16 GEMMs: enough columns for efficient GEMMs, small
-# enough for the transformed block to stay in cache).
+# Winograd for 3x3 stride-1 layers (forward and dx); see the kernel. _WINO_M: the output tile
+# (2: F(2x2, 3x3), 4: F(4x4, 3x3)); _WINOGRAD = False: im2col only. Switchable so the benchmark
+# can time the algorithms against each other. _WINO_TILES: tiles per GEMM group for each tile
+# size (how many images one thread transforms before its GEMMs: enough columns for efficient
+# GEMMs, few enough for the transformed block to stay in cache).
 _WINOGRAD = True
-_WINO_TILES = 256
-_WINO_MIN_CHANNELS = 16  # below, the 16 GEMMs have a tiny inner (C) or outer (C for dx) size
+_WINO_M = 4
+_WINO_TILES = {2: 256, 4: 64}
+# dW by Winograd F(4x4, 3x3) (36 GEMMs over the tiles, 4x fewer flops than im2col) where the
+# layer takes the Winograd path; False: im2col dW. _WINO_DW_TILES: tiles per GEMM group.
+_WINO_DW = True
+_WINO_DW_TILES = 64
+_WINO_DW_BLOCK_TILES = 128
+_WINO_MIN_CHANNELS = 16  # below, the GEMMs have a tiny inner (C) or outer (C for dx) size
+# The weight transform costs the same for any batch; below this many output pixels per call
+# (N*Ho*Wo) it is not paid back. Measured (1 thread, CPU time, forward, F(4x4) vs im2col):
+# 64->128 @8x8 346 vs 124 us at batch 1, 731 vs 792 at batch 8; 32->64 @16x16 137 vs 121 us at
+# batch 1; 32->32 @32x32 142 vs 355 us at batch 1.
+_WINO_MIN_PIXELS = 512
 
 
-def _use_winograd(kh, kw, sh, sw, C, F):
+def _use_winograd(kh, kw, sh, sw, C, F, pixels):
+    """Winograd for this layer? ``pixels``: N*Ho*Wo of the conv that would run it."""
     return (_WINOGRAD and kh == 3 and kw == 3 and sh == 1 and sw == 1
-            and min(C, F) >= _WINO_MIN_CHANNELS)
+            and min(C, F) >= _WINO_MIN_CHANNELS and pixels >= _WINO_MIN_PIXELS)
 
 
 def _winograd(x, weight, bias, ph, pw, Ho, Wo, key, flipped=False):
-    """y = conv2d(x, weight, bias, 1, (ph, pw)) for a 3x3 kernel, by Winograd F(2x2, 3x3).
+    """y = conv2d(x, weight, bias, 1, (ph, pw)) for a 3x3 kernel, by Winograd F(m x m, 3x3).
 
     ``flipped``: use weight.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1] instead (the dx conv).
     """
     N, C, _, W = x.shape
     F = weight.shape[1] if flipped else weight.shape[0]
+    m = _WINO_M
+    alpha = m + 2
     y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
-    nt = min(kernel_threads(), N)
-    TH, TW = (Ho + 1) // 2, (Wo + 1) // 2
+    nt = _threads_for(N, F, C, 3, 3, Ho, Wo)
+    TH, TW = -(-Ho // m), -(-Wo // m)
     T = TH * TW
     # ~_WINO_TILES tiles per group, and >= 8 groups to balance the threads; not depending on the
     # thread count keeps results bitwise identical for any number of threads
-    group = max(1, min(-(-N // 8), _WINO_TILES // T))
-    V = np.empty((16, F, C), dtype=x.dtype)  # (G g G^T) of every kernel, rounded once
-    _k.winograd_weights(weight, V, flipped)
-    U = _buffer("wino_U", (nt, 16 * C * group * T), x.dtype)
-    M = _buffer("wino_M", (nt, 16 * F * group * T), x.dtype)
+    group = max(1, min(-(-N // 8), _WINO_TILES[m] // T))
+    V = np.empty((alpha * alpha, F, C), dtype=x.dtype)  # (G g G^T) of every kernel, rounded once
+    _k.winograd_weights(weight, V, flipped, nt)
+    # one stream per xi, each padded by 16 elements (see _stream in the kernel)
+    U = _buffer("wino_U", (nt, alpha * alpha * (C * group * T + 16)), x.dtype)
+    M = _buffer("wino_M", (nt, alpha * alpha * (F * group * T + 16)), x.dtype)
     Z = _buffer("wino_Z", (nt, W), x.dtype)
-    tmp = _buffer("wino_tmp", (nt, 4 * (2 * TW + 2)), x.dtype)
+    tmp = _buffer("wino_tmp", (nt, alpha * (m * TW + 2) + 4), x.dtype)  # + the SSE over-read
+    O = _buffer("wino_O", (nt, 16 * group * T if m == 4 else 1), x.dtype)
     b = bias if bias is not None else np.zeros(F, dtype=x.dtype)
     gemm_seconds = _gemm_seconds[key] = np.zeros(nt)
     with _single_threaded_blas:
-        _k.conv2d_winograd(x, V, b, bias is not None, y, U, M, Z, tmp, gemm_seconds, ph, pw,
-                           group, nt)
+        _k.conv2d_winograd(x, V, b, bias is not None, y, U, M, Z, tmp, O, gemm_seconds, ph, pw,
+                           m, group, nt)
     return y
+
+
+def _winograd_dw(dy, x, ph, pw, dweight, dbias, key):
+    """dweight, dbias (filled in) of a 3x3 stride-1 conv by Winograd F(4x4, 3x3); see the
+    kernel."""
+    N, C, H, W = x.shape
+    _, F, Ho, Wo = dy.shape
+    TH, TW = -(-Ho // 4), -(-Wo // 4)
+    T = TH * TW
+    nt = _threads_for(N, F, C, 3, 3, Ho, Wo)
+    # fixed image blocks, each with its own 36*F*C partial dV: with few tiles per image (8x8
+    # planes) 16 blocks would make combining the partials cost more than the GEMMs, so a block
+    # gets >= _WINO_DW_BLOCK_TILES tiles (up to _BLOCKS blocks); the split depends on shapes only
+    nblocks = max(1, min(N, _BLOCKS, N * T // _WINO_DW_BLOCK_TILES))
+    # groups inside a block of images: fixed by the shapes, never by the thread count
+    group = max(1, min(-(-N // nblocks), _WINO_DW_TILES // T))
+    U = _buffer("wino_U", (nt, 36 * (C * group * T + 16)), x.dtype)
+    Y = _buffer("wino_M", (nt, 36 * (F * group * T + 16)), x.dtype)
+    Z = _buffer("wino_Z", (nt, max(W, Wo)), x.dtype)
+    tmp = _buffer("wino_tmp", (nt, 6 * (4 * TW + 2) + 4), x.dtype)
+    dv_part = _buffer("dw_part", (nblocks, 36 * F * C), x.dtype)
+    dv_acc = _buffer("dw_acc", (36 * F * C,), np.float64)
+    db_part = _buffer("db_part", (nblocks, F), np.float64)
+    gemm_seconds = _gemm_seconds[key] = np.zeros(nt)
+    with _single_threaded_blas:
+        _k.conv2d_winograd_dw(dy, x, dv_part, dv_acc, db_part, U, Y, Z, tmp, dweight, dbias,
+                              gemm_seconds, ph, pw, group, nt)
 
 
 def _rows_per_chunk(K, Ho, Wo, itemsize):
@@ -150,12 +214,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
         bias = float_array(bias, "bias", 1, x.dtype)
         if bias.shape != (F,):
             raise ValueError(f"bias must have shape ({F},) for weight {weight.shape}, got {bias.shape}")
-    if N > 0 and _use_winograd(kh, kw, sh, sw, C, F):
+    if N > 0 and _use_winograd(kh, kw, sh, sw, C, F, N * Ho * Wo):
         return _winograd(x, weight, bias, ph, pw, Ho, Wo, "forward")
     y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
     if N == 0:
         return y
-    nt = min(kernel_threads(), N)
+    nt = _threads_for(N, F, C, kh, kw, Ho, Wo)
     K = C * kh * kw
     rows = _rows_per_chunk(K, Ho, Wo, x.itemsize)
     cols = _buffer("cols", (nt, K * rows * Wo), x.dtype)
@@ -190,14 +254,17 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, compute_dx=True):
         return (np.zeros_like(x) if compute_dx else None), dweight, dbias
     dx = None
     _gemm_seconds["backward_dx"] = np.zeros(1)
-    if compute_dx and _use_winograd(kh, kw, sh, sw, C, F) and ph <= 2 and pw <= 2:
+    if compute_dx and _use_winograd(kh, kw, sh, sw, C, F, N * H * W) and ph <= 2 and pw <= 2:
         # dx = 'full' correlation of dy with the flipped, transposed kernel: the same Winograd
         # forward conv with padding (2 - ph, 2 - pw); the kernel below then only does dW, db.
         dx = _winograd(dy, weight, None, 2 - ph, 2 - pw, H, W, "backward_dx", flipped=True)
         compute_dx = False
     elif compute_dx:
         dx = np.empty_like(x)
-    nt = min(kernel_threads(), N)
+    if _WINO_DW and not compute_dx and _use_winograd(kh, kw, sh, sw, C, F, N * Ho * Wo):
+        _winograd_dw(dy, x, ph, pw, dweight, dbias, "backward")
+        return dx, dweight, dbias
+    nt = _threads_for(N, F, C, kh, kw, Ho, Wo, 2 if compute_dx else 1)
     K = C * kh * kw
     rows = _rows_per_chunk(K, Ho, Wo, x.itemsize)
     cols = _buffer("cols", (nt, K * rows * Wo), x.dtype)
