@@ -23,3 +23,7 @@ from .nn import *  # noqa: F401,F403  (layers, Sequential, SGD, schedules, cnn7)
 __all__ = ["__version__", "get_num_threads", "set_num_threads", "num_threads", "show_config",
            "data", "functional", "reference"]
 __all__ += ["nn"] + nn.__all__
+
+from .deploy import load_model  # noqa: E402  (a saved run's model; issue 12)
+
+__all__ += ["load_model"]

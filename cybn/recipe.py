@@ -15,10 +15,11 @@ import pickle
 
 import numpy as np
 
-from . import _formats, _threads
+from . import _formats
+from . import distributed as _dist
 from ._validation import positive_int_arg
 from .data import CIFAR10_CLASSES, DataLoader, channel_stats, load_cifar10
-from .nn import SGD, Adam, AdamW, SoftmaxCrossEntropy, cnn7, init_from_spec, schedule_from_spec
+from .nn import SGD, Adam, AdamW, SoftmaxCrossEntropy, cnn7, convert_sync_batchnorm, init_from_spec, schedule_from_spec
 from .train import CHECKPOINT_FILE, Trainer
 
 CONFIG_FILE = "config.json"
@@ -60,6 +61,7 @@ class TrainConfig:
     test_limit: int = None
     nan_policy: str = "stop"
     checkpoint_every: int = None
+    sync_bn: bool = False  # under MPI: BN statistics of the global batch (cybn.distributed)
 
     def to_json(self):
         return dataclasses.asdict(self)
@@ -199,8 +201,9 @@ class CifarData:
 
 def build_model(config):
     """The cnn7 that ``config`` trains (its initial weights; load a checkpoint or state into it)."""
-    return cnn7(bn=config.bn, init=config.init, seed=config.seed, dropout=config.dropout,
-                bn_eps=config.bn_eps, bias=config.bias)
+    model = cnn7(bn=config.bn, init=config.init, seed=config.seed, dropout=config.dropout,
+                 bn_eps=config.bn_eps, bias=config.bias)
+    return convert_sync_batchnorm(model) if config.sync_bn else model
 
 
 def build_optimizer(config, model):
@@ -215,14 +218,14 @@ def build_optimizer(config, model):
                weight_decay=config.weight_decay, decay_bn_and_bias=config.decay_bn_and_bias)
 
 
-def build_trainer(config, steps_per_epoch, out_dir=None, callbacks=(), progress=True):
+def build_trainer(config, steps_per_epoch, out_dir=None, callbacks=(), progress=True, comm=None):
     """Model, loss, optimizer, schedule and Trainer for ``config``."""
     model = build_model(config)
     total = config.max_steps or config.epochs * steps_per_epoch
     schedule = schedule_from_spec(config.schedule, config.lr, total_steps=total)
     return Trainer(model, SoftmaxCrossEntropy(), build_optimizer(config, model), schedule=schedule,
                    callbacks=callbacks, nan_policy=config.nan_policy, progress=progress,
-                   out_dir=out_dir, checkpoint_every=config.checkpoint_every)
+                   out_dir=out_dir, checkpoint_every=config.checkpoint_every, comm=comm)
 
 
 def _check_resumable(out_dir, data):
@@ -241,14 +244,14 @@ def run(config, data, out_dir=None, callbacks=(), progress=True, resume=False, e
 
     With ``out_dir``, the run folder gets config.json and run.json first; ``resume`` continues
     the run saved there (RunError if there is none, or if ``data`` is normalised differently)."""
-    if config.threads is not None:
-        _threads.set_num_threads(config.threads)
+    # The world (one process, or the ranks of mpiexec/srun) and this process's threads.
+    comm = _dist.setup(config.threads)
     if resume:
         _check_resumable(out_dir, data)
     train = data.train_loader(config.batch_size, config.seed, config.augment, config.train_limit)
     test = data.test_loader(limit=config.test_limit) if eval_loader else None
-    trainer = build_trainer(config, len(train), out_dir, callbacks, progress)
-    if out_dir is not None:
+    trainer = build_trainer(config, len(train), out_dir, callbacks, progress, comm)
+    if out_dir is not None and comm.is_root:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
             json.dump(config.to_json(), f, indent=1)
@@ -264,5 +267,6 @@ def add_data_options(parser):
                              "default: download the official archive (checksum-verified) into the cache "
                              "(CYBN_CACHE_DIR, else ~/.cache/cybn)")
     parser.add_argument("--threads", type=positive_int_arg, default=None,
-                        help="threads for the kernels and the BLAS pool (default: CYBN_NUM_THREADS or all cores)")
+                        help="threads for the kernels and the BLAS pool (default: CYBN_NUM_THREADS or all cores; "
+                             "under mpiexec, this machine's cores divided among its ranks)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -3,6 +3,13 @@
 ``Trainer.fit`` runs epochs (or a step budget), evaluates, logs loss/accuracy/throughput per epoch
 to ``metrics.csv`` and ``history.json``, writes atomic checkpoints, guards against NaN/Inf and
 calls the callbacks' hooks, through which clients (the experiments) observe the run.
+
+Under MPI (``comm`` with more than one rank, see ``cybn.distributed``) every rank runs the same
+loop on its share of each global batch: the gradients (and the step's loss) are summed over the
+ranks between backward and the optimizer step, so the NaN/Inf check decides alike everywhere;
+rank 0 alone writes logs, metrics and checkpoints and shows the progress bar; every rank resumes
+from the checkpoint rank 0 reads; evaluation is split over the ranks. Callbacks run on every
+rank (``trainer.is_root`` tells the one that should write).
 """
 import csv
 import json
@@ -12,6 +19,7 @@ import time
 
 import numpy as np
 
+from . import distributed as _dist
 from ._progress import Progress
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .nn import generator_state, set_generator_state
@@ -73,7 +81,7 @@ class Trainer:
     """
 
     def __init__(self, model, loss_fn, optimizer, schedule=None, callbacks=(), nan_policy="stop",
-                 progress=True, out_dir=None, checkpoint_every=None):
+                 progress=True, out_dir=None, checkpoint_every=None, comm=None):
         if nan_policy not in ("stop", "skip"):
             raise ValueError(f"nan_policy must be 'stop' or 'skip', got {nan_policy!r}")
         if checkpoint_every is not None and checkpoint_every < 1:
@@ -93,6 +101,14 @@ class Trainer:
         self.history = []
         self._running = _new_running()
         self.stop_training = False
+        # Data-parallel training (cybn.distributed): None in a single process.
+        self.dist = _dist.DataParallel(model, comm) if comm is not None and comm.distributed else None
+        self._last_counts = (0, 0)
+
+    @property
+    def is_root(self):
+        """Whether this process writes logs and checkpoints (rank 0; always in a single process)."""
+        return self.dist is None or self.dist.comm.is_root
 
     # ----------------------------------------------------------------- checkpoints
     @property
@@ -102,6 +118,10 @@ class Trainer:
     def save_checkpoint(self, loader, path=None):
         """Model, optimizer buffers, BN statistics, data-order state, epoch/step and history."""
         path = path or self.checkpoint_path
+        if self.dist is not None:
+            self.dist.broadcast_buffers()  # plain BN's per-rank statistics: rank 0's are saved, and kept
+            if not self.is_root:
+                return
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         arrays.update({f"optim/{k}": v for k, v in self.optimizer.state_dict().items()})
         # Layers that draw random numbers (Dropout) resume with the same stream.
@@ -117,7 +137,7 @@ class Trainer:
         """Restore everything ``save_checkpoint`` wrote, so training continues bit-identically.
         CheckpointError if the file is damaged or holds another model, optimizer or data order."""
         path = path or self.checkpoint_path
-        arrays, meta = load_checkpoint(path)
+        arrays, meta = load_checkpoint(path) if self.dist is None else self.dist.on_root(load_checkpoint, path)
         model = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
         optim = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
         try:
@@ -145,15 +165,24 @@ class Trainer:
                         "has NaN/Inf values")
         return None
 
-    def train_step(self, x, y):
-        """One SGD step; returns (loss, logits) (the update is skipped or raised on NaN/Inf)."""
+    def train_step(self, x, y, shard=None):
+        """One SGD step; returns (loss, logits) (the update is skipped or raised on NaN/Inf).
+
+        Distributed: (x, y) are this rank's rows ``shard = (lo, hi, n)`` of a global batch of n
+        (``ShardedLoader.shard``); the returned loss is the global batch's."""
+        shard = shard if shard is not None else (0, len(y), len(y))
+        scale = 1.0 if self.dist is None else self.dist.begin_step(shard)
         if self.schedule is not None:
             self.optimizer.lr = self.schedule.lr_at(self.step)
         # Buffers (BN running statistics) are tiny: keep a copy so a bad batch cannot poison them.
         saved = self.model.copy_buffers()
         logits = self.model.forward(x)
         loss = self.loss_fn.forward(logits, y)
-        self.model.backward(self.loss_fn.backward())
+        self.model.backward(self.loss_fn.backward() if self.dist is None else self.loss_fn.backward(scale))
+        correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+        if self.dist is not None:  # sums over the ranks: the global batch's gradient, loss, correct
+            loss, correct = self.dist.reduce_gradients(loss * scale, correct)
+        self._last_counts = (shard[2], correct)
         problem = self._check_finite(loss)
         if problem is None:
             self.optimizer.step()
@@ -172,9 +201,13 @@ class Trainer:
         (when ``eval_loader`` is given), images/s, wall time and the learning rate. An epoch cut
         short by ``max_steps`` is logged with ``"partial": True`` and continues on resume.
         """
+        if self.dist is not None:
+            train_loader = self.dist.shard(train_loader)
+            self.dist.check_run(train_loader, optimizer=repr(self.optimizer), schedule=repr(self.schedule),
+                                epochs=epochs, max_steps=max_steps, resume=bool(resume))
         if resume:
             self.load_checkpoint(train_loader)
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.is_root:
             os.makedirs(self.out_dir, exist_ok=True)
         self.stop_training = False
         self.model.train()
@@ -185,7 +218,7 @@ class Trainer:
                 break
             metrics = self._run_epoch(train_loader, max_steps)
             if eval_loader is not None:
-                test = evaluate(self.model, self.loss_fn, eval_loader, progress=self.progress)
+                test = self._evaluate(eval_loader)
                 metrics.update(test_loss=test["loss"], test_accuracy=test["accuracy"])
             self.history.append(metrics)
             if not metrics["partial"]:
@@ -200,20 +233,27 @@ class Trainer:
             cb.on_fit_end(self)
         return self.history
 
+    def _evaluate(self, loader):
+        if self.dist is None:
+            return evaluate(self.model, self.loss_fn, loader, progress=self.progress)
+        self.dist.broadcast_buffers()  # every rank evaluates rank 0's model
+        return _dist.evaluate(self.model, self.loss_fn, loader, self.dist.comm)
+
     def _run_epoch(self, loader, max_steps):
         """Run the rest of the current epoch; its running sums live in ``self._running`` so a
         checkpoint taken mid-epoch resumes with the same epoch figures."""
         run = self._running
         bar = Progress(len(loader) - loader.position, desc=f"epoch {self.epoch + 1}", unit="batch",
-                       enabled=self.progress)
+                       enabled=self.progress and self.is_root)
         partial = False
         with bar:
             step_start = time.perf_counter()
             for x, y in loader:
-                loss, logits = self.train_step(x, y)
-                run["loss_sum"] += loss * len(y)
-                run["correct"] += int(np.count_nonzero(logits.argmax(axis=1) == y))
-                run["seen"] += len(y)
+                loss, _ = self.train_step(x, y, getattr(loader, "shard", None))
+                count, correct = self._last_counts  # of the global batch
+                run["loss_sum"] += loss * count
+                run["correct"] += correct
+                run["seen"] += count
                 run["train_seconds"] += time.perf_counter() - step_start
                 bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
                 bar.update()
@@ -233,7 +273,7 @@ class Trainer:
                 "skipped_steps": self.skipped_steps, "partial": partial}
 
     def _write_logs(self):
-        if self.out_dir is None or not self.history:
+        if self.out_dir is None or not self.history or not self.is_root:
             return
         fields = list(self.history[-1])
         for row in self.history:

@@ -18,7 +18,7 @@ FLOORS = {
     "cybn.functional": 2, "cybn.reference": 2,
     "cybn.nn": 3, "cybn.data": 3,
     "cybn.train": 4, "cybn.distributed": 4, "cybn.export": 4,
-    "cybn.recipe": 5,
+    "cybn.recipe": 5, "cybn.deploy": 5,
     "cybn.experiments": 6,
     "cybn.cli": 7, "cybn.__main__": 7,
 }

@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_info
 
 import cybn
 import cybn.functional as F
+import cybn.functional.conv as fconv
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ITERATIONS = 150
@@ -48,8 +49,10 @@ def _workloads(dtype):
     work["conv2d_backward"] = [lambda a=a: F.conv2d_backward(a[3], a[0], a[1], a[4], a[5]) for a in conv]
     work["conv2d_backward_no_dx"] = [lambda a=a: F.conv2d_backward(a[3], a[0], a[1], a[4], a[5], compute_dx=False)
                                      for a in conv]
-    # 3x3, stride 1, >= 16 channels: the Winograd path (its own U/M/Z/tmp workspaces)
-    wino = [_conv_inputs(rng, dtype, 2, 16, 12, 12, 16, 3, 1, 1), _conv_inputs(rng, dtype, 3, 17, 7, 9, 18, 3, 1, 0)]
+    # 3x3, stride 1, >= 16 channels, >= 512 output pixels: the Winograd path (its own workspaces)
+    wino = [_conv_inputs(rng, dtype, 4, 16, 12, 12, 16, 3, 1, 1), _conv_inputs(rng, dtype, 16, 17, 7, 9, 18, 3, 1, 0)]
+    for a in wino:  # the shapes must keep taking the Winograd path (a[3] is dy: N, F, Ho, Wo)
+        assert fconv._use_winograd(3, 3, 1, 1, a[0].shape[1], a[1].shape[0], a[3].shape[0] * a[3][0, 0].size)
     work["conv2d_winograd"] = [lambda a=a: F.conv2d(a[0], a[1], a[2], a[4], a[5]) for a in wino]
     work["conv2d_backward_winograd"] = [lambda a=a: F.conv2d_backward(a[3], a[0], a[1], a[4], a[5]) for a in wino]
     bn = []

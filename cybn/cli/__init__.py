@@ -9,12 +9,19 @@ Errors: a command raises ``argparse.ArgumentError`` for a bad combination of opt
 message, exit 2); a user mistake (missing or damaged data, download failure, damaged or foreign
 checkpoint, bad run folder) ends in one line ``cybn: error: ...`` and exit 2; a run that stops on
 a NaN/Inf exits 1 the same way; Ctrl-C exits 130. Anything else is a bug and keeps its traceback.
+
+Under MPI (``mpiexec -n R cybn ...``) an error that every rank meets alike (ranks disagree, a
+NaN/Inf in the summed gradients) is printed once, by rank 0, and every rank exits; any other
+error is printed with the rank that met it and ends the whole job (``MPI_Abort``): a rank that
+simply exited would leave the others waiting in their next collective.
 """
 import argparse
 import os
 import sys
 
+from .. import _comm
 from .._formats import FormatError
+from ..distributed import DistributedError
 from ..checkpoint import CheckpointError
 from ..recipe import RunError
 from ..train import NonFiniteError
@@ -24,8 +31,9 @@ USER_ERRORS = (OSError, RunError, CheckpointError, FormatError)
 
 def commands():
     from .. import experiments
-    from . import train
-    return [train.CONFIG, train.TRAIN, *experiments.COMMANDS]
+    from . import inference, train
+    return [train.CONFIG, train.TRAIN, inference.EVALUATE, inference.PREDICT, inference.EXPORT,
+            *experiments.COMMANDS]
 
 
 class _ShowConfig(argparse.Action):
@@ -58,6 +66,18 @@ def _one_line(error):
     return " ".join(str(error).split())
 
 
+def _error(message, every_rank_alike=False):
+    """Print ``cybn: error: message``; under MPI naming the rank, or only on rank 0 when every
+    rank meets the same error."""
+    comm = _comm.current()
+    if comm is None or not comm.distributed:
+        print(f"cybn: error: {message}", file=sys.stderr)
+    elif not every_rank_alike:
+        print(f"cybn: error (rank {comm.rank} of {comm.size}): {message}", file=sys.stderr)
+    elif comm.is_root:
+        print(f"cybn: error: {message}", file=sys.stderr)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -65,20 +85,28 @@ def main(argv=None):
     if command is None:
         parser.print_help(sys.stderr)
         return 2
+    alike = False
     try:
         return command.run(args)
     except argparse.ArgumentError as e:
         args._parser.error(e.message)
     except BrokenPipeError:  # `cybn config | head`: the reader left, nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        code = 1
+    except DistributedError as e:
+        _error(_one_line(e), every_rank_alike=True)
+        code, alike = 2, True
     except USER_ERRORS as e:
-        print(f"cybn: error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except NonFiniteError as e:
-        print(f"cybn: error: training stopped: {_one_line(e)} (the last checkpoint is intact; "
-              "--nan-policy skip drops such steps)", file=sys.stderr)
-        return 1
+        _error(_one_line(e))
+        code = 2
+    except NonFiniteError as e:  # the summed gradients: the same on every rank
+        _error(f"training stopped: {_one_line(e)} (the last checkpoint is intact; "
+               "--nan-policy skip drops such steps)", every_rank_alike=True)
+        code, alike = 1, True
     except KeyboardInterrupt:
         print("cybn: interrupted (the last checkpoint, if any, is intact)", file=sys.stderr)
-        return 130
+        code = 130
+    comm = _comm.current()
+    if comm is not None and comm.distributed and not alike:
+        comm.abort(code)
+    return code

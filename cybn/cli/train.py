@@ -1,9 +1,9 @@
 """``cybn config`` and ``cybn train``."""
+import argparse
 import json
 import os
 
-import argparse
-
+from .. import distributed as _dist
 from .._validation import (arg_type, nonnegative_float_arg, positive_float_arg, positive_int_arg, probability_arg,
                            spec_arg)
 from ..nn import init_from_spec, schedule_from_spec
@@ -20,7 +20,15 @@ class ConfigCommand:
 
     def run(self, args):
         from .._config import show_config
-        show_config()
+        comm = _dist.setup()
+        ranks = comm.allgather(_dist.describe(comm))  # under mpiexec: one line per rank, from rank 0
+        if comm.is_root:
+            show_config()
+            if comm.distributed:
+                print(f"MPI: {comm.size} ranks, launched by {ranks[0]['launcher']}")
+                for r in ranks:
+                    print(f"  rank {r['rank']} of {r['world_size']} on {r['host']}: "
+                          f"{r['threads_per_rank']} threads")
         return 0
 
 
@@ -86,6 +94,9 @@ def add_train_options(p):
                    help="on a NaN/Inf loss or gradient: stop with an error, or skip that step")
     p.add_argument("--checkpoint-every", type=positive_int_arg, default=None,
                    help="also checkpoint every N steps (always at the end of each epoch)")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="under mpiexec: batch norm with the statistics of the whole global batch "
+                        "(default: each rank's share, as PyTorch's plain BN)")
 
 
 def config_from_args(args):
@@ -122,10 +133,14 @@ class TrainCommand:
         else:
             config = config_from_args(args)
             out = args.out or os.path.join("runs", f"{config.bn}-{config.init.replace(':', '')}")
-        data = CifarData(args.data, config.train_limit, config.test_limit, quiet=args.quiet)
+        comm = _dist.setup(config.threads)
+        # rank 0 first: a download into the shared cache happens once
+        data = _dist.root_first(comm, CifarData, args.data, config.train_limit, config.test_limit,
+                                quiet=args.quiet or not comm.is_root)
         trainer = run(config, data, out_dir=out, progress=not args.quiet, resume=bool(args.resume))
         last = trainer.history[-1] if trainer.history else {}
-        print(json.dumps({"out": out, **last}, indent=1))
+        if comm.is_root:
+            print(json.dumps({"out": out, **last}, indent=1))
         return 0
 
 

@@ -114,6 +114,11 @@ def augment_normalize(images, mean, std, rng, padding=4, flip=True, dtype=np.flo
     return crop_flip_normalize(images, oy, ox, flips, mean, std, padding=padding, dtype=dtype)
 
 
+def share(n, rank, size):
+    """[lo, hi) of rank ``rank``'s share of ``n`` items split as evenly as possible over ``size``."""
+    return (rank * n) // size, ((rank + 1) * n) // size
+
+
 class DataLoader:
     """Iterate (x, y) batches: x float C-contiguous NCHW normalised, y int64.
 
@@ -155,6 +160,8 @@ class DataLoader:
         self._epoch = 0
         self._position = 0
         self._plan_cache = None
+        # Data-parallel training (cybn.distributed): (rank, size) makes every batch rank's share.
+        self.part = None
 
     # ---------------------------------------------------------------- sizes and position
     @property
@@ -235,6 +242,9 @@ class DataLoader:
             raise IndexError(f"batch {k} out of range: an epoch has {len(self)} batches")
         order, oy, ox, flips = self._plan(epoch)
         s = slice(k * self.batch_size, min((k + 1) * self.batch_size, self.num_samples))
+        if self.part is not None:  # only this rank's rows; the plan (order, crops) stays global
+            lo, hi = share(s.stop - s.start, *self.part)
+            s = slice(s.start + lo, s.start + hi)
         index = order[s]
         x = crop_flip_lut(self.images, self._lut, index, oy[s], ox[s], flips[s], self.padding)
         return x, self.labels[index]

@@ -6,6 +6,7 @@ import numpy as np
 from .. import _formats
 from .._validation import flag, positive_int
 from .module import Module
+from .inference import DEFAULT_CHUNK_BYTES, infer as _infer  # issue 12: forward-only inference
 
 __all__ = ["Sequential", "HookHandle"]
 
@@ -123,6 +124,10 @@ class Sequential(Module):
                                    "is not the first layer")
         return dy
 
+    def infer(self, x, max_chunk_bytes=DEFAULT_CHUNK_BYTES):  # issue 12 (see cybn.nn.inference)
+        """Eval-mode outputs for the batch ``x`` keeping no activations (``cybn.nn.infer``)."""
+        return _infer(self, x, max_chunk_bytes)
+
     def predict_logits(self, x, batch_size=256):
         """Outputs for ``x`` in eval mode, ``batch_size`` rows at a time; the previous mode is
         restored afterwards and cached activations are discarded (do not call between a training
@@ -132,7 +137,7 @@ class Sequential(Module):
         modes = [layer.training for layer in self.layers]
         self.eval()
         try:
-            outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+            outs = [self.infer(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         finally:
             for layer, mode in zip(self.layers, modes):
                 layer.train(mode)

@@ -26,11 +26,17 @@ Conventions (the same for all layers):
 - a layer with parameters has a ``dtype`` (float32 default, float64 for gradient checks) kept by
   params, grads and float buffers; an input of another dtype raises ``TypeError`` naming both.
 """
+import threading
 from collections.abc import Mapping
 
 import numpy as np
 
 from .._validation import flag, ndim_is, plain_array
+
+# Inference mode (cybn.nn.inference, issue 12): per Python thread; while on, forward keeps no
+# activations and leaves this marker, so a backward that follows says why it cannot run.
+_inference = threading.local()
+_NO_CACHE = object()
 
 
 def check_grad_output(dy, shape, dtype, owner):
@@ -104,11 +110,18 @@ class Module:
 
     def _save_for_backward(self, cache, y):
         """Keep ``cache`` for ``backward`` along with the output's shape and dtype (to check dy)."""
+        if getattr(_inference, "on", False):  # inference mode: no backward will come
+            self._cache = _NO_CACHE
+            return
         self._cache = (cache, y.shape, y.dtype)
 
     def _pop_cache(self, dy):
         """The cache saved by forward, after validating ``dy`` against the forward output
         (``check_grad_output``); the cache is consumed only when ``dy`` is valid."""
+        if self._cache is _NO_CACHE:
+            raise RuntimeError(f"{type(self).__name__}.backward() after an inference forward (infer(), "
+                               "predict or inference_mode keep no activations): run forward() outside "
+                               "inference mode on the batch first")
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward() called before forward() "
                                "(no cached activations: run forward on the batch first; "
