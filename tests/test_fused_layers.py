@@ -187,3 +187,12 @@ def test_batch_norm_relu_eval_bad_inputs(rng):
         F.batch_norm_relu_eval(x, np.ones(4), *ok[1:])
     with pytest.raises(TypeError):
         F.batch_norm_relu_eval(x, np.ones(3, np.float32), *ok[1:])
+
+
+def test_threads_for_caps_at_work_units():
+    from cybn.functional._dispatch import PARALLEL_MIN, threads_for
+    with cybn.num_threads(2):
+        assert threads_for(PARALLEL_MIN - 1) == 1
+        assert threads_for(4 * PARALLEL_MIN) == 2
+        assert threads_for(4 * PARALLEL_MIN, units=1) == 1  # one row: one thread
+        assert threads_for(0, units=0) == 1
