@@ -11,14 +11,15 @@ no -ffast-math) so GCC can vectorise the exp loop; libm's exp is a scalar call a
 whole cost. The row primitives are small C functions in the block below (one per dtype, also
 cloned for AVX2+FMA on x86-64 Linux); Cython keeps the prange over rows and the dispatch.
 The inputs of exp are always x - rowmax <= 0; results below the smallest normal number are
-returned as 0. Kernels trust their inputs: call them only through ``cybn.functional``.
+returned as 0. ``num_threads`` is used as given (``cybn.functional`` decides whether threading
+pays). Kernels trust their inputs: call them only through ``cybn.functional``.
 """
 from cython.parallel cimport prange
 from libc.math cimport log
 from libc.stdint cimport int64_t
 from libc.stdlib cimport malloc, free
 
-from cybn._kernels._common cimport floating, threads_for
+from cybn._kernels._common cimport floating
 
 cdef extern from *:
     """
@@ -131,17 +132,6 @@ cdef extern from *:
     void cybn_logsm_f(const float* x, float* out, float m, double ls, Py_ssize_t c) noexcept nogil
     void cybn_logsm_d(const double* x, double* out, double m, double ls, Py_ssize_t c) noexcept nogil
 
-# Below this many elements the rows run on one thread: waking and joining the OpenMP team
-# costs several us, comparable to the whole (128, 10) problem (~5 us), and on a busy
-# machine one late thread stalls the call. Results do not depend on it (rows are independent).
-cdef enum:
-    PARALLEL_MIN_ELEMENTS = 32768
-
-
-cdef inline int _threads_for(Py_ssize_t n, Py_ssize_t c, int num_threads) noexcept nogil:
-    return threads_for(n * c, PARALLEL_MIN_ELEMENTS, n, num_threads)
-
-
 cdef inline floating _row_max(const floating* x, Py_ssize_t c) noexcept nogil:
     if floating is float:
         return cybn_rowmax_f(x, c)
@@ -174,10 +164,9 @@ cdef inline void _row_scale_inplace(floating* e, double a, Py_ssize_t c) noexcep
 def softmax_rows(const floating[:, ::1] x, floating[:, ::1] out, int num_threads):
     """out = softmax(x) row-wise."""
     cdef Py_ssize_t n = x.shape[0], c = x.shape[1], i
-    cdef int nt = _threads_for(n, c, num_threads)
     cdef double s
     with nogil:
-        for i in prange(n, num_threads=nt, schedule='static'):
+        for i in prange(n, num_threads=num_threads, schedule='static'):
             s = _row_exp_sum(&x[i, 0], &out[i, 0], _row_max(&x[i, 0], c), c)
             _row_scale_inplace(&out[i, 0], 1.0 / s, c)
 
@@ -185,11 +174,10 @@ def softmax_rows(const floating[:, ::1] x, floating[:, ::1] out, int num_threads
 def log_softmax_rows(const floating[:, ::1] x, floating[:, ::1] out, int num_threads):
     """out = (x - max) - log(sum exp(x - max)) row-wise (the exps go to ``out`` as scratch)."""
     cdef Py_ssize_t n = x.shape[0], c = x.shape[1], i
-    cdef int nt = _threads_for(n, c, num_threads)
     cdef floating m
     cdef double ls
     with nogil:
-        for i in prange(n, num_threads=nt, schedule='static'):
+        for i in prange(n, num_threads=num_threads, schedule='static'):
             m = _row_max(&x[i, 0], c)
             ls = log(_row_exp_sum(&x[i, 0], &out[i, 0], m, c))
             # subtracting log(s) from the exact-ish (x - m) keeps precision for large logits
@@ -203,7 +191,6 @@ def xent_forward(const floating[:, ::1] logits, const int64_t[::1] labels,
                  floating[:, ::1] probs, int num_threads):
     """probs = softmax(logits); returns mean_i (log sum_j exp(z_ij) - z_i,label_i) as a double."""
     cdef Py_ssize_t n = logits.shape[0], c = logits.shape[1], i
-    cdef int nt = _threads_for(n, c, num_threads)
     cdef floating m
     cdef double s, total = 0.0
     cdef double* row_loss = <double*>malloc(n * sizeof(double))
@@ -211,7 +198,7 @@ def xent_forward(const floating[:, ::1] logits, const int64_t[::1] labels,
         raise MemoryError()
     try:
         with nogil:
-            for i in prange(n, num_threads=nt, schedule='static'):
+            for i in prange(n, num_threads=num_threads, schedule='static'):
                 m = _row_max(&logits[i, 0], c)
                 s = _row_exp_sum(&logits[i, 0], &probs[i, 0], m, c)
                 _row_scale_inplace(&probs[i, 0], 1.0 / s, c)
@@ -228,9 +215,8 @@ def xent_backward(const floating[:, ::1] probs, const int64_t[::1] labels,
                   floating[:, ::1] dx, double scale, int num_threads):
     """dx = scale * (probs - onehot(labels)), scale = grad / N."""
     cdef Py_ssize_t n = probs.shape[0], c = probs.shape[1], i, k
-    cdef int nt = _threads_for(n, c, num_threads)
     with nogil:
-        for i in prange(n, num_threads=nt, schedule='static'):
+        for i in prange(n, num_threads=num_threads, schedule='static'):
             _row_scale(&probs[i, 0], &dx[i, 0], scale, c)
             k = labels[i]
             dx[i, k] = <floating>((<double>probs[i, k] - 1.0) * scale)

@@ -7,7 +7,8 @@ Same maths and signatures as ``cybn.reference.batchnorm`` (see its docstrings). 
   <= 16384 values, merged pairwise: stable, accumulated in double), then 1 read of x + 1 write of y.
 * ``batch_norm_backward``: 1 fused read of dy and x for sum(dy) and sum(dy*(x-mean)) (which give
   dbias and dweight), then 1 read of dy, x + 1 write of dx.
-* ``batch_norm_eval``: 1 read + 1 write.
+* ``batch_norm_eval`` (and ``batch_norm_relu_eval``, the ReLU applied as y is written): 1 read
+  + 1 write.
 * ``batch_norm_eval_backward``: the same fused read of dy and x for the sums, then 1 read of dy
   + 1 write of dx (eval-mode BN is a fixed per-channel affine map).
 * ``batch_norm_relu_train`` / ``batch_norm_relu_backward``: BN followed by ReLU, fused: the same
@@ -31,7 +32,8 @@ from .._threads import kernel_threads
 from .._validation import check_float_array, float_array, integer, positive_float, real, shape_is
 
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
-           "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward"]
+           "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward",
+           "batch_norm_relu_eval"]
 
 
 def _input(x, name="x"):
@@ -180,6 +182,15 @@ def _backward(dy, x, weight, bias, mean, var, eps, relu, fname):
 
 def batch_norm_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
     """Evaluation-mode forward with running statistics (any batch size, including 1)."""
+    return _eval(x, weight, bias, running_mean, running_var, eps, False)
+
+
+def batch_norm_relu_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
+    """relu(batch_norm_eval(x, ...)) in the same single pass (the ReLU applied as y is written)."""
+    return _eval(x, weight, bias, running_mean, running_var, eps, True)
+
+
+def _eval(x, weight, bias, running_mean, running_var, eps, relu):
     x = _input(x)
     weight = _param(weight, "weight", x)
     bias = _param(bias, "bias", x)
@@ -187,7 +198,7 @@ def batch_norm_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
     running_mean = _stat(running_mean, "running_mean", C)
     running_var = _stat(running_var, "running_var", C, nonnegative=True)
     eps = _eps(eps)
-    return _normalize(x, running_mean, 1.0 / np.sqrt(running_var + eps), weight, bias)
+    return _normalize(x, running_mean, 1.0 / np.sqrt(running_var + eps), weight, bias, relu)
 
 
 def batch_norm_eval_backward(dy, x, weight, running_mean, running_var, eps=1e-5):

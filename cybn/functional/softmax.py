@@ -6,14 +6,15 @@ order (deterministic for any thread count). The probabilities are what the backw
 ``softmax_cross_entropy_backward(probs, labels, grad)`` = grad * (probs - onehot) / N.
 Validation follows the ``cybn._validation`` policy (TypeError for non-arrays / wrong dtypes,
 ValueError naming shapes, non-contiguous input copied) and is lean: the label range is checked
-in one compiled pass instead of NumPy min/max/mask temporaries. Measured at (128, 10): ~1 us of
+in one compiled pass instead of NumPy min/max/mask temporaries. Rows go to one thread below
+``_dispatch.PARALLEL_MIN`` elements per thread (the rule every elementwise op follows). Measured at (128, 10): ~1 us of
 validation in a ~10 us forward.
 """
 import numpy as np
 
 from .._kernels import softmax as _k
-from .._threads import kernel_threads
 from .._validation import check_float_array, finite_float
+from ._dispatch import threads_for
 
 __all__ = ["softmax", "log_softmax", "softmax_cross_entropy", "softmax_cross_entropy_backward"]
 
@@ -70,7 +71,7 @@ def softmax(x):
     """Row-wise softmax of a (N, C) array."""
     x, n, c = _matrix(x, "x")
     out = np.empty_like(x)
-    _SOFTMAX[x.dtype](x, out, kernel_threads())
+    _SOFTMAX[x.dtype](x, out, threads_for(x.size, units=n))
     return out
 
 
@@ -78,7 +79,7 @@ def log_softmax(x):
     """Row-wise log-softmax of a (N, C) array (finite for any finite logits)."""
     x, n, c = _matrix(x, "x")
     out = np.empty_like(x)
-    _LOG_SOFTMAX[x.dtype](x, out, kernel_threads())
+    _LOG_SOFTMAX[x.dtype](x, out, threads_for(x.size, units=n))
     return out
 
 
@@ -87,7 +88,7 @@ def softmax_cross_entropy(logits, labels):
     logits, n, c = _matrix(logits, "logits")
     labels = _labels(labels, n, c)
     probs = np.empty_like(logits)
-    loss = _XENT_FORWARD[logits.dtype](logits, labels, probs, kernel_threads())
+    loss = _XENT_FORWARD[logits.dtype](logits, labels, probs, threads_for(logits.size, units=n))
     return loss, probs
 
 
@@ -97,5 +98,5 @@ def softmax_cross_entropy_backward(probs, labels, grad=1.0):
     labels = _labels(labels, n, c)
     grad = finite_float(grad, "grad")
     dx = np.empty_like(probs)
-    _XENT_BACKWARD[probs.dtype](probs, labels, dx, grad / n, kernel_threads())
+    _XENT_BACKWARD[probs.dtype](probs, labels, dx, grad / n, threads_for(probs.size, units=n))
     return dx

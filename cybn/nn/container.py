@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import _formats
 from .._validation import flag, positive_int
+from .layers import BatchNorm1D, BatchNorm2D, ReLU, bn_relu_backward, bn_relu_forward
 from .module import Module
 from .inference import DEFAULT_CHUNK_BYTES, infer as _infer  # issue 12: forward-only inference
 
@@ -33,7 +34,13 @@ class Sequential(Module):
     ``input_grad`` (default False): whether ``backward`` returns the gradient with respect to the
     input. When False the first layer is told (``needs_input_grad = False``) so a first Conv2D
     skips its most expensive backward product, and ``backward`` returns None.
+
+    A BatchNorm1D/2D directly followed by a ReLU runs as one fused op (``bn_relu_forward`` /
+    ``bn_relu_backward``: bit-identical results, the same caches, running statistics and
+    hooks). While forward hooks are registered the pair's forward runs unfused, so BN's hook
+    sees BN's output; its backward stays fused. ``fuse = False`` on an instance turns fusion off.
     """
+    fuse = True
 
     def __init__(self, *layers, input_grad=False):
         super().__init__()
@@ -45,6 +52,7 @@ class Sequential(Module):
         self.layers = list(layers)
         self._hooks = {}
         self._next_hook = 0
+        self._pairs = frozenset()  # i: layers i, i+1 ran as a BN -> ReLU pair in the last forward
         self.needs_input_grad = flag(input_grad, "input_grad")
 
     # needs_input_grad is forwarded to the first layer (the only one whose input gradient is optional)
@@ -103,12 +111,28 @@ class Sequential(Module):
             layer.clear_cache()
 
     # ---- computation -------------------------------------------------------------------------
+    def _pair_at(self, i):
+        """Whether layers i, i+1 are a BN -> ReLU pair that may run fused."""
+        return (self.fuse and i + 1 < len(self.layers) and type(self.layers[i]) in (BatchNorm1D, BatchNorm2D)
+                and type(self.layers[i + 1]) is ReLU)
+
     def forward(self, x):
         hooks = list(self._hooks.values())
-        for i, layer in enumerate(self.layers):
+        pairs = set()
+        i = 0
+        while i < len(self.layers):
+            layer = self.layers[i]
+            if self._pair_at(i):
+                pairs.add(i)
+                if not hooks:
+                    x = bn_relu_forward(layer, self.layers[i + 1], x)
+                    i += 2
+                    continue
             x = layer(x)
             for fn in hooks:
                 fn(i, layer, x)
+            i += 1
+        self._pairs = frozenset(pairs)
         return x
 
     def backward(self, dy):
@@ -117,11 +141,18 @@ class Sequential(Module):
         Overwrites every layer's ``grads``. Returns the input gradient, or None when
         ``needs_input_grad`` is False.
         """
-        for i in range(len(self.layers) - 1, -1, -1):
-            dy = self.layers[i].backward(dy)
+        i = len(self.layers) - 1
+        while i >= 0:
+            if i - 1 in self._pairs:
+                i -= 1
+                dy = bn_relu_backward(self.layers[i], self.layers[i + 1], dy)
+            else:
+                dy = self.layers[i].backward(dy)
             if dy is None and i > 0:
                 raise RuntimeError(f"layer {i} ({self.layers[i]!r}) returned no input gradient but "
                                    "is not the first layer")
+            i -= 1
+        self._pairs = frozenset()
         return dy
 
     def infer(self, x, max_chunk_bytes=DEFAULT_CHUNK_BYTES):  # issue 12 (see cybn.nn.inference)

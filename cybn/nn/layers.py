@@ -169,13 +169,18 @@ class _BatchNorm(Module):
         return int(self.buffers["num_batches_tracked"])
 
     def forward(self, x):
+        return self._forward(x, False)
+
+    def _forward(self, x, relu):
+        """BN's forward, or with ``relu`` relu(BN(x)) from the fused ops: the cache is BN's
+        either way (the fused backward recomputes the ReLU mask from it)."""
         self._check_input(x, self._ndim)
         if x.shape[1] != self.num_features:
             raise ValueError(f"{type(self).__name__} expects {self.num_features} channels, "
                              f"got input shape {x.shape}")
         w, b = self.params.get("weight"), self.params.get("bias")
         if self.training:
-            y, mean, var = F.batch_norm_train(x, w, b, self.eps)
+            y, mean, var = (F.batch_norm_relu_train if relu else F.batch_norm_train)(x, w, b, self.eps)
             self.buffers["num_batches_tracked"] += 1
             momentum = self.momentum
             if momentum is None:
@@ -184,17 +189,25 @@ class _BatchNorm(Module):
                                    x.size // x.shape[1], momentum)
             self._save_for_backward(("train", x, mean, var), y)
         else:
-            y = F.batch_norm_eval(x, w, b, self.buffers["running_mean"], self.buffers["running_var"],
-                                  self.eps)
+            y = (F.batch_norm_relu_eval if relu else F.batch_norm_eval)(
+                x, w, b, self.buffers["running_mean"], self.buffers["running_var"], self.eps)
             self._save_for_backward(("eval", x), y)
         return y
 
     def backward(self, dy):
-        cache = self._pop_cache(dy)
+        return self._backward(self._pop_cache(dy), dy, False)
+
+    def _backward(self, cache, dy, relu):
+        """dx from BN's forward ``cache``; with ``relu``, ``dy`` is the gradient of relu(BN(x))
+        (training caches only: the fused backward)."""
         w = self.params.get("weight")
         if cache[0] == "train":
             _, x, mean, var = cache
-            dx, dw, db = F.batch_norm_backward(dy, x, w, mean, var, self.eps)
+            if relu:
+                dx, dw, db = F.batch_norm_relu_backward(dy, x, w, self.params.get("bias"), mean, var,
+                                                        self.eps)
+            else:
+                dx, dw, db = F.batch_norm_backward(dy, x, w, mean, var, self.eps)
         else:
             dx, dw, db = F.batch_norm_eval_backward(dy, cache[1], w, self.buffers["running_mean"],
                                                     self.buffers["running_var"], self.eps)
@@ -226,6 +239,25 @@ class ReLU(Module):
 
     def backward(self, dy):
         return F.relu_backward(dy, self._pop_cache(dy))
+
+
+def bn_relu_forward(bn, relu, x):
+    """``relu(bn(x))`` in the fused pass, leaving both layers' caches exactly as the two
+    forwards would (BN's: its input and statistics; the ReLU's: its output), so either layer's
+    own ``backward`` still works and ``bn_relu_backward`` may fuse the two."""
+    y = bn._forward(x, True)
+    relu._save_for_backward(y, y)
+    return y
+
+
+def bn_relu_backward(bn, relu, dy):
+    """``bn.backward(relu.backward(dy))`` in BN's two backward passes when BN ran in training
+    mode (the ReLU mask recomputed from BN's cache); else the two backwards. The caller
+    guarantees the ReLU's input was this BN's output (consecutive forwards of a Sequential)."""
+    if bn._cache is None or bn._cache[0][0] != "train":
+        return bn.backward(relu.backward(dy))
+    relu._pop_cache(dy)  # validates dy against the ReLU's output (BN's output shape and dtype)
+    return bn._backward(bn._pop_cache(dy), dy, True)
 
 
 class MaxPool2D(Module):

@@ -16,7 +16,8 @@ batch size works. See each function for its gradient / update rule.
 import numpy as np
 
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
-           "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward"]
+           "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward",
+           "batch_norm_relu_eval"]
 
 
 def _axes(x):
@@ -146,6 +147,11 @@ def batch_norm_relu_train(x, weight, bias, eps=1e-5):
     """relu(batch_norm_train(x, weight, bias, eps)): returns (y, mean, var)."""
     y, mean, var = batch_norm_train(x, weight, bias, eps)
     return _relu(y), mean, var
+
+
+def batch_norm_relu_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
+    """relu(batch_norm_eval(x, weight, bias, running_mean, running_var, eps))."""
+    return _relu(batch_norm_eval(x, weight, bias, running_mean, running_var, eps))
 
 
 def batch_norm_relu_backward(dy, x, weight, bias, mean, var, eps=1e-5):
