@@ -34,6 +34,7 @@ import cybn  # noqa: E402
 from cybn import functional as F  # noqa: E402
 from cybn.data import DataLoader  # noqa: E402
 from cybn.nn import SGD, Conv2D, Linear, SoftmaxCrossEntropy, cnn7  # noqa: E402
+from cybn.nn import container as _container  # noqa: E402  (its fused BN -> ReLU ops are timed)
 
 BATCH = 128
 EPOCH_IMAGES = 50000
@@ -81,7 +82,9 @@ def _layer_flop(layer, x_shape, y_shape, needs_dx):
 
 class LayerTimer:
     """Wraps each layer's forward/backward (instance attributes, so Sequential's calls go through
-    them) and records wall seconds per call, per thread count, inside real training steps."""
+    them) and Sequential's fused BN -> ReLU pair ops, and records wall seconds per call, per
+    thread count, inside real training steps. A fused pair's time goes to its BN row (named
+    "BN+ReLU"); its ReLU row then has no time of its own and is not printed."""
 
     def __init__(self, model):
         self.model = model
@@ -92,6 +95,18 @@ class LayerTimer:
         for i, layer in enumerate(model.layers):
             layer.forward = self._wrap(i, layer, layer.forward, "fwd")
             layer.backward = self._wrap(i, layer, layer.backward, "bwd")
+        index = {id(layer): i for i, layer in enumerate(model.layers)}
+        for kind, name in (("fwd", "bn_relu_forward"), ("bwd", "bn_relu_backward")):
+            fused = getattr(_container, name)
+
+            def pair(bn, relu, arg, fused=fused, kind=kind):
+                i = index[id(bn)]
+                self.names[i] = self.names[i].split()[0] + " BN+ReLU (fused)"
+                t0 = time.perf_counter()
+                out = fused(bn, relu, arg)
+                self.times.setdefault((self.threads, i, kind), []).append(time.perf_counter() - t0)
+                return out
+            setattr(_container, name, pair)
 
     def _wrap(self, i, layer, fn, kind):
         def timed(arg):
@@ -139,6 +154,8 @@ def print_breakdown(timer, step_times, counts):
     rows = []
     totals = {n: 0.0 for n in counts}
     for i, name in enumerate(timer.names):
+        if (lo, i, "fwd") not in timer.times:  # the ReLU of a fused pair: timed with its BN
+            continue
         row = [name]
         for n in counts:
             f, b = timer.median(n, i, "fwd"), timer.median(n, i, "bwd")

@@ -30,6 +30,14 @@ def threads(request):
         yield request.param
 
 
+@pytest.fixture
+def tiny_work_threaded(monkeypatch):
+    """Let even tiny inputs run on the whole thread team (the size threshold of
+    ``functional._dispatch`` would give them one thread), so thread-count tests test something."""
+    import cybn.functional._dispatch as dispatch
+    monkeypatch.setattr(dispatch, "PARALLEL_MIN", 1)
+
+
 def _shared_file(name):
     path = SHARED_DATA / name
     if not path.exists():

@@ -140,7 +140,7 @@ def test_float32_matches_reference(shape, rng):
     _check_all(rng, shape, np.float32, rtol=1e-5, atol=2e-5)
 
 
-def test_threads_bit_identical(threads, rng):
+def test_threads_bit_identical(threads, rng, tiny_work_threaded):
     """Reductions are split by shape, not by thread count: results are bit-identical."""
     for shape in [(70, 3, 5, 5), (2003, 7), (9, 5, 64, 64), (16, 12, 4, 4)]:
         for dtype in (np.float32, np.float64):
@@ -452,7 +452,7 @@ def test_eval_backward_matches_reference(shape, stat_dtype, threads, rng):
         np.testing.assert_allclose(db, dbr, rtol=rtol, atol=rtol * scale)
 
 
-def test_eval_backward_is_bit_identical_across_threads_and_layouts(rng):
+def test_eval_backward_is_bit_identical_across_threads_and_layouts(rng, tiny_work_threaded):
     x, w, _, dy = _data(rng, (70, 5, 9, 7), np.float32)
     rm, rv = _running(rng, 5, np.float32)
     with cybn.num_threads(1):

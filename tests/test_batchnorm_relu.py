@@ -82,7 +82,7 @@ def test_finite_difference_gradients(rng, impl, shape):
         np.testing.assert_allclose(analytic, numerical_grad(loss, param), rtol=1e-6, atol=1e-7)
 
 
-def test_threads_bit_identical(rng):
+def test_threads_bit_identical(rng, tiny_work_threaded):
     for shape in [(70, 3, 5, 5), (2003, 7), (9, 5, 64, 64)]:
         for dtype in (np.float32, np.float64):
             x, w, b, dy = _data(rng, shape, dtype)

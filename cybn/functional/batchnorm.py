@@ -28,7 +28,7 @@ returned as float64. ``weight``/``bias`` None means gamma = 1 / beta = 0 (affine
 import numpy as np
 
 from .._kernels import batchnorm as _k
-from .._threads import kernel_threads
+from ._dispatch import threads_for
 from .._validation import check_float_array, float_array, integer, positive_float, real, shape_is
 
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
@@ -101,7 +101,7 @@ def _normalize(x, mean, invstd, weight, bias, relu=False):
     y = np.empty_like(x)
     if x.size:
         _k.affine_normalize(_as3(x), *_affine(mean, invstd, weight, bias, x.dtype), _as3(y), relu,
-                            kernel_threads())
+                            threads_for(x.size))
     return y
 
 
@@ -114,7 +114,7 @@ def _train(x, weight, bias, eps, relu, fname):
     C = x.shape[1]
     mean = np.empty(C, dtype=np.float64)
     var = np.empty(C, dtype=np.float64)
-    _k.batch_stats(_as3(x), mean, var, kernel_threads())
+    _k.batch_stats(_as3(x), mean, var, threads_for(x.size))
     y = _normalize(x, mean, 1.0 / np.sqrt(var + eps), weight, bias, relu)
     return y, mean, var
 
@@ -158,7 +158,7 @@ def _backward(dy, x, weight, bias, mean, var, eps, relu, fname):
     bias = _param(bias, "bias", x)
     C = x.shape[1]
     m = _need_two(x, fname)
-    threads = kernel_threads()
+    threads = threads_for(x.size)
     dt = x.dtype
     dy3, x3 = _as3(dy), _as3(x)
     invstd = 1.0 / np.sqrt(var + eps)
@@ -214,7 +214,7 @@ def batch_norm_eval_backward(dy, x, weight, running_mean, running_var, eps=1e-5)
     invstd = 1.0 / np.sqrt(running_var + eps)
     if x.size:
         _k.backward_sums(_as3(dy), _as3(x), running_mean, sum_dy, sum_dyxc,
-                         *_affine(running_mean, invstd, weight, None, dt), False, kernel_threads())
+                         *_affine(running_mean, invstd, weight, None, dt), False, threads_for(x.size))
     # dx = dy * scale: the normalisation kernel with a zero mean and shift (it never reads x)
     dx = _normalize(dy, np.zeros(C), invstd, weight, None)
     return dx, (sum_dyxc * invstd).astype(dt), sum_dy.astype(dt)

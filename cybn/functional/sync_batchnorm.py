@@ -19,7 +19,7 @@ With one rank these compose to exactly (bit for bit) ``batch_norm_train``/``batc
 import numpy as np
 
 from .._kernels import batchnorm as _k
-from .._threads import kernel_threads
+from ._dispatch import threads_for
 from .._validation import float_array, integer, shape_is
 from .batchnorm import _as3, _backward_args, _count, _input, _split, _stat
 
@@ -37,7 +37,7 @@ def batch_norm_stats(x):
     mean = np.zeros(C, dtype=np.float64)
     var = np.zeros(C, dtype=np.float64)
     if count:
-        _k.batch_stats(_as3(x), mean, var, kernel_threads())
+        _k.batch_stats(_as3(x), mean, var, threads_for(x.size))
     return count, mean, var
 
 
@@ -104,7 +104,7 @@ def batch_norm_backward_reduce(dy, x, mean):
         hi, lo = _split(mean, x.dtype)
         unused = np.zeros(C, x.dtype)  # the fused-ReLU operands (relu off)
         _k.backward_sums(_as3(dy), _as3(x), mean, sum_dy, sum_dyxc, hi, lo, unused, unused, False,
-                         kernel_threads())
+                         threads_for(x.size))
     return sum_dy, sum_dyxc
 
 
@@ -128,5 +128,5 @@ def batch_norm_backward_elemt(dy, x, weight, mean, var, sum_dy, sum_dyxc, count,
         hi, lo = _split(mean, dt)
         unused = np.zeros(C, dt)  # the fused-ReLU operands (relu off)
         _k.backward_dx(_as3(dy), _as3(x), hi, lo, a.astype(dt), b.astype(dt), d.astype(dt), _as3(dx),
-                       unused, unused, False, kernel_threads())
+                       unused, unused, False, threads_for(x.size))
     return dx
