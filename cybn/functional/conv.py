@@ -24,7 +24,7 @@ import numpy as np
 from .._kernels import conv as _k
 from .._threads import kernel_threads
 from .._threads import single_threaded_blas as _single_threaded_blas
-from .._validation import MAX_INT, float_array, nonnegative_int, pair, positive_int
+from .._validation import MAX_INT, conv_output_size, float_array, nonnegative_int, pair, positive_int
 
 __all__ = ["conv2d", "conv2d_backward"]
 
@@ -192,8 +192,7 @@ def _check(x, weight, stride, padding):
     if H + 2 * ph > MAX_INT or W + 2 * pw > MAX_INT:
         raise ValueError(f"padding {(ph, pw)} is too large: the padded input "
                          f"{(H + 2 * ph, W + 2 * pw)} of x {x.shape} must be <= {MAX_INT} per side")
-    Ho = (H + 2 * ph - kh) // sh + 1
-    Wo = (W + 2 * pw - kw) // sw + 1
+    Ho, Wo = conv_output_size((H, W), (kh, kw), (sh, sw), (ph, pw))
     if Ho * Wo > MAX_INT:
         raise ValueError(f"the output plane {(Ho, Wo)} of x {x.shape} with padding {(ph, pw)} and "
                          f"stride {(sh, sw)} has more than {MAX_INT} elements")
