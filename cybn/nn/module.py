@@ -33,7 +33,7 @@ import numpy as np
 
 from .._validation import flag, ndim_is, plain_array
 
-# Inference mode (cybn.nn.inference, issue 12): per Python thread; while on, forward keeps no
+# Inference mode (cybn.nn.inference): per Python thread; while on, forward keeps no
 # activations and leaves this marker, so a backward that follows says why it cannot run.
 _inference = threading.local()
 _NO_CACHE = object()
