@@ -8,7 +8,7 @@ import numpy as np
 
 from .._kernels import linear as _k
 from .._threads import kernel_threads, single_threaded_blas
-from .._validation import float_array, shape_is
+from .._validation import MAX_INT, float_array, shape_is
 
 __all__ = ["linear", "linear_backward"]
 
@@ -21,8 +21,6 @@ def _check_x_weight(x, weight):
                          f"x.shape[1] must equal weight.shape[1] (in_features)")
     return x, weight
 
-
-_INT_MAX = np.iinfo(np.int32).max
 
 # Output panels per GEMM (see _tiles). Measured (cnn7's fc1, 128 x 2048 x 256, forward +
 # backward, 1-thread CPU time, medians of 25 interleaved rounds) against one GEMM per product:
@@ -41,9 +39,9 @@ def _tiles(M, N):
 
 def _check_blas_sizes(x, weight):
     # BLAS takes C int sizes and leading dimensions
-    if max(x.shape + weight.shape) > _INT_MAX:
+    if max(x.shape + weight.shape) > MAX_INT:
         raise ValueError(f"x {x.shape} and weight {weight.shape}: every dimension must be "
-                         f"<= {_INT_MAX} (BLAS sizes are C int)")
+                         f"<= {MAX_INT} (BLAS sizes are C int)")
 
 
 def linear(x, weight, bias=None):
