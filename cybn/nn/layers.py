@@ -174,25 +174,34 @@ class _BatchNorm(Module):
     def _forward(self, x, relu):
         """BN's forward, or with ``relu`` relu(BN(x)) from the fused ops: the cache is BN's
         either way (the fused backward recomputes the ReLU mask from it)."""
-        self._check_input(x, self._ndim)
-        if x.shape[1] != self.num_features:
-            raise ValueError(f"{type(self).__name__} expects {self.num_features} channels, "
-                             f"got input shape {x.shape}")
+        self._check_channels(x)
         w, b = self.params.get("weight"), self.params.get("bias")
         if self.training:
             y, mean, var = (F.batch_norm_relu_train if relu else F.batch_norm_train)(x, w, b, self.eps)
-            self.buffers["num_batches_tracked"] += 1
-            momentum = self.momentum
-            if momentum is None:
-                momentum = 1.0 / int(self.buffers["num_batches_tracked"])
-            F.update_running_stats(self.buffers["running_mean"], self.buffers["running_var"], mean, var,
-                                   x.size // x.shape[1], momentum)
+            self._track(mean, var, x.size // x.shape[1])
             self._save_for_backward(("train", x, mean, var), y)
         else:
             y = (F.batch_norm_relu_eval if relu else F.batch_norm_eval)(
                 x, w, b, self.buffers["running_mean"], self.buffers["running_var"], self.eps)
             self._save_for_backward(("eval", x), y)
         return y
+
+    def _check_channels(self, x):
+        """The input checks of the forward: this layer's dtype and rank, ``num_features`` channels."""
+        self._check_input(x, self._ndim)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__} expects {self.num_features} channels, "
+                             f"got input shape {x.shape}")
+
+    def _track(self, mean, var, count):
+        """Count a training batch and move the running statistics towards its ``mean`` and biased
+        ``var`` over ``count`` values per channel."""
+        self.buffers["num_batches_tracked"] += 1
+        momentum = self.momentum
+        if momentum is None:
+            momentum = 1.0 / int(self.buffers["num_batches_tracked"])
+        F.update_running_stats(self.buffers["running_mean"], self.buffers["running_var"], mean, var,
+                               count, momentum)
 
     def backward(self, dy):
         return self._backward(self._pop_cache(dy), dy, False)
