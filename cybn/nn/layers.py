@@ -12,13 +12,12 @@ from .._validation import (MAX_INT, as_generator, check_float_array, conv_output
 from . import init as _init
 from .module import Module
 
-# Sizes and geometry reach C ``int`` kernel arguments and BLAS dimensions: anything larger is
-# an input bug (it could never be allocated), reported as a ValueError naming the argument.
-
 __all__ = ["Conv2D", "Linear", "BatchNorm1D", "BatchNorm2D", "ReLU", "MaxPool2D", "Flatten", "Dropout",
            "SoftmaxCrossEntropy"]
 
 
+# Sizes reach C ``int`` kernel arguments and BLAS dimensions: anything larger is an input bug
+# (it could never be allocated), reported as a ValueError naming the argument.
 def _size(v, name):
     return positive_int(v, name, MAX_INT)
 
