@@ -202,6 +202,11 @@ class _BatchNorm(Module):
         F.update_running_stats(self.buffers["running_mean"], self.buffers["running_var"], mean, var,
                                count, momentum)
 
+    def _cached_mode(self):
+        """The mode ("train", "eval"; SyncBatchNorm: "sync") of the forward whose cache awaits
+        ``backward``; None when there is none (no forward yet, or an inference forward)."""
+        return self._cache[0][0] if isinstance(self._cache, tuple) else None
+
     def backward(self, dy):
         return self._backward(self._pop_cache(dy), dy, False)
 
@@ -262,7 +267,7 @@ def bn_relu_backward(bn, relu, dy):
     """``bn.backward(relu.backward(dy))`` in BN's two backward passes when BN ran in training
     mode (the ReLU mask recomputed from BN's cache); else the two backwards. The caller
     guarantees the ReLU's input was this BN's output (consecutive forwards of a Sequential)."""
-    if bn._cache is None or bn._cache[0][0] != "train":
+    if bn._cached_mode() != "train":  # the unfused backwards (they also raise on a missing cache)
         return bn.backward(relu.backward(dy))
     relu._pop_cache(dy)  # validates dy against the ReLU's output (BN's output shape and dtype)
     return bn._backward(bn._pop_cache(dy), dy, True)

@@ -70,7 +70,7 @@ class _SyncBatchNorm(_BatchNorm):
         return y
 
     def backward(self, dy):
-        if self._cache is None or self._cache[0][0] != "sync":
+        if self._cached_mode() != "sync":
             return super().backward(dy)
         _, x, mean, var, total = self._pop_cache(dy)
         sum_dy, sum_dyxc = FS.batch_norm_backward_reduce(dy, x, mean)
