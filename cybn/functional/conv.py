@@ -22,8 +22,7 @@ import threading
 import numpy as np
 
 from .._kernels import conv as _k
-from .._threads import kernel_threads
-from .._threads import single_threaded_blas as _single_threaded_blas
+from .._threads import kernel_threads, single_threaded_blas as _single_threaded_blas
 from .._validation import MAX_INT, conv_output_size, flag, float_array, nonnegative_int, pair, positive_int
 
 __all__ = ["conv2d", "conv2d_backward"]
