@@ -13,8 +13,8 @@ Conventions (the same for all layers):
 - ``buffers``: non-trained state (BatchNorm's running statistics, ``num_batches_tracked``).
   ``copy_buffers()`` / ``restore_buffers(snapshot)`` save and put back all of a model's buffers
   (e.g. around an evaluation that must not move them), so nobody writes ``buffers`` from outside.
-- ``no_weight_decay``: the names of a layer's params that ``SGD(decay_bn_and_bias=False)`` leaves
-  undecayed besides every ``bias`` (BatchNorm declares ``{"weight", "bias"}``: its gain and shift
+- ``no_weight_decay``: the names of a layer's params that an optimizer built with
+  ``decay_bn_and_bias=False`` (SGD, Adam, AdamW) leaves undecayed besides every ``bias`` (BatchNorm declares ``{"weight", "bias"}``: its gain and shift
   set a scale, not a fit, and decaying them only fights the normalisation). A class attribute,
   so a new layer opts in by declaring it; the optimizer never needs to know layer types.
 - ``forward(x)`` keeps what ``backward`` needs in a cache; ``backward(dy)`` consumes it (and frees
@@ -76,7 +76,7 @@ def set_generator_state(rng, words):
 class Module:
     """Base class: a differentiable layer with ``forward``/``backward`` and named state."""
 
-    # names of params exempt from weight decay under SGD(decay_bn_and_bias=False); see above
+    # names of params exempt from weight decay under decay_bn_and_bias=False; see above
     no_weight_decay = frozenset()
 
     def __init__(self):
