@@ -14,8 +14,9 @@ Conventions (the same for all layers):
   ``copy_buffers()`` / ``restore_buffers(snapshot)`` save and put back all of a model's buffers
   (e.g. around an evaluation that must not move them), so nobody writes ``buffers`` from outside.
 - ``no_weight_decay``: the names of a layer's params that an optimizer built with
-  ``decay_bn_and_bias=False`` (SGD, Adam, AdamW) leaves undecayed besides every ``bias`` (BatchNorm declares ``{"weight", "bias"}``: its gain and shift
-  set a scale, not a fit, and decaying them only fights the normalisation). A class attribute,
+  ``decay_bn_and_bias=False`` (SGD, Adam, AdamW) leaves undecayed besides every ``bias``
+  (BatchNorm declares ``{"weight", "bias"}``: its gain and shift set a scale, not a fit, and
+  decaying them only fights the normalisation). A class attribute,
   so a new layer opts in by declaring it; the optimizer never needs to know layer types.
 - ``forward(x)`` keeps what ``backward`` needs in a cache; ``backward(dy)`` consumes it (and frees
   it), so calling ``backward`` before ``forward`` (or twice) raises ``RuntimeError``.
