@@ -33,7 +33,8 @@ import numpy as np
 __all__ = ["MAX_INT", "FLOAT_DTYPES", "is_integer", "integer", "positive_int", "nonnegative_int",
            "pair", "flag", "real", "finite_float", "nonnegative_float", "positive_float", "choice",
            "float_dtype", "plain_array", "check_float_array", "ndim_is", "float_array", "uint8_images", "shape_is",
-           "generator", "as_generator", "conv_output_size", "from_text", "arg_type"]
+           "generator", "as_generator", "conv_output_size", "from_text", "arg_type", "comma_list",
+           "positive_int_arg", "nonnegative_float_arg", "positive_float_arg", "probability_arg", "spec_arg"]
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

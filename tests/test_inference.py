@@ -77,6 +77,18 @@ def test_backward_after_inference_forward_raises(rng):
     model.backward(np.ones_like(model.forward(x)))  # an ordinary forward trains again
 
 
+@pytest.mark.parametrize("make", [lambda: nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1D(3), nn.ReLU()),
+                                  lambda: nn.SyncBatchNorm1D(4)])
+def test_backward_after_inference_forward_raises_for_fused_and_sync_bn(make, rng):
+    # a BN -> ReLU pair at the end of a model and SyncBatchNorm look at their cache before
+    # popping it: without one they must still raise the inference-mode RuntimeError
+    model = make().train()
+    with nn.inference_mode():
+        y = model.forward(rng.standard_normal((5, 4)).astype(np.float32))
+    with pytest.raises(RuntimeError, match="after an inference forward"):
+        model.backward(np.ones_like(y))
+
+
 def test_inference_mode_nests_and_is_per_thread(rng):
     layer = nn.Linear(3, 2, rng=rng)
     x = np.ones((2, 3), np.float32)

@@ -11,19 +11,15 @@ combine (dW's reduction over the batch runs inside each tile's GEMM, in BLAS's f
     backward dx (N, in)  = dy (N, out) @ W (out, in)
              dW (out, in) = dy^T (out, N) @ x (N, in);  db = sum over n of dy (double, in order)
 
-The caller holds the BLAS library at one thread (``cybn._threads.single_threaded_blas``).
+The caller holds the BLAS library at one thread (``cybn._threads.single_threaded_blas``) and
+decides each product's thread count (``cybn.functional.linear``).
 Kernels trust their inputs: call them only through ``cybn.functional.linear``.
 """
 from cython.parallel cimport prange
 from libc.string cimport memcpy
 
-from cybn._kernels._common cimport floating, threads_for
+from cybn._kernels._common cimport floating
 from cybn._kernels._blas cimport gemm_rm
-
-cdef enum:
-    # Below this many multiply-adds (~70 us on one core) a product runs on one thread: waking
-    # the team costs several us. cnn7's fc2 products (128 x 256 x 10) stay serial.
-    PARALLEL_MIN_FLOP = 1 << 21
 
 
 cdef inline Py_ssize_t _ntiles(Py_ssize_t size, Py_ssize_t tile) noexcept nogil:
@@ -35,14 +31,13 @@ cdef void _tiled_gemm(char ta, char tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K
                       floating* c, Py_ssize_t ldc, const floating* bias, Py_ssize_t tile_m,
                       Py_ssize_t tile_n, int num_threads) noexcept nogil:
     """Row-major C (M, N) = op(A) @ op(B) (+ bias per column), one GEMM per tile_m x tile_n
-    tile of C."""
+    tile of C, the tiles shared by ``num_threads`` threads."""
     cdef Py_ssize_t tm = _ntiles(M, tile_m), tn = _ntiles(N, tile_n)
     cdef Py_ssize_t t, i0, j0, m, n, i
     cdef const floating* pa
     cdef const floating* pb
     cdef floating beta
-    cdef int nt = threads_for(M * N * K, PARALLEL_MIN_FLOP, tm * tn, num_threads)
-    for t in prange(tm * tn, num_threads=nt, schedule='dynamic'):
+    for t in prange(tm * tn, num_threads=num_threads, schedule='dynamic'):
         i0 = (t // tn) * tile_m
         j0 = (t % tn) * tile_n
         m = M - i0 if M - i0 < tile_m else tile_m
@@ -75,7 +70,7 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
 def linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                     const floating[:, ::1] weight, floating[:, ::1] dx, floating[:, ::1] dweight,
                     floating[::1] dbias, Py_ssize_t dx_tile_m, Py_ssize_t dx_tile_n,
-                    Py_ssize_t dw_tile_m, Py_ssize_t dw_tile_n, int num_threads):
+                    Py_ssize_t dw_tile_m, Py_ssize_t dw_tile_n, int dx_threads, int dw_threads):
     """dx = dy @ weight, dweight = dy.T @ x, dbias = dy summed over rows (in double, in order)."""
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], F = weight.shape[0], n, f
     cdef const floating* pdy = &dy[0, 0] if N and F else NULL
@@ -84,10 +79,10 @@ def linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
     with nogil:
         if N and K:
             _tiled_gemm(c'N', c'N', N, K, F, pdy, F, &weight[0, 0] if F else NULL, K,
-                        &dx[0, 0], K, NULL, dx_tile_m, dx_tile_n, num_threads)
+                        &dx[0, 0], K, NULL, dx_tile_m, dx_tile_n, dx_threads)
         if F and K:
             _tiled_gemm(c'T', c'N', F, K, N, pdy, F, px, K, &dweight[0, 0], K, NULL, dw_tile_m,
-                        dw_tile_n, num_threads)
+                        dw_tile_n, dw_threads)
         for f in range(F):  # N * F adds: too small to be worth a thread team
             s = 0
             for n in range(N):

@@ -1,6 +1,9 @@
-"""Validated forward/backward ops backed by the compiled kernels (and BLAS for matrix products).
+"""Validated forward/backward ops: the only caller of the compute kernels (which run their matrix
+products as single-threaded BLAS GEMMs); dropout, two memory-bound passes, is plain NumPy.
 
 Every function has a twin of the same name and signature in ``cybn.reference`` (plain NumPy).
+The per-rank pieces of synchronized BN are not re-exported here: they live in the submodule
+``sync_batchnorm`` (twin: ``cybn.reference.sync_batchnorm``).
 Inputs are checked before any kernel runs (see ``cybn._validation`` for the policy: float32/float64
 only, non-contiguous input is copied, shape errors name the shapes).
 """

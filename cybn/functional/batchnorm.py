@@ -119,12 +119,18 @@ def _train(x, weight, bias, eps, relu, fname):
     return y, mean, var
 
 
-def _backward_args(dy, x, weight, mean, var, eps, names=("mean", "var")):
-    """The validated arguments of both backward passes (``names``: what the statistics are)."""
+def _dy_x(dy, x):
+    """dy and x of a backward pass, validated: dy has x's shape and dtype."""
     x = _input(x)
     dy = float_array(dy, "dy", dtype=x.dtype)
     if dy.shape != x.shape:
         raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
+    return dy, x
+
+
+def _backward_args(dy, x, weight, mean, var, eps, names=("mean", "var")):
+    """The validated arguments of both backward passes (``names``: what the statistics are)."""
+    dy, x = _dy_x(dy, x)
     C = x.shape[1]
     return (dy, x, _param(weight, "weight", x), _stat(mean, names[0], C),
             _stat(var, names[1], C, nonnegative=True), _eps(eps))

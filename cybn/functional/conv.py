@@ -22,9 +22,8 @@ import threading
 import numpy as np
 
 from .._kernels import conv as _k
-from .._threads import kernel_threads
-from .._threads import single_threaded_blas as _single_threaded_blas
-from .._validation import MAX_INT, conv_output_size, float_array, nonnegative_int, pair, positive_int
+from .._threads import kernel_threads, single_threaded_blas as _single_threaded_blas
+from .._validation import MAX_INT, conv_output_size, flag, float_array, nonnegative_int, pair, positive_int
 
 __all__ = ["conv2d", "conv2d_backward"]
 
@@ -242,9 +241,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, compute_dx=True):
     if dy.shape != (N, F, Ho, Wo):
         raise ValueError(f"dy must have the forward output shape {(N, F, Ho, Wo)} of x {x.shape} "
                          f"and weight {weight.shape}, got {dy.shape}")
-    if not isinstance(compute_dx, (bool, np.bool_)):
-        raise TypeError(f"compute_dx must be a bool, got {type(compute_dx).__name__} {compute_dx!r}")
-    compute_dx = bool(compute_dx)
+    compute_dx = flag(compute_dx, "compute_dx")
     dweight = np.empty_like(weight)
     dbias = np.empty(F, dtype=x.dtype)
     if N == 0:

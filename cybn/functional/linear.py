@@ -7,8 +7,9 @@ kernels that run next), so results are bit-identical for any thread count.
 import numpy as np
 
 from .._kernels import linear as _k
-from .._threads import kernel_threads, single_threaded_blas
-from .._validation import float_array, shape_is
+from .._threads import single_threaded_blas
+from .._validation import MAX_INT, float_array, shape_is
+from ._dispatch import threads_for
 
 __all__ = ["linear", "linear_backward"]
 
@@ -21,8 +22,6 @@ def _check_x_weight(x, weight):
                          f"x.shape[1] must equal weight.shape[1] (in_features)")
     return x, weight
 
-
-_INT_MAX = np.iinfo(np.int32).max
 
 # Output panels per GEMM (see _tiles). Measured (cnn7's fc1, 128 x 2048 x 256, forward +
 # backward, 1-thread CPU time, medians of 25 interleaved rounds) against one GEMM per product:
@@ -39,11 +38,23 @@ def _tiles(M, N):
     return (M, panel(N)) if N >= M else (panel(M), N)
 
 
+# Multiply-adds per thread below which another thread does not pay off: a product under 2 * 2**20
+# (~70 us on one core) runs on one thread, as waking the team costs several us. cnn7's fc2
+# products (128 x 256 x 10) stay serial.
+_GRAIN_FLOP = 1 << 20
+
+
+def _threads(M, N, K, tile):
+    """Threads for the (M, N) = (M, K) @ (K, N) product cut into ``tile``: at most one per tile."""
+    tm, tn = (max(1, t) for t in tile)  # an empty side has a 0 tile
+    return threads_for(M * N * K, _GRAIN_FLOP, units=-(-M // tm) * -(-N // tn))
+
+
 def _check_blas_sizes(x, weight):
     # BLAS takes C int sizes and leading dimensions
-    if max(x.shape + weight.shape) > _INT_MAX:
+    if max(x.shape + weight.shape) > MAX_INT:
         raise ValueError(f"x {x.shape} and weight {weight.shape}: every dimension must be "
-                         f"<= {_INT_MAX} (BLAS sizes are C int)")
+                         f"<= {MAX_INT} (BLAS sizes are C int)")
 
 
 def linear(x, weight, bias=None):
@@ -55,8 +66,10 @@ def linear(x, weight, bias=None):
     _check_blas_sizes(x, weight)
     y = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
     b = bias if bias is not None else np.empty(0, dtype=x.dtype)
+    (N, K), F = x.shape, weight.shape[0]
+    tile = _tiles(N, F)
     with single_threaded_blas:
-        _k.linear_forward(x, weight, b, bias is not None, y, *_tiles(*y.shape), kernel_threads())
+        _k.linear_forward(x, weight, b, bias is not None, y, *tile, _threads(N, F, K, tile))
     return y
 
 
@@ -73,7 +86,9 @@ def linear_backward(dy, x, weight):
     dx = np.empty_like(x)
     dweight = np.empty_like(weight)
     dbias = np.empty(weight.shape[0], dtype=x.dtype)
+    (N, K), F = x.shape, weight.shape[0]
+    dx_tile, dw_tile = _tiles(N, K), _tiles(F, K)
     with single_threaded_blas:
-        _k.linear_backward(dy, x, weight, dx, dweight, dbias, *_tiles(*dx.shape),
-                           *_tiles(*dweight.shape), kernel_threads())
+        _k.linear_backward(dy, x, weight, dx, dweight, dbias, *dx_tile, *dw_tile,
+                           _threads(N, K, F, dx_tile), _threads(F, K, N, dw_tile))
     return dx, dweight, dbias

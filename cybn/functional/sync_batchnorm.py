@@ -21,7 +21,7 @@ import numpy as np
 from .._kernels import batchnorm as _k
 from ._dispatch import threads_for
 from .._validation import float_array, integer, shape_is
-from .batchnorm import _as3, _backward_args, _count, _input, _split, _stat
+from .batchnorm import _as3, _backward_args, _count, _dy_x, _input, _split, _stat
 
 __all__ = ["batch_norm_stats", "batch_norm_gather_stats", "batch_norm_backward_reduce",
            "batch_norm_backward_elemt"]
@@ -83,14 +83,6 @@ def batch_norm_gather_stats(stats):
     count = float(n[0, 0])
     var = m2[0] / count if count > 0 else np.zeros_like(m2[0])
     return int(count), mean[0], var
-
-
-def _dy_x(dy, x):
-    x = _input(x)
-    dy = float_array(dy, "dy", dtype=x.dtype)
-    if dy.shape != x.shape:
-        raise ValueError(f"dy must have the shape of x {x.shape}, got {dy.shape}")
-    return dy, x
 
 
 def batch_norm_backward_reduce(dy, x, mean):

@@ -7,7 +7,7 @@ from .. import _formats
 from .._validation import flag, positive_int
 from .layers import BatchNorm1D, BatchNorm2D, ReLU, bn_relu_backward, bn_relu_forward
 from .module import Module
-from .inference import DEFAULT_CHUNK_BYTES, infer as _infer  # issue 12: forward-only inference
+from .inference import DEFAULT_CHUNK_BYTES, infer as _infer
 
 __all__ = ["Sequential", "HookHandle"]
 
@@ -155,7 +155,7 @@ class Sequential(Module):
         self._pairs = frozenset()
         return dy
 
-    def infer(self, x, max_chunk_bytes=DEFAULT_CHUNK_BYTES):  # issue 12 (see cybn.nn.inference)
+    def infer(self, x, max_chunk_bytes=DEFAULT_CHUNK_BYTES):
         """Eval-mode outputs for the batch ``x`` keeping no activations (``cybn.nn.infer``)."""
         return _infer(self, x, max_chunk_bytes)
 

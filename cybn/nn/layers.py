@@ -12,13 +12,12 @@ from .._validation import (MAX_INT, as_generator, check_float_array, conv_output
 from . import init as _init
 from .module import Module
 
-# Sizes and geometry reach C ``int`` kernel arguments and BLAS dimensions: anything larger is
-# an input bug (it could never be allocated), reported as a ValueError naming the argument.
-
 __all__ = ["Conv2D", "Linear", "BatchNorm1D", "BatchNorm2D", "ReLU", "MaxPool2D", "Flatten", "Dropout",
            "SoftmaxCrossEntropy"]
 
 
+# Sizes reach C ``int`` kernel arguments and BLAS dimensions: anything larger is an input bug
+# (it could never be allocated), reported as a ValueError naming the argument.
 def _size(v, name):
     return positive_int(v, name, MAX_INT)
 
@@ -174,25 +173,39 @@ class _BatchNorm(Module):
     def _forward(self, x, relu):
         """BN's forward, or with ``relu`` relu(BN(x)) from the fused ops: the cache is BN's
         either way (the fused backward recomputes the ReLU mask from it)."""
-        self._check_input(x, self._ndim)
-        if x.shape[1] != self.num_features:
-            raise ValueError(f"{type(self).__name__} expects {self.num_features} channels, "
-                             f"got input shape {x.shape}")
+        self._check_channels(x)
         w, b = self.params.get("weight"), self.params.get("bias")
         if self.training:
             y, mean, var = (F.batch_norm_relu_train if relu else F.batch_norm_train)(x, w, b, self.eps)
-            self.buffers["num_batches_tracked"] += 1
-            momentum = self.momentum
-            if momentum is None:
-                momentum = 1.0 / int(self.buffers["num_batches_tracked"])
-            F.update_running_stats(self.buffers["running_mean"], self.buffers["running_var"], mean, var,
-                                   x.size // x.shape[1], momentum)
+            self._track(mean, var, x.size // x.shape[1])
             self._save_for_backward(("train", x, mean, var), y)
         else:
             y = (F.batch_norm_relu_eval if relu else F.batch_norm_eval)(
                 x, w, b, self.buffers["running_mean"], self.buffers["running_var"], self.eps)
             self._save_for_backward(("eval", x), y)
         return y
+
+    def _check_channels(self, x):
+        """The input checks of the forward: this layer's dtype and rank, ``num_features`` channels."""
+        self._check_input(x, self._ndim)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__} expects {self.num_features} channels, "
+                             f"got input shape {x.shape}")
+
+    def _track(self, mean, var, count):
+        """Count a training batch and move the running statistics towards its ``mean`` and biased
+        ``var`` over ``count`` values per channel."""
+        self.buffers["num_batches_tracked"] += 1
+        momentum = self.momentum
+        if momentum is None:
+            momentum = 1.0 / int(self.buffers["num_batches_tracked"])
+        F.update_running_stats(self.buffers["running_mean"], self.buffers["running_var"], mean, var,
+                               count, momentum)
+
+    def _cached_mode(self):
+        """The mode ("train", "eval"; SyncBatchNorm: "sync") of the forward whose cache awaits
+        ``backward``; None when there is none (no forward yet, or an inference forward)."""
+        return self._cache[0][0] if isinstance(self._cache, tuple) else None
 
     def backward(self, dy):
         return self._backward(self._pop_cache(dy), dy, False)
@@ -254,7 +267,7 @@ def bn_relu_backward(bn, relu, dy):
     """``bn.backward(relu.backward(dy))`` in BN's two backward passes when BN ran in training
     mode (the ReLU mask recomputed from BN's cache); else the two backwards. The caller
     guarantees the ReLU's input was this BN's output (consecutive forwards of a Sequential)."""
-    if bn._cache is None or bn._cache[0][0] != "train":
+    if bn._cached_mode() != "train":  # the unfused backwards (they also raise on a missing cache)
         return bn.backward(relu.backward(dy))
     relu._pop_cache(dy)  # validates dy against the ReLU's output (BN's output shape and dtype)
     return bn._backward(bn._pop_cache(dy), dy, True)

@@ -13,9 +13,10 @@ Conventions (the same for all layers):
 - ``buffers``: non-trained state (BatchNorm's running statistics, ``num_batches_tracked``).
   ``copy_buffers()`` / ``restore_buffers(snapshot)`` save and put back all of a model's buffers
   (e.g. around an evaluation that must not move them), so nobody writes ``buffers`` from outside.
-- ``no_weight_decay``: the names of a layer's params that ``SGD(decay_bn_and_bias=False)`` leaves
-  undecayed besides every ``bias`` (BatchNorm declares ``{"weight", "bias"}``: its gain and shift
-  set a scale, not a fit, and decaying them only fights the normalisation). A class attribute,
+- ``no_weight_decay``: the names of a layer's params that an optimizer built with
+  ``decay_bn_and_bias=False`` (SGD, Adam, AdamW) leaves undecayed besides every ``bias``
+  (BatchNorm declares ``{"weight", "bias"}``: its gain and shift set a scale, not a fit, and
+  decaying them only fights the normalisation). A class attribute,
   so a new layer opts in by declaring it; the optimizer never needs to know layer types.
 - ``forward(x)`` keeps what ``backward`` needs in a cache; ``backward(dy)`` consumes it (and frees
   it), so calling ``backward`` before ``forward`` (or twice) raises ``RuntimeError``.
@@ -33,7 +34,7 @@ import numpy as np
 
 from .._validation import flag, ndim_is, plain_array
 
-# Inference mode (cybn.nn.inference, issue 12): per Python thread; while on, forward keeps no
+# Inference mode (cybn.nn.inference): per Python thread; while on, forward keeps no
 # activations and leaves this marker, so a backward that follows says why it cannot run.
 _inference = threading.local()
 _NO_CACHE = object()
@@ -76,7 +77,7 @@ def set_generator_state(rng, words):
 class Module:
     """Base class: a differentiable layer with ``forward``/``backward`` and named state."""
 
-    # names of params exempt from weight decay under SGD(decay_bn_and_bias=False); see above
+    # names of params exempt from weight decay under decay_bn_and_bias=False; see above
     no_weight_decay = frozenset()
 
     def __init__(self):

@@ -1,4 +1,5 @@
-"""SGD with PyTorch's exact update rule, and learning-rate schedules that are pure functions of the step.
+"""Optimizers (SGD, Adam, AdamW) with PyTorch's exact update rules, and learning-rate schedules that
+are pure functions of the step.
 
 ``SGD.step()`` per parameter p with gradient g (all in place, into preallocated buffers):
 

@@ -49,10 +49,7 @@ class _SyncBatchNorm(_BatchNorm):
     def forward(self, x):
         if not self.training:
             return super().forward(x)
-        self._check_input(x, self._ndim)
-        if x.shape[1] != self.num_features:
-            raise ValueError(f"{type(self).__name__} expects {self.num_features} channels, "
-                             f"got input shape {x.shape}")
+        self._check_channels(x)
         comm = self._world()
         count, mean, var = FS.batch_norm_stats(x)
         C = self.num_features
@@ -68,17 +65,12 @@ class _SyncBatchNorm(_BatchNorm):
         w, b = self.params.get("weight"), self.params.get("bias")
         # Normalising with given statistics is exactly the eval-mode kernel.
         y = F.batch_norm_eval(x, w, b, mean, var, self.eps)
-        self.buffers["num_batches_tracked"] += 1
-        momentum = self.momentum
-        if momentum is None:
-            momentum = 1.0 / int(self.buffers["num_batches_tracked"])
-        F.update_running_stats(self.buffers["running_mean"], self.buffers["running_var"], mean, var,
-                               total, momentum)
+        self._track(mean, var, total)
         self._save_for_backward(("sync", x, mean, var, total), y)
         return y
 
     def backward(self, dy):
-        if self._cache is None or self._cache[0][0] != "sync":
+        if self._cached_mode() != "sync":
             return super().backward(dy)
         _, x, mean, var, total = self._pop_cache(dy)
         sum_dy, sum_dyxc = FS.batch_norm_backward_reduce(dy, x, mean)
