@@ -177,6 +177,9 @@ def to_onnx(model, path, input_shape=None, opset=ONNX_OPSET, metadata=None):
 def _write_atomically(path, write):
     """``write(file)`` into a temporary file beside ``path``, renamed over it when complete."""
     path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):  # else the error would name the temporary file
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
     tmp = f"{path}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
