@@ -46,12 +46,18 @@ def bn_available():
     return True, ""
 
 
-def bn_cases(shape, torch, rng):
+def bn_inputs(shape, rng):
+    """x, dy, per-channel weight and bias (float32) for a BN benchmark of ``shape``."""
     x = rng.standard_normal(shape).astype(np.float32)
     dy = rng.standard_normal(shape).astype(np.float32)
     c = shape[1]
     w = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
     b = (0.1 * rng.standard_normal(c)).astype(np.float32)
+    return x, dy, c, w, b
+
+
+def bn_cases(shape, torch, rng):
+    x, dy, c, w, b = bn_inputs(shape, rng)
 
     def cybn_case():
         y, mean, var = F.batch_norm_train(x, w, b)
@@ -109,11 +115,7 @@ def ce_cases(shape, torch, rng):
 
 def bn_relu_cases(shape, torch, rng):
     """BN + ReLU forward + backward: cybn fused, cybn unfused (BN, ReLU, their backwards), torch."""
-    x = rng.standard_normal(shape).astype(np.float32)
-    dy = rng.standard_normal(shape).astype(np.float32)
-    c = shape[1]
-    w = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32)
-    b = (0.1 * rng.standard_normal(c)).astype(np.float32)
+    x, dy, c, w, b = bn_inputs(shape, rng)
 
     def fused():
         y, mean, var = F.batch_norm_relu_train(x, w, b)
@@ -162,7 +164,7 @@ def ratio(a, b):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=25, help="timed rounds per case (median reported)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", default=None,
@@ -234,7 +236,7 @@ def main(argv=None):
         print(f"## {title}\n")
         print(harness.markdown_table(headers, rows))
         print()
-    if ok and hasattr(F, "batch_norm_relu_train"):
+    if ok:
         bn_relu_section(counts, torch, rng, args.repeats, args.warmup)
     print("Ratios > 1 mean cybn is faster. 'x vs 1thr' = time at 1 thread / time at this count.")
     if torch is None:

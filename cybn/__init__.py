@@ -24,6 +24,6 @@ __all__ = ["__version__", "get_num_threads", "set_num_threads", "num_threads", "
            "data", "functional", "reference"]
 __all__ += ["nn"] + nn.__all__
 
-from .deploy import load_model  # noqa: E402  (a saved run's model; issue 12)
+from .deploy import load_model  # noqa: E402  (the model of a run folder written by `cybn train`)
 
 __all__ += ["load_model"]

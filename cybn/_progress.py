@@ -28,8 +28,8 @@ class _Lines:
 
 def Progress(total, desc="", unit="it", enabled=True, stream=None, initial=0, scale=1):
     """A tqdm bar over ``total`` steps of ``unit``; ``initial`` is work done before (a resumed
-    download), not counted in the rate. ``scale != 1`` (the old MiB display) counts bytes, shown
-    as k/M/G(i)B. Use ``update(n)``, ``set_postfix_str(text, refresh=False)``, ``close()``."""
+    download), not counted in the rate. Any ``scale != 1`` means the counts are bytes (only
+    that is used: tqdm shows them as k/M/G(i)B, and ``unit`` is ignored). Use ``update(n)``, ``set_postfix_str(text, refresh=False)``, ``close()``."""
     stream = stream or sys.stderr
     tty = hasattr(stream, "isatty") and stream.isatty()
     sizes = dict(unit="B", unit_scale=True, unit_divisor=1024) if scale != 1 else dict(unit=unit)

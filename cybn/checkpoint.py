@@ -62,13 +62,24 @@ def save_checkpoint(path, arrays, meta):
     payload = {name: np.asarray(a) for name, a in arrays.items()}
     payload[_META_KEY] = np.frombuffer(meta_bytes, dtype=np.uint8)
     payload[_HASH_KEY] = np.frombuffer(_digest(arrays, meta_bytes).encode(), dtype=np.uint8)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomically(path, lambda f: np.savez(f, **payload))
+
+
+def write_atomically(path, write):
+    """``write(file)`` into a temporary file beside ``path``, fsync'ed and renamed over it when
+    complete: ``path`` is either its old self or the whole new file. The folder must exist."""
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    if not os.path.isdir(folder):  # else the error would name the temporary file
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path}: it is a folder")
     prefix = f".{os.path.basename(path)}.tmp-"
     fd, tmp = tempfile.mkstemp(prefix=prefix, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

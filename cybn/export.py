@@ -6,10 +6,9 @@ Dropout as the identity) whatever mode it is in. Fold BN first (``cybn.nn.fuse_b
 a graph without BatchNormalization nodes. ``onnx`` and ``torch`` are optional and imported only
 when needed.
 """
-import os
-
 import numpy as np
 
+from .checkpoint import write_atomically
 from .nn.layers import BatchNorm1D, BatchNorm2D, Conv2D, Dropout, Flatten, Linear, MaxPool2D, ReLU
 from .nn.module import Module
 
@@ -170,21 +169,8 @@ def to_onnx(model, path, input_shape=None, opset=ONNX_OPSET, metadata=None):
         shape = f"input_shape {tuple(dims)}" if input_shape is not None else "the model"
         raise ValueError(f"the ONNX graph of {shape} is inconsistent (do the layer sizes fit "
                          f"the input?): {str(e).splitlines()[0]}") from None
-    _write_atomically(path, lambda f: f.write(proto.SerializeToString()))
+    write_atomically(path, lambda f: f.write(proto.SerializeToString()))
     return proto
-
-
-def _write_atomically(path, write):
-    """``write(file)`` into a temporary file beside ``path``, renamed over it when complete."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # -------------------------------------------------------------------------- PyTorch state dict
@@ -196,7 +182,7 @@ def to_state_dict_file(model, path):
     tensors only (no format-version entry; ``Sequential.load`` reads it too). Returns the keys."""
     _leaves(model)  # every layer must have a torch twin
     state = model.state_dict()
-    _write_atomically(path, lambda f: np.savez(f, **state))
+    write_atomically(path, lambda f: np.savez(f, **state))
     return list(state)
 
 

@@ -38,7 +38,7 @@ def test_defaults_make_the_default_config():
     (["--nesterov"], "nesterov", True), (["--weight-decay", "0"], "weight_decay", 0.0),
     (["--decay-bn-and-bias"], "decay_bn_and_bias", True), (["--schedule", "warmup:5+constant"], "schedule", "warmup:5+constant"),
     (["--epochs", "3"], "epochs", 3), (["--steps", "7"], "max_steps", 7), (["--batch-size", "17"], "batch_size", 17),
-    (["--no-augment"], "augment", False), (["--seed", "-4"], "seed", -4), (["--threads", "2"], "threads", 2),
+    (["--no-augment"], "augment", False), (["--seed", "4"], "seed", 4), (["--threads", "2"], "threads", 2),
     (["--train-limit", "100"], "train_limit", 100), (["--test-limit", "50"], "test_limit", 50),
     (["--nan-policy", "skip"], "nan_policy", "skip"), (["--checkpoint-every", "9"], "checkpoint_every", 9),
 ])
@@ -60,6 +60,7 @@ def test_help_and_version():
     (["--lr", "-1"], "argument --lr: value must be a finite number >= 0, got -1.0"),
     (["--lr", "nan"], "argument --lr: value must be a finite number >= 0, got nan"),
     (["--epochs", "0"], "argument --epochs: value must be >= 1, got 0"),
+    (["--seed", "-1"], "argument --seed: value must be >= 0, got -1"),
     (["--threads", "two"], "argument --threads: value must be an integer, got 'two'"),
     (["--schedule", "wobbly"], "argument --schedule: bad lr schedule 'wobbly'"),
     (["--dropout", "1"], "argument --dropout: value must be a finite number in [0, 1), got 1.0"),

@@ -229,6 +229,10 @@ def test_export_errors(mini_run, capsys, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(["export", str(out)])
     assert e.value.code == 2 and "nothing to export" in capsys.readouterr().err
+    missing = tmp_path / "no-such-folder"
+    _one_line_error(capsys, "export", out, "--state-dict", missing / "m.npz",
+                    match=f"the folder {missing} does not exist")
+    _one_line_error(capsys, "export", out, "--state-dict", tmp_path, match=f"cannot write {tmp_path}: it is a folder")
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "onnx", None)
         _one_line_error(capsys, "export", out, "--onnx", tmp_path / "m.onnx", match='pip install "cybn[onnx]"')

@@ -4,8 +4,8 @@ import json
 import os
 
 from .. import distributed as _dist
-from .._validation import (arg_type, nonnegative_float_arg, positive_float_arg, positive_int_arg, probability_arg,
-                           spec_arg)
+from .._validation import (arg_type, nonnegative_float_arg, nonnegative_int, positive_float_arg, positive_int_arg,
+                           probability_arg, spec_arg)
 from ..nn import init_from_spec, schedule_from_spec
 from ..nn.optim import check_betas
 from ..recipe import (BN_CHOICES, NAN_POLICIES, OPTIMIZERS, CifarData, TrainConfig, add_data_options,
@@ -87,7 +87,7 @@ def add_train_options(p):
     p.add_argument("--steps", dest="max_steps", type=positive_int_arg, default=None, help="stop after this many steps")
     p.add_argument("--batch-size", type=positive_int_arg, default=d.batch_size, help="(default: %(default)s)")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of weights, data order, augmentation")
+    p.add_argument("--seed", type=arg_type(nonnegative_int), default=d.seed, help="seed of weights, data order, augmentation")
     p.add_argument("--train-limit", type=positive_int_arg, default=None, help="use only the first N training images")
     p.add_argument("--test-limit", type=positive_int_arg, default=None, help="use only the first N test images")
     p.add_argument("--nan-policy", choices=NAN_POLICIES, default=d.nan_policy,
