@@ -38,6 +38,7 @@ import zlib
 import numpy as np
 
 from . import _comm
+from . import functional as F
 from ._threads import ENV_VAR, get_num_threads, set_num_threads
 from .data.loader import share
 from .nn import Dropout, generator_state, set_generator_state
@@ -175,13 +176,13 @@ class ShardedDropout(Dropout):
         return y
 
     def backward(self, dy):
-        cache = self._cache[0] if self._cache is not None else None
+        # anything but our own cache (none, Dropout's, an inference-mode marker): Dropout's backward
+        # gives the answer or the clear error
+        cache = self._cache[0] if type(self._cache) is tuple else None
         if not (type(cache) is tuple and cache[0] == "sharded"):
             return super().backward(dy)
-        _, keep, scale = self._pop_cache(dy)
-        dx = np.multiply(dy, keep)
-        dx *= scale
-        return dx
+        _, keep, _ = self._pop_cache(dy)
+        return F.dropout_backward(dy, keep, self.p)
 
 
 def _shard_dropouts(model):

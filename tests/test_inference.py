@@ -78,10 +78,11 @@ def test_backward_after_inference_forward_raises(rng):
 
 
 @pytest.mark.parametrize("make", [lambda: nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1D(3), nn.ReLU()),
-                                  lambda: nn.SyncBatchNorm1D(4)])
+                                  lambda: nn.SyncBatchNorm1D(4),
+                                  lambda: __import__("cybn.distributed").distributed.ShardedDropout(0.5, rng=0)])
 def test_backward_after_inference_forward_raises_for_fused_and_sync_bn(make, rng):
-    # a BN -> ReLU pair at the end of a model and SyncBatchNorm look at their cache before
-    # popping it: without one they must still raise the inference-mode RuntimeError
+    # a BN -> ReLU pair at the end of a model, SyncBatchNorm and the ranks' Dropout look at their
+    # cache before popping it: without one they must still raise the inference-mode RuntimeError
     model = make().train()
     with nn.inference_mode():
         y = model.forward(rng.standard_normal((5, 4)).astype(np.float32))

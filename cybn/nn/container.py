@@ -4,6 +4,7 @@ import os
 import numpy as np
 
 from .. import _formats
+from ..checkpoint import write_atomically
 from .._validation import flag, positive_int
 from .layers import BatchNorm1D, BatchNorm2D, ReLU, bn_relu_backward, bn_relu_forward
 from .module import Module
@@ -200,11 +201,8 @@ class Sequential(Module):
         """Write ``state_dict()`` to an uncompressed ``.npz`` (atomically: temp file + rename),
         with its format version (``cybn._formats.STATE_DICT``) as the array ``format_version``.
         The path is used exactly as given (no ``.npz`` appended)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.savez(f, **self.state_dict(), **{_formats.KEY: np.array(_formats.STATE_DICT)})
-        os.replace(tmp, path)
+        arrays = {**self.state_dict(), _formats.KEY: np.array(_formats.STATE_DICT)}
+        write_atomically(path, lambda f: np.savez(f, **arrays))
 
     def load(self, path, strict=True):
         """Load a file written by ``save`` (read with ``allow_pickle=False``). A file without a
