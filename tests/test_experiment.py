@@ -262,3 +262,10 @@ def test_steps_to_accuracy_counts_the_first_evaluation_at_the_controls_best():
     slow = _run_with_test_points([(100, 0.20), (200, 0.49)])
     assert steps_to_accuracy(slow, control).ratio is None
     assert steps_to_accuracy(bn, _run_with_test_points([])) is None
+
+
+def test_default_runs_three_seeds_and_quick_one():
+    # the default fits the hour with three seeds (measured); --quick stays a one-seed smoke run
+    assert Options().seeds == (0, 1, 2)
+    assert Options.quick().seeds == (0,)
+    assert Options.quick(seeds=(4,)).seeds == (4,)

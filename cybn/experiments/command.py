@@ -66,10 +66,10 @@ class SmallInitCommand:
         p.add_argument("--batch-size", type=positive_int_arg, default=d.batch_size, help="(default: %(default)s)")
         seeds = p.add_mutually_exclusive_group()
         seeds.add_argument("--seeds", type=arg_type(_seeds, parse=str, name="seeds"),
-                           default=d.seeds, metavar="S,S,...",
+                           default=None, metavar="S,S,...",
                            help="run every configuration of every part once per seed (weights, data order, "
                                 "augmentation), e.g. 0,1,2 or 0-4; tables give mean ± std and min–max "
-                                "(default: %(default)s)")
+                                f"(default: {','.join(map(str, d.seeds))}; --quick: 0)")
         seeds.add_argument("--seed", type=arg_type(_seeds, parse=str, name="seed"), dest="seeds", metavar="N",
                            help="one seed (the same as --seeds N)")
         p.add_argument("--parts", type=comma_list(str), default=DEFAULT_PARTS,
@@ -132,12 +132,12 @@ class SmallInitCommand:
         if bad:
             raise argparse.ArgumentError(None, f"unknown part or configuration {bad}: parts are {PARTS} or all, "
                                                f"configurations {tuple(CONFIGS)}")
-        overrides = {"lr": args.lr, "batch_size": args.batch_size, "seeds": args.seeds, "parts": parts,
+        overrides = {"lr": args.lr, "batch_size": args.batch_size, "parts": parts,
                      "configs": args.configs, "threads": args.threads, "chance_tol": args.chance_tol,
                      "dropout_schedule": args.dropout_schedule, "optimizer": args.optimizer,
                      "optimizer_lr": args.optimizer_lr, "optimizer_eps": args.optimizer_eps,
                      "optimizer_weight_decay": args.optimizer_weight_decay}
-        for name in ("epochs", "sweep_steps", "eps_steps", "steps_epochs", "val_size", "steps_eval_every",
+        for name in ("seeds", "epochs", "sweep_steps", "eps_steps", "steps_epochs", "val_size", "steps_eval_every",
                      "dropout_epochs", "optimizer_epochs"):
             if getattr(args, name) is not None:
                 overrides[name] = getattr(args, name)
