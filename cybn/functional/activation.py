@@ -9,6 +9,7 @@ import numpy as np
 from .._kernels import elementwise as _k
 from .._validation import float_array, shape_is
 from ._dispatch import threads_for
+from . import _memory
 
 __all__ = ["relu", "relu_backward"]
 
@@ -17,7 +18,7 @@ def relu(x):
     """max(x, 0) element-wise for an array of any shape; NaN propagates."""
     shape = getattr(x, "shape", None)
     x = float_array(x, "x")  # note: np.ascontiguousarray turns a 0-d array into shape (1,)
-    y = np.empty_like(x)
+    y = _memory.empty_like(x)
     _k.relu_forward(x.reshape(-1), y.reshape(-1), threads_for(x.size))
     return y.reshape(shape)
 
@@ -29,6 +30,6 @@ def relu_backward(dy, y):
     y_in = y
     y = float_array(y, "y", dtype=dy.dtype)
     shape_is(y_in, shape, "y (the shape of dy)")
-    dx = np.empty_like(dy)
+    dx = _memory.empty_like(dy)
     _k.relu_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1), threads_for(dy.size))
     return dx.reshape(shape)

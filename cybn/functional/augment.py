@@ -11,6 +11,7 @@ import numpy as np
 from .._kernels.augment import crop_flip_lut as _crop_flip_lut
 from .._validation import MAX_INT, check_float_array, nonnegative_int, plain_array, uint8_images
 from ._dispatch import threads_for
+from . import _memory
 
 __all__ = ["crop_flip_lut"]
 
@@ -60,7 +61,7 @@ def crop_flip_lut(images, lut, index, oy, ox, flips, padding):
     oy = _ints(oy, "oy", b, 2 * padding)
     ox = _ints(ox, "ox", b, 2 * padding)
     flips = _ints(flips, "flips", b, 1, kinds="iub").astype(np.uint8)
-    out = np.empty((b, c, h, w), dtype=lut.dtype)
+    out = _memory.empty((b, c, h, w), lut.dtype)
     if out.size:
         _crop_flip_lut(images, index, oy, ox, flips, padding, lut, out, threads_for(out.size, _GRAIN))
     return out

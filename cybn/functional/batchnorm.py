@@ -30,6 +30,7 @@ import numpy as np
 from .._kernels import batchnorm as _k
 from ._dispatch import threads_for
 from .._validation import check_float_array, float_array, integer, positive_float, real, shape_is
+from . import _memory
 
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
            "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward",
@@ -98,7 +99,7 @@ def _affine(mean, invstd, weight, bias, dtype):
 
 
 def _normalize(x, mean, invstd, weight, bias, relu=False):
-    y = np.empty_like(x)
+    y = _memory.empty_like(x)
     if x.size:
         _k.affine_normalize(_as3(x), *_affine(mean, invstd, weight, bias, x.dtype), _as3(y), relu,
                             threads_for(x.size))
@@ -180,7 +181,7 @@ def _backward(dy, x, weight, bias, mean, var, eps, relu, fname):
     a = gamma * invstd
     b = -a * invstd * invstd * sum_dyxc / m
     d = -a * sum_dy / m
-    dx = np.empty_like(x)
+    dx = _memory.empty_like(x)
     _k.backward_dx(dy3, x3, hi, lo, a.astype(dt), b.astype(dt), d.astype(dt), _as3(dx), scale,
                    shift, relu, threads)
     return dx, dweight.astype(dt), dbias.astype(dt)

@@ -24,6 +24,7 @@ import numpy as np
 from .._kernels import conv as _k
 from .._threads import kernel_threads, single_threaded_blas as _single_threaded_blas
 from .._validation import MAX_INT, conv_output_size, flag, float_array, nonnegative_int, pair, positive_int
+from . import _memory
 
 __all__ = ["conv2d", "conv2d_backward"]
 
@@ -114,14 +115,14 @@ def _winograd(x, weight, bias, ph, pw, Ho, Wo, key, flipped=False):
     F = weight.shape[1] if flipped else weight.shape[0]
     m = _WINO_M
     alpha = m + 2
-    y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
+    y = _memory.empty((N, F, Ho, Wo), x.dtype)
     nt = _threads_for(N, F, C, 3, 3, Ho, Wo)
     TH, TW = -(-Ho // m), -(-Wo // m)
     T = TH * TW
     # ~_WINO_TILES tiles per group, and >= 8 groups to balance the threads; not depending on the
     # thread count keeps results bitwise identical for any number of threads
     group = max(1, min(-(-N // 8), _WINO_TILES[m] // T))
-    V = np.empty((alpha * alpha, F, C), dtype=x.dtype)  # (G g G^T) of every kernel, rounded once
+    V = _memory.empty((alpha * alpha, F, C), x.dtype)  # (G g G^T) of every kernel, rounded once
     _k.winograd_weights(weight, V, flipped, nt)
     # one stream per xi, each padded by 16 elements (see _stream in the kernel)
     U = _buffer("wino_U", (nt, alpha * alpha * (C * group * T + 16)), x.dtype)
@@ -214,7 +215,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
             raise ValueError(f"bias must have shape ({F},) for weight {weight.shape}, got {bias.shape}")
     if N > 0 and _use_winograd(kh, kw, sh, sw, C, F, N * Ho * Wo):
         return _winograd(x, weight, bias, ph, pw, Ho, Wo, "forward")
-    y = np.empty((N, F, Ho, Wo), dtype=x.dtype)
+    y = _memory.empty((N, F, Ho, Wo), x.dtype)
     if N == 0:
         return y
     nt = _threads_for(N, F, C, kh, kw, Ho, Wo)
@@ -242,7 +243,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, compute_dx=True):
         raise ValueError(f"dy must have the forward output shape {(N, F, Ho, Wo)} of x {x.shape} "
                          f"and weight {weight.shape}, got {dy.shape}")
     compute_dx = flag(compute_dx, "compute_dx")
-    dweight = np.empty_like(weight)
+    dweight = _memory.empty_like(weight)
     dbias = np.empty(F, dtype=x.dtype)
     if N == 0:
         dweight.fill(0)
@@ -256,7 +257,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, compute_dx=True):
         dx = _winograd(dy, weight, None, 2 - ph, 2 - pw, H, W, "backward_dx", flipped=True)
         compute_dx = False
     elif compute_dx:
-        dx = np.empty_like(x)
+        dx = _memory.empty_like(x)
     if _WINO_DW and not compute_dx and _use_winograd(kh, kw, sh, sw, C, F, N * Ho * Wo):
         _winograd_dw(dy, x, ph, pw, dweight, dbias, "backward")
         return dx, dweight, dbias

@@ -10,6 +10,7 @@ memory-bound already; a kernel would not be faster.
 import numpy as np
 
 from .._validation import check_float_array, generator, plain_array, real, shape_is
+from . import _memory
 
 __all__ = ["dropout", "dropout_backward"]
 
@@ -37,7 +38,7 @@ def dropout(x, p, rng):
 
 
 def _masked(a, keep, p):
-    out = np.multiply(a, keep, out=np.empty_like(a))  # out=: an array also for 0-d input
+    out = np.multiply(a, keep, out=_memory.empty_like(a))  # out=: an array also for 0-d input
     out *= a.dtype.type(_scale(p))
     return out
 

@@ -10,6 +10,7 @@ from .._kernels import linear as _k
 from .._threads import single_threaded_blas
 from .._validation import MAX_INT, float_array, shape_is
 from ._dispatch import threads_for
+from . import _memory
 
 __all__ = ["linear", "linear_backward"]
 
@@ -64,7 +65,7 @@ def linear(x, weight, bias=None):
         bias = shape_is(float_array(bias, "bias", ndim=1, dtype=x.dtype), (weight.shape[0],),
                         "bias (out_features of weight)")
     _check_blas_sizes(x, weight)
-    y = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
+    y = _memory.empty((x.shape[0], weight.shape[0]), x.dtype)
     b = bias if bias is not None else np.empty(0, dtype=x.dtype)
     (N, K), F = x.shape, weight.shape[0]
     tile = _tiles(N, F)
@@ -83,8 +84,8 @@ def linear_backward(dy, x, weight):
     dy = float_array(dy, "dy", ndim=2, dtype=x.dtype)
     shape_is(dy, (x.shape[0], weight.shape[0]), "dy (N of x, out_features of weight)")
     _check_blas_sizes(x, weight)
-    dx = np.empty_like(x)
-    dweight = np.empty_like(weight)
+    dx = _memory.empty_like(x)
+    dweight = _memory.empty_like(weight)
     dbias = np.empty(weight.shape[0], dtype=x.dtype)
     (N, K), F = x.shape, weight.shape[0]
     dx_tile, dw_tile = _tiles(N, K), _tiles(F, K)

@@ -15,6 +15,7 @@ import numpy as np
 from .._kernels import pool as _k
 from .._validation import conv_output_size, float_array, nonnegative_int, pair, positive_int
 from ._dispatch import threads_for
+from . import _memory
 
 __all__ = ["max_pool2d", "max_pool2d_backward"]
 
@@ -47,8 +48,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
     x = float_array(x, "x", ndim=4)
     (kh, kw), (sh, sw), (ph, pw), (Ho, Wo) = _geometry(x.shape, kernel_size, stride, padding)
     N, C, H, W = x.shape
-    y = np.empty((N, C, Ho, Wo), dtype=x.dtype)
-    indices = np.empty((N, C, Ho, Wo), dtype=np.int64)
+    y = _memory.empty((N, C, Ho, Wo), x.dtype)
+    indices = _memory.empty((N, C, Ho, Wo), np.int64)
     _k.max_pool2d_forward(x.reshape(N * C, H, W), y.reshape(N * C, Ho, Wo),
                           indices.reshape(N * C, Ho, Wo), kh, kw, sh, sw, ph, pw, threads_for(x.size))
     return y, indices
@@ -82,7 +83,7 @@ def max_pool2d_backward(dy, indices, input_shape):
         raise ValueError(f"indices must have the shape of dy {dy.shape}, got {indices.shape}")
     N, C, H, W = _input_shape(input_shape, dy.shape)
     indices = np.ascontiguousarray(indices, dtype=np.int64)
-    dx = np.empty((N, C, H, W), dtype=dy.dtype)
+    dx = _memory.empty((N, C, H, W), dy.dtype)
     L = dy.shape[2] * dy.shape[3]
     bad = _k.max_pool2d_backward(dy.reshape(N * C, L), indices.reshape(N * C, L),
                                  dx.reshape(N * C, H * W), threads_for(dx.size))

@@ -15,6 +15,7 @@ import numpy as np
 from .._kernels import softmax as _k
 from .._validation import check_float_array, finite_float
 from ._dispatch import threads_for
+from . import _memory
 
 __all__ = ["softmax", "log_softmax", "softmax_cross_entropy", "softmax_cross_entropy_backward"]
 
@@ -70,7 +71,7 @@ def _labels(labels, n, c):
 def softmax(x):
     """Row-wise softmax of a (N, C) array."""
     x, n, c = _matrix(x, "x")
-    out = np.empty_like(x)
+    out = _memory.empty_like(x)
     _SOFTMAX[x.dtype](x, out, threads_for(x.size, units=n))
     return out
 
@@ -78,7 +79,7 @@ def softmax(x):
 def log_softmax(x):
     """Row-wise log-softmax of a (N, C) array (finite for any finite logits)."""
     x, n, c = _matrix(x, "x")
-    out = np.empty_like(x)
+    out = _memory.empty_like(x)
     _LOG_SOFTMAX[x.dtype](x, out, threads_for(x.size, units=n))
     return out
 
@@ -87,7 +88,7 @@ def softmax_cross_entropy(logits, labels):
     """(loss, probs): loss = mean_i -log softmax(logits)_{i, labels_i} (Python float)."""
     logits, n, c = _matrix(logits, "logits")
     labels = _labels(labels, n, c)
-    probs = np.empty_like(logits)
+    probs = _memory.empty_like(logits)
     loss = _XENT_FORWARD[logits.dtype](logits, labels, probs, threads_for(logits.size, units=n))
     return loss, probs
 
@@ -97,6 +98,6 @@ def softmax_cross_entropy_backward(probs, labels, grad=1.0):
     probs, n, c = _matrix(probs, "probs")
     labels = _labels(labels, n, c)
     grad = finite_float(grad, "grad")
-    dx = np.empty_like(probs)
+    dx = _memory.empty_like(probs)
     _XENT_BACKWARD[probs.dtype](probs, labels, dx, grad / n, threads_for(probs.size, units=n))
     return dx

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from .. import functional as F
 from .._validation import plain_array, positive_int
 from .module import _inference
 
@@ -25,11 +26,14 @@ DEFAULT_CHUNK_BYTES = 16 << 20
 @contextlib.contextmanager
 def inference_mode():
     """Within the block (in this Python thread), forward keeps no activations; a ``backward``
-    after such a forward raises RuntimeError. Does not change train/eval mode."""
+    after such a forward raises RuntimeError, and ops allocate plain arrays (the training pool
+    keeps one array per shape, which would hold every layer's output). Does not change train/eval
+    mode."""
     previous = getattr(_inference, "on", False)
     _inference.on = True
     try:
-        yield
+        with F.unpooled_outputs():
+            yield
     finally:
         _inference.on = previous
 
