@@ -1,5 +1,6 @@
 """The small-initialization experiment, quick version on the mini CIFAR-10: the qualitative
 findings that must hold, checked on measured numbers."""
+import dataclasses
 import json
 import math
 from types import SimpleNamespace
@@ -269,3 +270,10 @@ def test_default_runs_three_seeds_and_quick_one():
     assert Options().seeds == (0, 1, 2)
     assert Options.quick().seeds == (0,)
     assert Options.quick(seeds=(4,)).seeds == (4,)
+
+
+def test_the_c_claim_says_when_the_eps_sweep_was_not_run(quick_results):
+    results = dataclasses.replace(quick_results, runs=dict(quick_results.runs, c=quick_results.runs["a"]),
+                                  eps_sweep=[])
+    c = {row[0]: row for row in claims_table(results)}["(c) BN on the last layer alone trains from U(±0.001)"]
+    assert c[2] == "not reproduced at BN ε=1e-05 (the ε sweep was not run: --parts eps)"

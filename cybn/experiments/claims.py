@@ -57,6 +57,8 @@ def _eps_condition(results):
     groups = {}
     for r in results.eps_sweep:
         groups.setdefault((r.bias, r.lr, r.eps), []).append(r.outcome == "trains")
+    if not groups:
+        return " (the ε sweep was not run: --parts eps)"
     ok = sorted(k for k, v in groups.items() if all(v))
     if not ok:
         return "; no ε sweep setting trains for every seed"
