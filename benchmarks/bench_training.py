@@ -249,7 +249,9 @@ def torch_step_fn(torch, x, y, channels_last):
 
 
 def peak_memory_mb(threads, steps=20):
-    """Peak RSS of a child process that builds the data pipeline and trains cnn7 for some steps."""
+    """Peak RSS of a child process that builds the data pipeline and trains cnn7 for some steps:
+    VmHWM, since Linux carries ru_maxrss over exec (it would report this parent's RSS, ~1 GB with
+    PyTorch loaded)."""
     code = textwrap.dedent(f"""
         import resource, numpy as np, cybn
         from cybn.data import DataLoader
@@ -267,7 +269,11 @@ def peak_memory_mb(threads, steps=20):
             opt.step()
             if i + 1 == {steps}:
                 break
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        try:
+            with open("/proc/self/status") as f:
+                print(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024)
+        except OSError:
+            print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
