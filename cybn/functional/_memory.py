@@ -33,7 +33,7 @@ ALIGN = 64  # blocks are rounded up to a cache line, views start at the block's 
 
 _lock = threading.Lock()
 _blocks = []  # uint8 arrays, least recently used first
-_state = {"bytes": 0, "limit": DEFAULT_LIMIT}
+_state = {"limit": DEFAULT_LIMIT}
 _local = threading.local()
 
 
@@ -51,17 +51,18 @@ def _free_blocks():
 
 def _evict(needed):
     """Drop free blocks, least recently used first, until ``needed`` more bytes fit the limit."""
-    if _state["bytes"] + needed <= _state["limit"]:
+    room = _state["limit"] - needed - pooled_bytes()
+    if room >= 0:
         return True
     dropped = []
     for i in _free_blocks():
-        if _state["bytes"] + needed <= _state["limit"]:
+        if room >= 0:
             break
-        _state["bytes"] -= _blocks[i].nbytes
+        room += _blocks[i].nbytes
         dropped.append(i)
     for i in reversed(dropped):
         del _blocks[i]
-    return _state["bytes"] + needed <= _state["limit"]
+    return room >= 0
 
 
 def empty(shape, dtype):
@@ -81,7 +82,6 @@ def empty(shape, dtype):
             if not _evict(size):
                 return np.empty(shape, dtype)
             block = np.empty(size, np.uint8)
-            _state["bytes"] += size
         _blocks.append(block)  # most recently used last
         return block[:nbytes].view(dtype).reshape(shape)
 
@@ -123,4 +123,4 @@ def limit():
 
 def pooled_bytes():
     """Bytes of the blocks the pool holds, live or free."""
-    return _state["bytes"]
+    return sum(b.nbytes for b in _blocks)

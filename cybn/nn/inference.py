@@ -26,8 +26,8 @@ DEFAULT_CHUNK_BYTES = 16 << 20
 @contextlib.contextmanager
 def inference_mode():
     """Within the block (in this Python thread), forward keeps no activations; a ``backward``
-    after such a forward raises RuntimeError, and ops allocate plain arrays (the training pool
-    keeps one array per shape, which would hold every layer's output). Does not change train/eval
+    after such a forward raises RuntimeError, and ops allocate plain arrays (the output pool keeps
+    the blocks it hands out, so it would hold every layer's output). Does not change train/eval
     mode."""
     previous = getattr(_inference, "on", False)
     _inference.on = True
