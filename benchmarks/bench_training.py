@@ -248,15 +248,16 @@ def torch_step_fn(torch, x, y, channels_last):
     return step
 
 
-def peak_memory_mb(threads, steps=20):
+def peak_memory_mb(threads, steps=20, pool=True):
     """Peak RSS of a child process that builds the data pipeline and trains cnn7 for some steps:
     VmHWM, since Linux carries ru_maxrss over exec (it would report this parent's RSS, ~1 GB with
-    PyTorch loaded)."""
+    PyTorch loaded). ``pool=False`` turns the output pool off (``set_buffer_pool_limit(0)``)."""
     code = textwrap.dedent(f"""
         import resource, numpy as np, cybn
         from cybn.data import DataLoader
         from cybn.nn import SGD, SoftmaxCrossEntropy, cnn7
         cybn.set_num_threads({threads})
+        {"" if pool else "cybn.functional.set_buffer_pool_limit(0)"}
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, ({EPOCH_IMAGES}, 3, 32, 32), dtype=np.uint8)
         labels = rng.integers(0, 10, {EPOCH_IMAGES})
@@ -359,7 +360,8 @@ def main():
               "without cybn's OMP_WAIT_POLICY=PASSIVE default.)")
 
     print(f"\ncybn peak memory while training (child process, {max(counts)} threads): "
-          f"{peak_memory_mb(max(counts)):.0f} MB")
+          f"{peak_memory_mb(max(counts)):.0f} MB ({peak_memory_mb(max(counts), pool=False):.0f} MB "
+          "with the output pool off)")
 
 
 if __name__ == "__main__":
