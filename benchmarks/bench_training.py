@@ -34,7 +34,7 @@ import cybn  # noqa: E402
 from cybn import functional as F  # noqa: E402
 from cybn.data import DataLoader  # noqa: E402
 from cybn.nn import SGD, Conv2D, Linear, SoftmaxCrossEntropy, cnn7  # noqa: E402
-from cybn.nn import container as _container  # noqa: E402  (its fused BN -> ReLU ops are timed)
+from cybn.nn import container as _container  # noqa: E402  (its fused ops are timed)
 
 BATCH = 128
 EPOCH_IMAGES = 50000
@@ -82,9 +82,10 @@ def _layer_flop(layer, x_shape, y_shape, needs_dx):
 
 class LayerTimer:
     """Wraps each layer's forward/backward (instance attributes, so Sequential's calls go through
-    them) and Sequential's fused BN -> ReLU pair ops, and records wall seconds per call, per
-    thread count, inside real training steps. A fused pair's time goes to its BN row (named
-    "BN+ReLU"); its ReLU row then has no time of its own and is not printed."""
+    them) and Sequential's fused ops (BN -> ReLU, BN -> ReLU -> max-pool), and records wall
+    seconds per call, per thread count, inside real training steps. A fused op's time goes to its
+    BN row (named "BN+ReLU" or "BN+ReLU+pool"); the rows of its other layers then have no time of
+    their own and are not printed."""
 
     def __init__(self, model):
         self.model = model
@@ -96,17 +97,19 @@ class LayerTimer:
             layer.forward = self._wrap(i, layer, layer.forward, "fwd")
             layer.backward = self._wrap(i, layer, layer.backward, "bwd")
         index = {id(layer): i for i, layer in enumerate(model.layers)}
-        for kind, name in (("fwd", "bn_relu_forward"), ("bwd", "bn_relu_backward")):
+        for kind, name, label in (("fwd", "bn_relu_forward", "BN+ReLU"), ("bwd", "bn_relu_backward", "BN+ReLU"),
+                                  ("fwd", "bn_relu_pool_forward", "BN+ReLU+pool"),
+                                  ("bwd", "bn_relu_pool_backward", "BN+ReLU+pool")):
             fused = getattr(_container, name)
 
-            def pair(bn, relu, arg, fused=fused, kind=kind):
-                i = index[id(bn)]
-                self.names[i] = self.names[i].split()[0] + " BN+ReLU (fused)"
+            def timed_op(*args, fused=fused, kind=kind, label=label):  # args: the layers, then x or dy
+                i = index[id(args[0])]
+                self.names[i] = f"{self.names[i].split()[0]} {label} (fused)"
                 t0 = time.perf_counter()
-                out = fused(bn, relu, arg)
+                out = fused(*args)
                 self.times.setdefault((self.threads, i, kind), []).append(time.perf_counter() - t0)
                 return out
-            setattr(_container, name, pair)
+            setattr(_container, name, timed_op)
 
     def _wrap(self, i, layer, fn, kind):
         def timed(arg):
@@ -154,7 +157,7 @@ def print_breakdown(timer, step_times, counts):
     rows = []
     totals = {n: 0.0 for n in counts}
     for i, name in enumerate(timer.names):
-        if (lo, i, "fwd") not in timer.times:  # the ReLU of a fused pair: timed with its BN
+        if (lo, i, "fwd") not in timer.times:  # the ReLU (and pool) of a fused op: timed with its BN
             continue
         row = [name]
         for n in counts:

@@ -57,13 +57,26 @@ def test_cnn7_training_bitwise_equal_to_unfused(rng, threads):
     np.testing.assert_array_equal(fused.predict_logits(x), plain.predict_logits(x))
 
 
-def test_fusion_is_used_and_keeps_the_layer_api():
-    model = _model(True)
-    pairs = [i for i in range(len(model) - 1) if model._pair_at(i)]
-    assert len(pairs) == 6  # five BN2D -> ReLU and the BN1D -> ReLU of the hidden layer
+def _fused_ops(model, train):
+    """{first layer: layers fused} expected for cnn7: BN -> ReLU pairs, and in training the
+    BN2D -> ReLU -> 2x2 MaxPool2D triples."""
+    L = model.layers
+    ops = {}
+    for i in range(len(L) - 1):
+        if isinstance(L[i], (nn.BatchNorm1D, nn.BatchNorm2D)) and isinstance(L[i + 1], nn.ReLU):
+            ops[i] = 3 if train and i + 2 < len(L) and isinstance(L[i + 2], nn.MaxPool2D) else 2
+    return ops
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_fusion_is_used_and_keeps_the_layer_api(train):
+    model = _model(True).train(train)
+    ops = _fused_ops(model, train)
+    # five BN2D -> ReLU (three of them before a max-pool) and the BN1D -> ReLU of the hidden layer
+    assert sorted(ops.values()) == ([2, 2, 2, 3, 3, 3] if train else [2] * 6)
     assert [n for n, _ in model.named_modules()] == [n for n, _ in _model(False).named_modules()]
     model.forward(_batch(np.random.default_rng(0))[0])
-    assert model._pairs == frozenset(pairs)
+    assert model._fused == ops
 
 
 def test_thread_counts_bit_identical(rng):
@@ -129,7 +142,7 @@ def test_fused_pair_finite_differences(rng, bn_cls, shape):
         return float((model.forward(x) * r).sum())
 
     loss()
-    assert model._pairs == {0}
+    assert model._fused == {0: 2}
     dx = model.backward(r)
     dw, db = bn.grads["weight"].copy(), bn.grads["bias"].copy()
     np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-5, atol=1e-7)

@@ -31,7 +31,8 @@ exactly although float(mean) alone would be off by ~5% of a standard deviation.
 import numpy as np
 
 cimport cython
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
+from libc.stdint cimport uint8_t
 
 from cybn._kernels._common cimport floating
 
@@ -159,6 +160,50 @@ cdef extern from *:
     CYBN_BWD(double)
     CYBN_BWD_RELU(float)
     CYBN_BWD_RELU(double)
+
+    /* BN -> ReLU -> 2x2/stride-2 max-pool, one output row from the input rows r0 and r0 + W:
+       the pre-activations as affine_normalize computes them, ReLU'd as it does, pooled by
+       max_pool2d's rule (row-major scan, move on a strictly larger value or the window's first
+       NaN). code[j]: the window position (0..3, row-major) of the maximum when it is > 0, else 4
+       (the ReLU passes no gradient to that window). */
+    #define CYBN_BN_RELU_POOL_ROW(T) \
+    CYBN_CLONES_EXACT CYBN_NO_TRAPPING_MATH static void cybn_bn_relu_pool_row_##T( \
+            const T *CYBN_RESTRICT r0, ptrdiff_t W, T h, T l, T s, T b, T *CYBN_RESTRICT yo, \
+            uint8_t *CYBN_RESTRICT co, ptrdiff_t Wo) { \
+        const T *CYBN_RESTRICT r1 = r0 + W; ptrdiff_t j; \
+        for (j = 0; j < Wo; j++) { \
+            T v0 = ((r0[2 * j] - h) - l) * s + b, v1 = ((r0[2 * j + 1] - h) - l) * s + b; \
+            T v2 = ((r1[2 * j] - h) - l) * s + b, v3 = ((r1[2 * j + 1] - h) - l) * s + b, m; \
+            int32_t k = 0, t; \
+            v0 = v0 <= 0 ? 0 : v0; v1 = v1 <= 0 ? 0 : v1; v2 = v2 <= 0 ? 0 : v2; v3 = v3 <= 0 ? 0 : v3; \
+            m = v0; \
+            t = (v1 > m || (v1 != v1 && m == m)); m = t ? v1 : m; k = t ? 1 : k; \
+            t = (v2 > m || (v2 != v2 && m == m)); m = t ? v2 : m; k = t ? 2 : k; \
+            t = (v3 > m || (v3 != v3 && m == m)); m = t ? v3 : m; k = t ? 3 : k; \
+            yo[j] = m; \
+            co[j] = (uint8_t)(m > 0 ? k : 4); \
+        } \
+    }
+    /* The gradient reaching one (2 Ho, 2 Wo) input plane of that op: dp[j] at its window's code
+       position, 0 elsewhere; exactly what max_pool2d_backward and the ReLU's mask give. */
+    #define CYBN_POOL2_EXPAND(T) \
+    CYBN_CLONES_EXACT static void cybn_pool2_expand_##T(const T *CYBN_RESTRICT dp, \
+            const uint8_t *CYBN_RESTRICT co, ptrdiff_t Ho, ptrdiff_t Wo, T *CYBN_RESTRICT g) { \
+        ptrdiff_t i, j, W = 2 * Wo; \
+        for (i = 0; i < Ho; i++) { \
+            T *CYBN_RESTRICT g0 = g + 2 * i * W, *CYBN_RESTRICT g1 = g0 + W; \
+            const T *CYBN_RESTRICT d = dp + i * Wo; const uint8_t *CYBN_RESTRICT c = co + i * Wo; \
+            for (j = 0; j < Wo; j++) { \
+                T v = d[j]; uint8_t k = c[j]; \
+                g0[2 * j] = k == 0 ? v : 0; g0[2 * j + 1] = k == 1 ? v : 0; \
+                g1[2 * j] = k == 2 ? v : 0; g1[2 * j + 1] = k == 3 ? v : 0; \
+            } \
+        } \
+    }
+    CYBN_BN_RELU_POOL_ROW(float)
+    CYBN_BN_RELU_POOL_ROW(double)
+    CYBN_POOL2_EXPAND(float)
+    CYBN_POOL2_EXPAND(double)
     """
     void cybn_shifted_float(const float* p, Py_ssize_t n, double k, double* sd, double* sq) noexcept nogil
     void cybn_shifted_double(const double* p, Py_ssize_t n, double k, double* sd, double* sq) noexcept nogil
@@ -171,6 +216,15 @@ cdef extern from *:
     void cybn_bwd_relu_double(const double* g, const double* x, Py_ssize_t n, double mu, double h,
                               double l, double sc, double sh, double* sg,
                               double* sgx) noexcept nogil
+    void cybn_bn_relu_pool_row_float(const float* r0, Py_ssize_t W, float h, float l, float s,
+                                     float b, float* yo, uint8_t* co, Py_ssize_t Wo) noexcept nogil
+    void cybn_bn_relu_pool_row_double(const double* r0, Py_ssize_t W, double h, double l,
+                                      double s, double b, double* yo, uint8_t* co,
+                                      Py_ssize_t Wo) noexcept nogil
+    void cybn_pool2_expand_float(const float* dp, const uint8_t* co, Py_ssize_t Ho, Py_ssize_t Wo,
+                                 float* g) noexcept nogil
+    void cybn_pool2_expand_double(const double* dp, const uint8_t* co, Py_ssize_t Ho,
+                                  Py_ssize_t Wo, double* g) noexcept nogil
 
 
 cdef inline void _shifted(const floating* p, Py_ssize_t n, double k, double* sd,
@@ -541,3 +595,114 @@ cdef inline void _dx_row(const floating* dy, const floating* x, floating* dx,
         dx[c] = (a[c] * _masked(dy[c], x[c], c, mhi, mlo, sc, sh)
                  + (b[c] * ((x[c] - mhi[c]) - mlo[c]) + d[c]))
 
+
+
+# ---- BN -> ReLU -> 2x2/stride-2 max-pool, fused ------------------------------------------------
+# The forward writes the pooled output and one uint8 code per window (where its maximum is, or 4
+# when the ReLU passes no gradient) instead of BN's full-size output and the pool's int64 indices;
+# the backward expands (dp, code) into one plane's gradient in a per-thread scratch plane (L1/L2
+# resident) and runs the plane code of the BN backward on it, plane by plane in the same order
+# as the unfused ops: the same bits, with a quarter of the full-size reads and writes.
+
+cdef inline void _bn_relu_pool_row(const floating* r0, Py_ssize_t W, floating h, floating l,
+                                   floating s, floating b, floating* yo, uint8_t* co,
+                                   Py_ssize_t Wo) noexcept nogil:
+    if floating is float:
+        cybn_bn_relu_pool_row_float(r0, W, h, l, s, b, yo, co, Wo)
+    else:
+        cybn_bn_relu_pool_row_double(r0, W, h, l, s, b, yo, co, Wo)
+
+
+cdef inline void _pool2_expand(const floating* dp, const uint8_t* co, Py_ssize_t Ho,
+                               Py_ssize_t Wo, floating* g) noexcept nogil:
+    if floating is float:
+        cybn_pool2_expand_float(dp, co, Ho, Wo, g)
+    else:
+        cybn_pool2_expand_double(dp, co, Ho, Wo, g)
+
+
+def affine_relu_pool2(const floating[:, :, ::1] x, const floating[::1] mhi,
+                      const floating[::1] mlo, const floating[::1] scale,
+                      const floating[::1] shift, floating[:, :, ::1] y, uint8_t[:, :, ::1] code,
+                      Py_ssize_t H, Py_ssize_t W, int num_threads):
+    """y = max_pool2d(relu(((x - mhi[c]) - mlo[c]) * scale[c] + shift[c]), 2) for x (N, C, H*W),
+    H and W even, into y and code (N, C, H/2 * W/2); one read of x. Parallel over output rows."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], Ho = H // 2, Wo = W // 2
+    cdef Py_ssize_t row, p, oh, c
+    cdef const floating* px = &x[0, 0, 0]
+    cdef floating* py = &y[0, 0, 0]
+    cdef uint8_t* pc = &code[0, 0, 0]
+    if N * C * Ho * Wo == 0:
+        return
+    with nogil:
+        for row in prange(N * C * Ho, num_threads=num_threads, schedule='static'):
+            p = row // Ho
+            oh = row - p * Ho
+            c = p % C
+            _bn_relu_pool_row(px + p * H * W + 2 * oh * W, W, mhi[c], mlo[c], scale[c], shift[c],
+                              py + row * Wo, pc + row * Wo, Wo)
+
+
+def pool2_backward_sums(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
+                        const floating[:, :, ::1] x, Py_ssize_t W, const double[::1] mean,
+                        double[::1] sum_dy, double[::1] sum_dyxc, floating[:, ::1] scratch,
+                        int num_threads):
+    """``backward_sums`` with relu, given the gradient dp (N, C, H/2 * W/2) of
+    ``affine_relu_pool2``'s output and its code: the same chunks, planes and sums, each plane's
+    gradient expanded into this thread's row of scratch (num_threads, H*W) first."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = dp.shape[2]
+    cdef Py_ssize_t Wo = W // 2, Ho = L // Wo
+    cdef Py_ssize_t ntask = _ntasks(N, S), t, c, n, q
+    cdef double[:, :, ::1] part = np.zeros((ntask, 2, C), dtype=np.float64)
+    cdef const floating* pdp = &dp[0, 0, 0]
+    cdef const uint8_t* pc = &code[0, 0, 0]
+    cdef const floating* px = &x[0, 0, 0]
+    cdef floating* g
+    with nogil:
+        for t in prange(ntask, num_threads=num_threads, schedule='static'):
+            g = &scratch[threadid(), 0]
+            for n in range(_chunk_start(t, N, ntask), _chunk_start(t + 1, N, ntask)):
+                for c in range(C):
+                    q = n * C + c
+                    _pool2_expand(pdp + q * L, pc + q * L, Ho, Wo, g)
+                    _bwd_plane(g, px + q * S, S, mean[c], &part[t, 0, c], &part[t, 1, c])
+        for c in range(C):
+            sum_dy[c] = 0
+            sum_dyxc[c] = 0
+            for t in range(ntask):  # fixed order
+                sum_dy[c] = sum_dy[c] + part[t, 0, c]
+                sum_dyxc[c] = sum_dyxc[c] + part[t, 1, c]
+
+
+def pool2_backward_dx(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
+                      const floating[:, :, ::1] x, Py_ssize_t W, const floating[::1] mhi,
+                      const floating[::1] mlo, const floating[::1] a, const floating[::1] b,
+                      const floating[::1] d, floating[:, :, ::1] dx, floating[:, ::1] scratch,
+                      int num_threads):
+    """``backward_dx`` with relu for ``affine_relu_pool2`` (arguments as in
+    ``pool2_backward_sums``): dx = a[c]*g + b[c]*((x - mhi[c]) - mlo[c]) + d[c]."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = dp.shape[2]
+    cdef Py_ssize_t Wo = W // 2, Ho = L // Wo
+    cdef Py_ssize_t t, i, c
+    cdef const floating* pdp = &dp[0, 0, 0]
+    cdef const uint8_t* pc = &code[0, 0, 0]
+    cdef const floating* px = &x[0, 0, 0]
+    cdef floating* pdx = &dx[0, 0, 0]
+    cdef const floating* xp
+    cdef floating* op
+    cdef floating* g
+    cdef floating h, l, ca, cb, cd
+    with nogil:
+        for t in prange(N * C, num_threads=num_threads, schedule='static'):
+            g = &scratch[threadid(), 0]
+            _pool2_expand(pdp + t * L, pc + t * L, Ho, Wo, g)
+            c = t % C
+            h = mhi[c]
+            l = mlo[c]
+            ca = a[c]
+            cb = b[c]
+            cd = d[c]
+            xp = px + t * S
+            op = pdx + t * S
+            for i in range(S):
+                op[i] = ca * g[i] + (cb * ((xp[i] - h) - l) + cd)

@@ -34,7 +34,7 @@ from . import _memory
 
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
            "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward",
-           "batch_norm_relu_eval"]
+           "batch_norm_relu_eval", "batch_norm_relu_pool_train", "batch_norm_relu_pool_backward"]
 
 
 def _input(x, name="x"):
@@ -106,7 +106,8 @@ def _normalize(x, mean, invstd, weight, bias, relu=False):
     return y
 
 
-def _train(x, weight, bias, eps, relu, fname):
+def _statistics(x, weight, bias, eps, fname):
+    """Validated (x, weight, bias) and the batch's float64 mean, variance and 1/sqrt(var + eps)."""
     x = _input(x)
     weight = _param(weight, "weight", x)
     bias = _param(bias, "bias", x)
@@ -116,8 +117,21 @@ def _train(x, weight, bias, eps, relu, fname):
     mean = np.empty(C, dtype=np.float64)
     var = np.empty(C, dtype=np.float64)
     _k.batch_stats(_as3(x), mean, var, threads_for(x.size))
-    y = _normalize(x, mean, 1.0 / np.sqrt(var + eps), weight, bias, relu)
-    return y, mean, var
+    return x, weight, bias, mean, var, 1.0 / np.sqrt(var + eps)
+
+
+def _train(x, weight, bias, eps, relu, fname):
+    x, weight, bias, mean, var, invstd = _statistics(x, weight, bias, eps, fname)
+    return _normalize(x, mean, invstd, weight, bias, relu), mean, var
+
+
+def _pool_input(x, fname):
+    """x of the fused BN -> ReLU -> 2x2 max-pool: (N, C, H, W) with H and W even."""
+    x = float_array(x, "x", ndim=4)
+    if x.shape[2] % 2 or x.shape[3] % 2:
+        raise ValueError(f"{fname}: x must have an even height and width (2x2 windows of stride 2 "
+                         f"cover it exactly), got shape {x.shape}")
+    return x
 
 
 def _dy_x(dy, x):
@@ -132,8 +146,12 @@ def _dy_x(dy, x):
 def _backward_args(dy, x, weight, mean, var, eps, names=("mean", "var")):
     """The validated arguments of both backward passes (``names``: what the statistics are)."""
     dy, x = _dy_x(dy, x)
+    return (dy, x) + _stat_args(x, weight, mean, var, eps, names)
+
+
+def _stat_args(x, weight, mean, var, eps, names=("mean", "var")):
     C = x.shape[1]
-    return (dy, x, _param(weight, "weight", x), _stat(mean, names[0], C),
+    return (_param(weight, "weight", x), _stat(mean, names[0], C),
             _stat(var, names[1], C, nonnegative=True), _eps(eps))
 
 
@@ -173,18 +191,78 @@ def _backward(dy, x, weight, bias, mean, var, eps, relu, fname):
     sum_dy = np.empty(C, dtype=np.float64)
     sum_dyxc = np.empty(C, dtype=np.float64)
     _k.backward_sums(dy3, x3, mean, sum_dy, sum_dyxc, hi, lo, scale, shift, relu, threads)
-    gamma = np.ones(C) if weight is None else weight.astype(np.float64)
-    dbias = sum_dy
-    dweight = sum_dyxc * invstd  # = sum(dy * x_hat)
-    # dx = a*dy + b*(x - mean) + d with a = gamma*invstd,
-    # b = -a * invstd^2 * sum(dy*(x-mean))/m, d = -a * sum(dy)/m.
-    a = gamma * invstd
-    b = -a * invstd * invstd * sum_dyxc / m
-    d = -a * sum_dy / m
+    a, b, d = _dx_coefficients(sum_dy, sum_dyxc, weight, invstd, m, dt)
     dx = _memory.empty_like(x)
-    _k.backward_dx(dy3, x3, hi, lo, a.astype(dt), b.astype(dt), d.astype(dt), _as3(dx), scale,
-                   shift, relu, threads)
-    return dx, dweight.astype(dt), dbias.astype(dt)
+    _k.backward_dx(dy3, x3, hi, lo, a, b, d, _as3(dx), scale, shift, relu, threads)
+    return dx, (sum_dyxc * invstd).astype(dt), sum_dy.astype(dt)  # dweight = sum(dy * x_hat)
+
+
+def _dx_coefficients(sum_dy, sum_dyxc, weight, invstd, m, dt):
+    """(a, b, d) in dtype ``dt`` of dx = a*dy + b*(x - mean) + d: a = gamma*invstd,
+    b = -a * invstd^2 * sum(dy*(x-mean))/m, d = -a * sum(dy)/m."""
+    gamma = np.ones(sum_dy.shape[0]) if weight is None else weight.astype(np.float64)
+    a = gamma * invstd
+    return a.astype(dt), (-a * invstd * invstd * sum_dyxc / m).astype(dt), (-a * sum_dy / m).astype(dt)
+
+
+def batch_norm_relu_pool_train(x, weight, bias, eps=1e-5):
+    """max_pool2d(batch_norm_relu_train(x, ...)[0], 2), fused: (y, code, mean, var).
+
+    x is (N, C, H, W) with H and W even; the pool has 2x2 windows of stride 2. BN's full-size
+    output is never stored: one pass after the statistics writes y (N, C, H/2, W/2), bitwise
+    what the three ops give, and ``code`` (uint8, y's shape): the position of each window's
+    maximum (0..3, row-major, ties to the first as in ``max_pool2d``) when it is > 0, else 4
+    (the ReLU passes no gradient there). ``batch_norm_relu_pool_backward`` takes the code.
+    """
+    fname = "batch_norm_relu_pool_train"
+    x, weight, bias, mean, var, invstd = _statistics(_pool_input(x, fname), weight, bias, eps, fname)
+    N, C, H, W = x.shape
+    y = _memory.empty((N, C, H // 2, W // 2), x.dtype)
+    code = _memory.empty(y.shape, np.uint8)
+    _k.affine_relu_pool2(_as3(x), *_affine(mean, invstd, weight, bias, x.dtype), _as3(y), _as3(code),
+                         H, W, threads_for(x.size))
+    return y, code, mean, var
+
+
+def _pool_code(code, shape):
+    if not isinstance(code, np.ndarray):
+        raise TypeError(f"code must be a numpy.ndarray, got {type(code).__name__}")
+    if code.dtype != np.uint8:
+        raise TypeError(f"code must be uint8 (from batch_norm_relu_pool_train), got {code.dtype}")
+    shape_is(code, shape, "code (one per pooled output)")
+    if code.size and code.max() > 4:
+        raise ValueError(f"code values must be 0..4 (from batch_norm_relu_pool_train), found {code.max()}")
+    return np.ascontiguousarray(code)
+
+
+def batch_norm_relu_pool_backward(dy, code, x, weight, bias, mean, var, eps=1e-5):
+    """(dx, dweight, dbias) of batch_norm_relu_pool_train given dy = dL/d(its pooled output)
+    and its ``code``; the same bits as the three backwards, with no full-size gradient stored
+    between them (each plane's is rebuilt in a per-thread scratch plane)."""
+    fname = "batch_norm_relu_pool_backward"
+    x = _pool_input(x, fname)
+    N, C, H, W = x.shape
+    pooled = (N, C, H // 2, W // 2)
+    dy = float_array(dy, "dy", dtype=x.dtype)
+    if dy.shape != pooled:
+        raise ValueError(f"dy must have the pooled shape {pooled} of x {x.shape}, got {dy.shape}")
+    code = _pool_code(code, pooled)
+    weight, mean, var, eps = _stat_args(x, weight, mean, var, eps)
+    bias = _param(bias, "bias", x)
+    m = _need_two(x, fname)
+    threads = threads_for(x.size)
+    dt = x.dtype
+    invstd = 1.0 / np.sqrt(var + eps)
+    hi, lo, _, _ = _affine(mean, invstd, weight, bias, dt)
+    dy3, code3, x3 = _as3(dy), _as3(code), _as3(x)
+    scratch = np.empty((threads, H * W), dt)
+    sum_dy = np.empty(C, dtype=np.float64)
+    sum_dyxc = np.empty(C, dtype=np.float64)
+    _k.pool2_backward_sums(dy3, code3, x3, W, mean, sum_dy, sum_dyxc, scratch, threads)
+    a, b, d = _dx_coefficients(sum_dy, sum_dyxc, weight, invstd, m, dt)
+    dx = _memory.empty_like(x)
+    _k.pool2_backward_dx(dy3, code3, x3, W, hi, lo, a, b, d, _as3(dx), scratch, threads)
+    return dx, (sum_dyxc * invstd).astype(dt), sum_dy.astype(dt)
 
 
 def batch_norm_eval(x, weight, bias, running_mean, running_var, eps=1e-5):

@@ -6,7 +6,8 @@ import numpy as np
 from .. import _formats
 from ..checkpoint import write_atomically
 from .._validation import flag, positive_int
-from .layers import BatchNorm1D, BatchNorm2D, ReLU, bn_relu_backward, bn_relu_forward
+from .layers import (BatchNorm1D, BatchNorm2D, MaxPool2D, ReLU, bn_relu_backward, bn_relu_forward,
+                     bn_relu_pool_backward, bn_relu_pool_forward)
 from .module import Module
 from .inference import DEFAULT_CHUNK_BYTES, infer as _infer
 
@@ -38,8 +39,11 @@ class Sequential(Module):
 
     A BatchNorm1D/2D directly followed by a ReLU runs as one fused op (``bn_relu_forward`` /
     ``bn_relu_backward``: bit-identical results, the same caches, running statistics and
-    hooks). While forward hooks are registered the pair's forward runs unfused, so BN's hook
-    sees BN's output; its backward stays fused. ``fuse = False`` on an instance turns fusion off.
+    hooks); in training mode with a 2x2, stride-2 MaxPool2D after the ReLU (even H and W) the
+    three run as one (``bn_relu_pool_forward`` / ``bn_relu_pool_backward``: bit-identical, BN's
+    full-size output never stored). While forward hooks are registered those forwards run
+    unfused, so each hook sees its layer's output; the BN -> ReLU backward stays fused.
+    ``fuse = False`` on an instance turns fusion off.
     """
     fuse = True
 
@@ -53,7 +57,7 @@ class Sequential(Module):
         self.layers = list(layers)
         self._hooks = {}
         self._next_hook = 0
-        self._pairs = frozenset()  # i: layers i, i+1 ran as a BN -> ReLU pair in the last forward
+        self._fused = {}  # i -> n: layers i .. i+n-1 run as one fused op in the last forward
         self.needs_input_grad = flag(input_grad, "input_grad")
 
     # needs_input_grad is forwarded to the first layer (the only one whose input gradient is optional)
@@ -112,28 +116,37 @@ class Sequential(Module):
             layer.clear_cache()
 
     # ---- computation -------------------------------------------------------------------------
-    def _pair_at(self, i):
-        """Whether layers i, i+1 are a BN -> ReLU pair that may run fused."""
-        return (self.fuse and i + 1 < len(self.layers) and type(self.layers[i]) in (BatchNorm1D, BatchNorm2D)
-                and type(self.layers[i + 1]) is ReLU)
+    def _fusable(self, i, x):
+        """How many layers from i run as one fused op on input ``x``: 3 for BN2D -> ReLU ->
+        MaxPool2D that ``bn_relu_pool_forward`` supports, 2 for BN -> ReLU, else 1."""
+        layers = self.layers
+        if not (self.fuse and i + 1 < len(layers) and type(layers[i]) in (BatchNorm1D, BatchNorm2D)
+                and type(layers[i + 1]) is ReLU):
+            return 1
+        if (i + 2 < len(layers) and type(layers[i + 2]) is MaxPool2D and layers[i].training
+                and layers[i + 2].fuses_after_relu(getattr(x, "shape", ()))):
+            return 3
+        return 2
 
     def forward(self, x):
         hooks = list(self._hooks.values())
-        pairs = set()
+        fused = {}
         i = 0
         while i < len(self.layers):
             layer = self.layers[i]
-            if self._pair_at(i):
-                pairs.add(i)
+            n = self._fusable(i, x)
+            if n > 1:
                 if not hooks:
-                    x = bn_relu_forward(layer, self.layers[i + 1], x)
-                    i += 2
+                    fused[i] = n
+                    x = (bn_relu_forward if n == 2 else bn_relu_pool_forward)(*self.layers[i:i + n], x)
+                    i += n
                     continue
+                fused[i] = 2  # the forward runs unfused for the hooks; BN -> ReLU's backward fuses
             x = layer(x)
             for fn in hooks:
                 fn(i, layer, x)
             i += 1
-        self._pairs = frozenset(pairs)
+        self._fused = fused
         return x
 
     def backward(self, dy):
@@ -142,18 +155,20 @@ class Sequential(Module):
         Overwrites every layer's ``grads``. Returns the input gradient, or None when
         ``needs_input_grad`` is False.
         """
+        last = {i + n - 1: i for i, n in self._fused.items()}  # last layer of a fused op -> first
         i = len(self.layers) - 1
         while i >= 0:
-            if i - 1 in self._pairs:
-                i -= 1
-                dy = bn_relu_backward(self.layers[i], self.layers[i + 1], dy)
+            if i in last:
+                i = last[i]
+                n = self._fused[i]
+                dy = (bn_relu_backward if n == 2 else bn_relu_pool_backward)(*self.layers[i:i + n], dy)
             else:
                 dy = self.layers[i].backward(dy)
             if dy is None and i > 0:
                 raise RuntimeError(f"layer {i} ({self.layers[i]!r}) returned no input gradient but "
                                    "is not the first layer")
             i -= 1
-        self._pairs = frozenset()
+        self._fused = {}
         return dy
 
     def infer(self, x, max_chunk_bytes=DEFAULT_CHUNK_BYTES):

@@ -10,7 +10,7 @@ from .. import functional as F
 from .._validation import (MAX_INT, as_generator, check_float_array, conv_output_size, flag, float_dtype,
                            nonnegative_int, pair, plain_array, positive_float, positive_int, real)
 from . import init as _init
-from .module import Module
+from .module import Module, Recomputed
 
 __all__ = ["Conv2D", "Linear", "BatchNorm1D", "BatchNorm2D", "ReLU", "MaxPool2D", "Flatten", "Dropout",
            "SoftmaxCrossEntropy"]
@@ -185,6 +185,16 @@ class _BatchNorm(Module):
             self._save_for_backward(("eval", x), y)
         return y
 
+    def _forward_relu_pool(self, x):
+        """max_pool2d(relu(BN(x)), 2) in training mode through the fused op: (y, code, mean, var).
+        BN's cache is its forward's."""
+        self._check_channels(x)
+        y, code, mean, var = F.batch_norm_relu_pool_train(x, self.params.get("weight"),
+                                                          self.params.get("bias"), self.eps)
+        self._track(mean, var, x.size // x.shape[1])
+        self._save_for_backward(("train", x, mean, var), x)  # BN's output has x's shape and dtype
+        return y, code, mean, var
+
     def _check_channels(self, x):
         """The input checks of the forward: this layer's dtype and rank, ``num_features`` channels."""
         self._check_input(x, self._ndim)
@@ -224,6 +234,15 @@ class _BatchNorm(Module):
         else:
             dx, dw, db = F.batch_norm_eval_backward(dy, cache[1], w, self.buffers["running_mean"],
                                                     self.buffers["running_var"], self.eps)
+        return self._store_grads(dx, dw, db)
+
+    def _backward_relu_pool(self, cache, code, dy):
+        """dx of ``_forward_relu_pool`` from BN's training ``cache``, given dy = dL/d(pooled y)."""
+        _, x, mean, var = cache
+        return self._store_grads(*F.batch_norm_relu_pool_backward(
+            dy, code, x, self.params.get("weight"), self.params.get("bias"), mean, var, self.eps))
+
+    def _store_grads(self, dx, dw, db):
         if self.affine:
             np.copyto(self.grads["weight"], dw)
             np.copyto(self.grads["bias"], db)
@@ -273,6 +292,27 @@ def bn_relu_backward(bn, relu, dy):
     return bn._backward(bn._pop_cache(dy), dy, True)
 
 
+def bn_relu_pool_forward(bn, relu, pool, x):
+    """``pool(relu(bn(x)))`` for a training-mode BN and a 2x2, stride-2, unpadded max-pool on
+    even H and W, in one pass after BN's statistics (``F.batch_norm_relu_pool_train``). BN's
+    cache is its forward's; the ReLU's output and the pool's indices, which no pass stores, are
+    rebuilt from it (``Recomputed``) only if the ReLU's or the pool's own backward is called."""
+    w, b = (bn.params[k].copy() if k in bn.params else None for k in ("weight", "bias"))
+    y, code, mean, var = bn._forward_relu_pool(x)
+    relu_out = Recomputed(lambda: F.batch_norm_relu_eval(x, w, b, mean, var, bn.eps))
+    relu._save_for_backward(relu_out, x)
+    pool._save_for_backward(Recomputed(lambda: (pool._indices(relu_out.value()), x.shape), code=code), y)
+    return y
+
+
+def bn_relu_pool_backward(bn, relu, pool, dy):
+    """``bn.backward(relu.backward(pool.backward(dy)))`` after ``bn_relu_pool_forward``, in BN's
+    two backward passes (``F.batch_norm_relu_pool_backward``) from the forward's code."""
+    code = pool._pop_cache(dy, resolve=False).code
+    relu.clear_cache()
+    return bn._backward_relu_pool(bn._pop_cache(dy, check=False), code, dy)
+
+
 class MaxPool2D(Module):
     """Max pooling; ``stride=None`` means ``stride = kernel_size`` (PyTorch)."""
 
@@ -292,6 +332,14 @@ class MaxPool2D(Module):
     def backward(self, dy):
         indices, shape = self._pop_cache(dy)
         return F.max_pool2d_backward(dy, indices, shape)
+
+    def _indices(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)[1]
+
+    def fuses_after_relu(self, shape):
+        """Whether ``bn_relu_pool_forward`` can run this pool on input of ``shape``."""
+        return (self.kernel_size == (2, 2) and self.stride == (2, 2) and self.padding == (0, 0)
+                and len(shape) == 4 and shape[2] % 2 == 0 and shape[3] % 2 == 0)
 
     def output_shape(self, input_shape):
         n, c, h, w = input_shape

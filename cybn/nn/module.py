@@ -34,6 +34,22 @@ import numpy as np
 
 from .._validation import flag, ndim_is, plain_array
 
+class Recomputed:
+    """A cache entry a fused forward did not store (e.g. the ReLU output inside BN -> ReLU ->
+    max-pool), built by ``build()`` on first use: only when that layer's own backward runs
+    instead of the fused one. Keyword arguments stay as attributes for the fused backward."""
+    _UNBUILT = object()
+
+    def __init__(self, build, **kept):
+        self._build, self._value = build, self._UNBUILT
+        self.__dict__.update(kept)
+
+    def value(self):
+        if self._value is self._UNBUILT:
+            self._value, self._build = self._build(), None
+        return self._value
+
+
 # Inference mode (cybn.nn.inference): per Python thread; while on, forward keeps no
 # activations and leaves this marker, so a backward that follows says why it cannot run.
 _inference = threading.local()
@@ -116,9 +132,11 @@ class Module:
             return
         self._cache = (cache, y.shape, y.dtype)
 
-    def _pop_cache(self, dy):
+    def _pop_cache(self, dy, resolve=True, check=True):
         """The cache saved by forward, after validating ``dy`` against the forward output
-        (``check_grad_output``); the cache is consumed only when ``dy`` is valid."""
+        (``check_grad_output``); the cache is consumed only when ``dy`` is valid. ``check=False``:
+        a fused backward, whose ``dy`` belongs to a later layer and was validated there.
+        ``resolve``: a ``Recomputed`` cache is returned built (else as it is)."""
         if self._cache is _NO_CACHE:
             raise RuntimeError(f"{type(self).__name__}.backward() after an inference forward (infer(), "
                                "predict or inference_mode keep no activations): run forward() outside "
@@ -128,9 +146,10 @@ class Module:
                                "(no cached activations: run forward on the batch first; "
                                "backward consumes the cache, so it cannot run twice)")
         cache, shape, dtype = self._cache
-        check_grad_output(dy, shape, dtype, type(self).__name__)
+        if check:
+            check_grad_output(dy, shape, dtype, type(self).__name__)
         self._cache = None
-        return cache
+        return cache.value() if resolve and isinstance(cache, Recomputed) else cache
 
     def clear_cache(self):
         """Drop the activations kept for backward (frees memory after inference)."""

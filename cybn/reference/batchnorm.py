@@ -15,9 +15,11 @@ batch size works. See each function for its gradient / update rule.
 """
 import numpy as np
 
+from .pool import max_pool2d
+
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
            "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward",
-           "batch_norm_relu_eval"]
+           "batch_norm_relu_eval", "batch_norm_relu_pool_train", "batch_norm_relu_pool_backward"]
 
 
 def _axes(x):
@@ -165,3 +167,26 @@ def batch_norm_relu_backward(dy, x, weight, bias, mean, var, eps=1e-5):
     if bias is not None:
         z = z + _per_channel(bias.astype(np.float64), x)
     return batch_norm_backward(np.where(z > 0, dy, 0).astype(dy.dtype), x, weight, mean, var, eps)
+
+
+def batch_norm_relu_pool_train(x, weight, bias, eps=1e-5):
+    """max_pool2d(batch_norm_relu_train(x, ...)[0], 2) with the pool's 2x2 windows of stride 2
+    (H, W even): (y, code, mean, var); code (uint8) is the window position (0..3, row-major) of
+    each maximum when it is > 0, else 4 (no gradient reaches that window through the ReLU)."""
+    z, mean, var = batch_norm_relu_train(x, weight, bias, eps)
+    y, indices = max_pool2d(z, 2)
+    W = x.shape[3]
+    corner = 2 * W * np.arange(y.shape[2])[:, None] + 2 * np.arange(y.shape[3])[None, :]
+    offset = indices - corner  # 0, 1, W or W + 1
+    position = 2 * (offset // W) + offset % W
+    return y, np.where(y > 0, position, 4).astype(np.uint8), mean, var
+
+
+def batch_norm_relu_pool_backward(dy, code, x, weight, bias, mean, var, eps=1e-5):
+    """Gradients of batch_norm_relu_pool_train: the BN backward of the gradient that every
+    pooled dy gives its window's maximum (none where code is 4)."""
+    N, C, H, W = x.shape
+    g = np.zeros((N, C, H // 2, 2, W // 2, 2), dtype=dy.dtype)
+    for k in range(4):
+        g[:, :, :, k // 2, :, k % 2] = np.where(code == k, dy, 0)
+    return batch_norm_backward(g.reshape(x.shape), x, weight, mean, var, eps)
