@@ -142,10 +142,42 @@ def bn_relu_cases(shape, torch, rng):
     return cases
 
 
-def bn_relu_section(counts, torch, rng, repeats, warmup):
+def bn_relu_pool_cases(shape, torch, rng):
+    """BN + ReLU + 2x2 max-pool forward + backward: cybn's fused triple, cybn's fused BN + ReLU
+    then the pool apart (what Sequential ran before the triple), torch."""
+    x, _, c, w, b = bn_inputs(shape, rng)
+    pooled = shape[:2] + (shape[2] // 2, shape[3] // 2)
+    dy = rng.standard_normal(pooled).astype(np.float32)
+
+    def fused():
+        y, code, mean, var = F.batch_norm_relu_pool_train(x, w, b)
+        return F.batch_norm_relu_pool_backward(dy, code, x, w, b, mean, var)
+
+    def unfused():
+        z, mean, var = F.batch_norm_relu_train(x, w, b)
+        y, idx = F.max_pool2d(z, 2)
+        return F.batch_norm_relu_backward(F.max_pool2d_backward(dy, idx, x.shape), x, w, b, mean, var)
+
+    cases = {"fused": fused, "unfused": unfused}
+    if torch is not None:
+        tf = torch.nn.functional
+        wt = torch.from_numpy(w).requires_grad_()
+        bt = torch.from_numpy(b).requires_grad_()
+        rm, rv = torch.zeros(c), torch.ones(c)
+        xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+
+        def torch_case():
+            a = xt.detach().requires_grad_()
+            y = tf.max_pool2d(tf.relu(tf.batch_norm(a, rm, rv, wt, bt, training=True)), 2)
+            return torch.autograd.grad(y, (a, wt, bt), dyt)
+        cases["torch"] = torch_case
+    return cases
+
+
+def fused_section(title, unfused_name, make_cases, counts, torch, rng, repeats, warmup):
     rows = []
     for shape in BN_SHAPES:
-        cases = bn_relu_cases(shape, torch, rng)
+        cases = make_cases(shape, torch, rng)
         for t in counts:
             with harness.threads(t):
                 med = harness.measure(cases, repeats=repeats, warmup=warmup)
@@ -153,9 +185,9 @@ def bn_relu_section(counts, torch, rng, repeats, warmup):
             rows.append(["x".join(map(str, shape)), t, harness.fmt_time(med["fused"]),
                          harness.fmt_time(med["unfused"]), harness.fmt_time(tt),
                          ratio(med["unfused"], med["fused"]), ratio(tt, med["fused"])])
-    print("## Batch norm + ReLU forward + backward: fused (batch_norm_relu_*) vs unfused\n")
-    print(harness.markdown_table(["shape", "thr", "t fused", "t unfused", "t torch",
-                                  "unfused/fused", "torch/fused"], rows))
+    print(f"## {title}\n")
+    print(harness.markdown_table(["shape", "thr", "t fused", f"t {unfused_name}", "t torch",
+                                  f"{unfused_name}/fused", "torch/fused"], rows))
     print()
 
 
@@ -237,7 +269,11 @@ def main(argv=None):
         print(harness.markdown_table(headers, rows))
         print()
     if ok:
-        bn_relu_section(counts, torch, rng, args.repeats, args.warmup)
+        fused_section("Batch norm + ReLU forward + backward: fused (batch_norm_relu_*) vs unfused", "unfused",
+                      bn_relu_cases, counts, torch, rng, args.repeats, args.warmup)
+        fused_section("Batch norm + ReLU + 2x2 max-pool forward + backward: fused (batch_norm_relu_pool_*) vs "
+                      "fused BN + ReLU, then the pool", "pair+pool", bn_relu_pool_cases, counts, torch, rng,
+                      args.repeats, args.warmup)
     print("Ratios > 1 mean cybn is faster. 'x vs 1thr' = time at 1 thread / time at this count.")
     if torch is None:
         print("PyTorch not installed: torch columns are n/a.")

@@ -177,3 +177,32 @@ def test_bad_inputs_name_the_problem(rng):
         F.batch_norm_relu_pool_backward(dy.astype(np.float64), code, x, w, b, mean, var)
     with pytest.raises(ValueError, match="more than 1 value"):
         F.batch_norm_relu_pool_train(x[:1, :, :0, :0], w, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_eval_op_equals_the_two_ops_and_the_reference(rng, dtype):
+    x, w, b = _inputs(rng, (5, 3, 6, 4), dtype)
+    rm, rv = rng.standard_normal(3), rng.random(3) + 0.5
+    y = F.batch_norm_relu_pool_eval(x, w, b, rm, rv)
+    np.testing.assert_array_equal(y, F.max_pool2d(F.batch_norm_relu_eval(x, w, b, rm, rv), 2)[0])
+    np.testing.assert_allclose(y, R.batch_norm_relu_pool_eval(x, w, b, rm, rv), rtol=1e-5 if dtype == np.float32 else 1e-12,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="running_var must be non-negative"):
+        F.batch_norm_relu_pool_eval(x, w, b, rm, -rv)
+
+
+def test_infer_fuses_the_triples_and_matches_the_unfused_model(rng):
+    fused = nn.cnn7(bn="all", init="he", seed=1, width=8, hidden=16)
+    plain = nn.cnn7(bn="all", init="he", seed=1, width=8, hidden=16)
+    plain.fuse = False
+    x = rng.standard_normal((6, 3, 32, 32)).astype(np.float32)
+    for m in (fused, plain):  # move the running statistics away from (0, 1)
+        m.forward(x)
+        m.backward(np.ones((6, 10), np.float32))
+    np.testing.assert_array_equal(fused.infer(x), plain.infer(x))
+    with nn.inference_mode():
+        fused.eval().forward(x)
+    assert sorted(fused._fused.values()) == [2, 2, 2, 3, 3, 3]
+    fused.forward(x)  # eval mode outside inference mode: pairs only (a backward may follow)
+    assert sorted(fused._fused.values()) == [2] * 6
+    fused.backward(np.ones((6, 10), np.float32))

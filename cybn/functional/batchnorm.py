@@ -15,6 +15,11 @@ Same maths and signatures as ``cybn.reference.batchnorm`` (see its docstrings). 
   passes as BN alone. The forward applies the ReLU as it writes y; the backward recomputes the
   ReLU mask from x (the forward's pre-activation, bit for bit) inside its two passes, so the
   ReLU costs no pass of its own and its input gradient is never stored.
+* ``batch_norm_relu_pool_train`` / ``_backward`` / ``_eval``: BN, ReLU and a 2x2 stride-2
+  max-pool. After the statistics one read of x writes the pooled y and a uint8 code per window
+  (where its maximum is), a quarter and a sixteenth of x's size; the backward's two passes read
+  the pooled dy, the code and x, rebuilding each plane's gradient in a per-thread scratch plane,
+  so neither BN's output nor its full-size gradient is ever stored.
 
 Determinism: reductions are split into chunks of rows chosen from the input shape only, each
 chunk reduced by one thread in a fixed order, partials merged in a fixed order: results are
@@ -34,7 +39,8 @@ from . import _memory
 
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
            "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward",
-           "batch_norm_relu_eval", "batch_norm_relu_pool_train", "batch_norm_relu_pool_backward"]
+           "batch_norm_relu_eval", "batch_norm_relu_pool_train", "batch_norm_relu_pool_backward",
+           "batch_norm_relu_pool_eval"]
 
 
 def _input(x, name="x"):
@@ -222,6 +228,23 @@ def batch_norm_relu_pool_train(x, weight, bias, eps=1e-5):
     _k.affine_relu_pool2(_as3(x), *_affine(mean, invstd, weight, bias, x.dtype), _as3(y), _as3(code),
                          H, W, threads_for(x.size))
     return y, code, mean, var
+
+
+def batch_norm_relu_pool_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
+    """max_pool2d(batch_norm_relu_eval(x, ...), 2) in one pass (x (N, C, H, W), H and W even):
+    the pooled output, bitwise what the two ops give."""
+    x = _pool_input(x, "batch_norm_relu_pool_eval")
+    weight = _param(weight, "weight", x)
+    bias = _param(bias, "bias", x)
+    weight, running_mean, running_var, eps = _stat_args(x, weight, running_mean, running_var, eps,
+                                                        ("running_mean", "running_var"))
+    N, C, H, W = x.shape
+    y = _memory.empty((N, C, H // 2, W // 2), x.dtype)
+    code = _memory.empty(y.shape, np.uint8)  # written by the kernel, not needed without a backward
+    invstd = 1.0 / np.sqrt(running_var + eps)
+    _k.affine_relu_pool2(_as3(x), *_affine(running_mean, invstd, weight, bias, x.dtype), _as3(y),
+                         _as3(code), H, W, threads_for(x.size))
+    return y
 
 
 def _pool_code(code, shape):

@@ -8,7 +8,7 @@ from ..checkpoint import write_atomically
 from .._validation import flag, positive_int
 from .layers import (BatchNorm1D, BatchNorm2D, MaxPool2D, ReLU, bn_relu_backward, bn_relu_forward,
                      bn_relu_pool_backward, bn_relu_pool_forward)
-from .module import Module
+from .module import Module, _inference
 from .inference import DEFAULT_CHUNK_BYTES, infer as _infer
 
 __all__ = ["Sequential", "HookHandle"]
@@ -39,8 +39,8 @@ class Sequential(Module):
 
     A BatchNorm1D/2D directly followed by a ReLU runs as one fused op (``bn_relu_forward`` /
     ``bn_relu_backward``: bit-identical results, the same caches, running statistics and
-    hooks); in training mode with a 2x2, stride-2 MaxPool2D after the ReLU (even H and W) the
-    three run as one (``bn_relu_pool_forward`` / ``bn_relu_pool_backward``: bit-identical, BN's
+    hooks); with a 2x2, stride-2 MaxPool2D after the ReLU (even H and W), in training mode or
+    under inference mode, the three run as one (``bn_relu_pool_forward`` / ``bn_relu_pool_backward``: bit-identical, BN's
     full-size output never stored). While forward hooks are registered those forwards run
     unfused, so each hook sees its layer's output; the BN -> ReLU backward stays fused.
     ``fuse = False`` on an instance turns fusion off.
@@ -123,7 +123,9 @@ class Sequential(Module):
         if not (self.fuse and i + 1 < len(layers) and type(layers[i]) in (BatchNorm1D, BatchNorm2D)
                 and type(layers[i + 1]) is ReLU):
             return 1
-        if (i + 2 < len(layers) and type(layers[i + 2]) is MaxPool2D and layers[i].training
+        # eval mode only under inference mode: an eval-mode backward needs the pair's caches
+        if (i + 2 < len(layers) and type(layers[i + 2]) is MaxPool2D
+                and (layers[i].training or getattr(_inference, "on", False))
                 and layers[i + 2].fuses_after_relu(getattr(x, "shape", ()))):
             return 3
         return 2

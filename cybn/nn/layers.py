@@ -186,9 +186,15 @@ class _BatchNorm(Module):
         return y
 
     def _forward_relu_pool(self, x):
-        """max_pool2d(relu(BN(x)), 2) in training mode through the fused op: (y, code, mean, var).
-        BN's cache is its forward's."""
+        """max_pool2d(relu(BN(x)), 2) through the fused op: (y, code, mean, var), BN's cache its
+        forward's. In eval mode (only under inference mode, which keeps no caches): (y, None, ...)."""
         self._check_channels(x)
+        if not self.training:  # inference mode only (Sequential): nothing is kept, no code needed
+            y = F.batch_norm_relu_pool_eval(x, self.params.get("weight"), self.params.get("bias"),
+                                            self.buffers["running_mean"], self.buffers["running_var"],
+                                            self.eps)
+            self._save_for_backward(None, x)
+            return y, None, None, None
         y, code, mean, var = F.batch_norm_relu_pool_train(x, self.params.get("weight"),
                                                           self.params.get("bias"), self.eps)
         self._track(mean, var, x.size // x.shape[1])
@@ -293,12 +299,17 @@ def bn_relu_backward(bn, relu, dy):
 
 
 def bn_relu_pool_forward(bn, relu, pool, x):
-    """``pool(relu(bn(x)))`` for a training-mode BN and a 2x2, stride-2, unpadded max-pool on
-    even H and W, in one pass after BN's statistics (``F.batch_norm_relu_pool_train``). BN's
+    """``pool(relu(bn(x)))`` for a 2x2, stride-2, unpadded max-pool on even H and W, in one pass
+    after BN's statistics (``F.batch_norm_relu_pool_train``; in eval mode, only under inference
+    mode, ``F.batch_norm_relu_pool_eval``). BN's
     cache is its forward's; the ReLU's output and the pool's indices, which no pass stores, are
     rebuilt from it (``Recomputed``) only if the ReLU's or the pool's own backward is called."""
     w, b = (bn.params[k].copy() if k in bn.params else None for k in ("weight", "bias"))
     y, code, mean, var = bn._forward_relu_pool(x)
+    if code is None:  # eval mode under inference mode: no layer keeps a cache
+        relu._save_for_backward(None, x)
+        pool._save_for_backward(None, y)
+        return y
     relu_out = Recomputed(lambda: F.batch_norm_relu_eval(x, w, b, mean, var, bn.eps))
     relu._save_for_backward(relu_out, x)
     pool._save_for_backward(Recomputed(lambda: (pool._indices(relu_out.value()), x.shape), code=code), y)

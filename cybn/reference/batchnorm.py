@@ -19,7 +19,8 @@ from .pool import max_pool2d
 
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
            "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward",
-           "batch_norm_relu_eval", "batch_norm_relu_pool_train", "batch_norm_relu_pool_backward"]
+           "batch_norm_relu_eval", "batch_norm_relu_pool_train", "batch_norm_relu_pool_backward",
+           "batch_norm_relu_pool_eval"]
 
 
 def _axes(x):
@@ -190,3 +191,8 @@ def batch_norm_relu_pool_backward(dy, code, x, weight, bias, mean, var, eps=1e-5
     for k in range(4):
         g[:, :, :, k // 2, :, k % 2] = np.where(code == k, dy, 0)
     return batch_norm_backward(g.reshape(x.shape), x, weight, mean, var, eps)
+
+
+def batch_norm_relu_pool_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
+    """max_pool2d(batch_norm_relu_eval(x, ...), 2): the pooled output (H, W even)."""
+    return max_pool2d(batch_norm_relu_eval(x, weight, bias, running_mean, running_var, eps), 2)[0]
