@@ -115,7 +115,7 @@ def ce_cases(shape, torch, rng):
 
 def bn_relu_cases(shape, torch, rng):
     """BN + ReLU forward + backward: cybn fused, cybn unfused (BN, ReLU, their backwards), torch."""
-    x, dy, c, w, b = bn_inputs(shape, rng)
+    x, dy, _, w, b = bn_inputs(shape, rng)
 
     def fused():
         y, mean, var = F.batch_norm_relu_train(x, w, b)
@@ -128,24 +128,28 @@ def bn_relu_cases(shape, torch, rng):
 
     cases = {"fused": fused, "unfused": unfused}
     if torch is not None:
-        tf = torch.nn.functional
-        wt = torch.from_numpy(w).requires_grad_()
-        bt = torch.from_numpy(b).requires_grad_()
-        rm, rv = torch.zeros(c), torch.ones(c)
-        xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
-
-        def torch_case():
-            a = xt.detach().requires_grad_()
-            y = tf.relu(tf.batch_norm(a, rm, rv, wt, bt, training=True))
-            return torch.autograd.grad(y, (a, wt, bt), dyt)
-        cases["torch"] = torch_case
+        cases["torch"] = torch_bn_then(torch, x, dy, w, b, torch.nn.functional.relu)
     return cases
+
+
+def torch_bn_then(torch, x, dy, w, b, after):
+    """torch's training BN forward, ``after`` on its output, and the backward to (x, w, b)."""
+    tf = torch.nn.functional
+    wt = torch.from_numpy(w).requires_grad_()
+    bt = torch.from_numpy(b).requires_grad_()
+    rm, rv = torch.zeros(len(w)), torch.ones(len(w))
+    xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
+
+    def torch_case():
+        a = xt.detach().requires_grad_()
+        return torch.autograd.grad(after(tf.batch_norm(a, rm, rv, wt, bt, training=True)), (a, wt, bt), dyt)
+    return torch_case
 
 
 def bn_relu_pool_cases(shape, torch, rng):
     """BN + ReLU + 2x2 max-pool forward + backward: cybn's fused triple, cybn's fused BN + ReLU
     then the pool apart (what Sequential ran before the triple), torch."""
-    x, _, c, w, b = bn_inputs(shape, rng)
+    x, _, _, w, b = bn_inputs(shape, rng)
     pooled = shape[:2] + (shape[2] // 2, shape[3] // 2)
     dy = rng.standard_normal(pooled).astype(np.float32)
 
@@ -161,16 +165,7 @@ def bn_relu_pool_cases(shape, torch, rng):
     cases = {"fused": fused, "unfused": unfused}
     if torch is not None:
         tf = torch.nn.functional
-        wt = torch.from_numpy(w).requires_grad_()
-        bt = torch.from_numpy(b).requires_grad_()
-        rm, rv = torch.zeros(c), torch.ones(c)
-        xt, dyt = torch.from_numpy(x), torch.from_numpy(dy)
-
-        def torch_case():
-            a = xt.detach().requires_grad_()
-            y = tf.max_pool2d(tf.relu(tf.batch_norm(a, rm, rv, wt, bt, training=True)), 2)
-            return torch.autograd.grad(y, (a, wt, bt), dyt)
-        cases["torch"] = torch_case
+        cases["torch"] = torch_bn_then(torch, x, dy, w, b, lambda y: tf.max_pool2d(tf.relu(y), 2))
     return cases
 
 

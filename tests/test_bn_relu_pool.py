@@ -1,6 +1,6 @@
 """BN -> ReLU -> 2x2 max-pool fused (``batch_norm_relu_pool_*`` and Sequential's triples): bit for
-bit against the three unfused ops, against the NumPy oracle, by finite differences in float64,
-for any thread count, with the layers' own backwards and clear errors on bad input."""
+bit against the three unfused ops, against the NumPy oracle, for any thread count, with the
+layers' own backwards and clear errors on bad input (finite differences: test_fused_layers.py)."""
 import numpy as np
 import pytest
 
@@ -9,7 +9,6 @@ from cybn import functional as F
 from cybn import nn
 from cybn import reference as R
 from cybn.nn.layers import bn_relu_pool_forward
-from gradcheck import numerical_grad
 
 SHAPES = [(3, 5, 4, 6), (1, 3, 2, 2), (2, 1, 8, 2), (7, 3, 10, 12)]
 
@@ -89,27 +88,6 @@ def test_code_marks_the_first_maximum_and_dead_windows():
     y, code, _, _ = F.batch_norm_relu_pool_train(x, None, None)
     assert code.tolist() == [[[[2, 0, 4]]]]
     assert (y[0, 0, 0, :2] > 0).all() and y[0, 0, 0, 2] == 0
-
-
-def test_finite_differences_through_a_sequential(rng):
-    C, shape = 3, (4, 3, 4, 6)
-    bn = nn.BatchNorm2D(C, dtype=np.float64)
-    bn.params["weight"][...] = rng.standard_normal(C) + 1
-    bn.params["bias"][...] = rng.standard_normal(C)
-    model = nn.Sequential(bn, nn.ReLU(), nn.MaxPool2D(2), input_grad=True)
-    x = rng.standard_normal(shape)
-    r = rng.standard_normal((4, 3, 2, 3))
-
-    def loss():
-        return float((model.forward(x) * r).sum())
-
-    loss()
-    assert model._fused == {0: 3}
-    dx = model.backward(r)
-    dw, db = bn.grads["weight"].copy(), bn.grads["bias"].copy()
-    np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(dw, numerical_grad(loss, bn.params["weight"]), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(db, numerical_grad(loss, bn.params["bias"]), rtol=1e-5, atol=1e-7)
 
 
 def test_layer_backwards_still_work_after_a_fused_forward(rng):

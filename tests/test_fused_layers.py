@@ -127,22 +127,23 @@ def test_hooked_forward_then_fused_backward_bitwise(rng):
         np.testing.assert_array_equal(grads[0][k], grads[1][k], err_msg=k)
 
 
-@pytest.mark.parametrize("bn_cls, shape", [(nn.BatchNorm2D, (3, 4, 5, 3)), (nn.BatchNorm2D, (1, 2, 1, 3)),
-                                           (nn.BatchNorm1D, (7, 5))])
-def test_fused_pair_finite_differences(rng, bn_cls, shape):
+@pytest.mark.parametrize("bn_cls, shape, pool", [
+    (nn.BatchNorm2D, (3, 4, 5, 3), False), (nn.BatchNorm2D, (1, 2, 1, 3), False), (nn.BatchNorm1D, (7, 5), False),
+    (nn.BatchNorm2D, (4, 3, 4, 6), True)])  # BN -> ReLU -> MaxPool2D(2), fused as three
+def test_fused_ops_finite_differences(rng, bn_cls, shape, pool):
     C = shape[1]
     bn = bn_cls(C, dtype=np.float64)
     bn.params["weight"][...] = rng.standard_normal(C) + 1
     bn.params["bias"][...] = rng.standard_normal(C)
-    model = nn.Sequential(bn, nn.ReLU(), input_grad=True)
+    model = nn.Sequential(bn, nn.ReLU(), *([nn.MaxPool2D(2)] if pool else []), input_grad=True)
     x = rng.standard_normal(shape)
-    r = rng.standard_normal(shape)
+    r = rng.standard_normal(model.output_shape(shape))
 
     def loss():
         return float((model.forward(x) * r).sum())
 
     loss()
-    assert model._fused == {0: 2}
+    assert model._fused == {0: 3 if pool else 2}
     dx = model.backward(r)
     dw, db = bn.grads["weight"].copy(), bn.grads["bias"].copy()
     np.testing.assert_allclose(dx, numerical_grad(loss, x), rtol=1e-5, atol=1e-7)

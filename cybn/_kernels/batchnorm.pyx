@@ -503,6 +503,18 @@ cdef void _bwd_chunk(const floating* dy, const floating* x, const double* mean,
                                 mlo[c], sc[c], sh[c], &sdy[c], &sdyx[c])
 
 
+cdef void _sum_partials(const double[:, :, ::1] part, double[::1] sum_dy,
+                       double[::1] sum_dyxc) noexcept nogil:
+    """sum_dy[c], sum_dyxc[c] = the chunks' partials part[t, 0 / 1, c], added in chunk order."""
+    cdef Py_ssize_t t, c
+    for c in range(part.shape[2]):
+        sum_dy[c] = 0
+        sum_dyxc[c] = 0
+        for t in range(part.shape[0]):
+            sum_dy[c] = sum_dy[c] + part[t, 0, c]
+            sum_dyxc[c] = sum_dyxc[c] + part[t, 1, c]
+
+
 def backward_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                   const double[::1] mean, double[::1] sum_dy, double[::1] sum_dyxc,
                   const floating[::1] mhi, const floating[::1] mlo, const floating[::1] scale,
@@ -513,7 +525,7 @@ def backward_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
     ((x - mhi) - mlo) * scale + shift is > 0, else 0 (mhi/mlo/scale/shift as given to the
     forward; unused otherwise)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t ntask = _ntasks(N, S), t, c
+    cdef Py_ssize_t ntask = _ntasks(N, S), t
     cdef double[:, :, ::1] part = np.zeros((ntask, 2, C), dtype=np.float64)
     cdef const floating* pdy = &dy[0, 0, 0]
     cdef const floating* px = &x[0, 0, 0]
@@ -525,12 +537,7 @@ def backward_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
             _bwd_chunk(pdy, px, pm, C, S, _chunk_start(t, N, ntask),
                        _chunk_start(t + 1, N, ntask), &part[t, 0, 0], &part[t, 1, 0],
                        &mhi[0], &mlo[0], psc, psh)
-        for c in range(C):
-            sum_dy[c] = 0
-            sum_dyxc[c] = 0
-            for t in range(ntask):  # fixed order
-                sum_dy[c] = sum_dy[c] + part[t, 0, c]
-                sum_dyxc[c] = sum_dyxc[c] + part[t, 1, c]
+        _sum_partials(part, sum_dy, sum_dyxc)
 
 
 def backward_dx(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
@@ -582,8 +589,16 @@ def backward_dx(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                         g = g if xc * s + sh > 0 else 0
                         op[i] = ca * g + (cb * xc + cd)
                 else:
-                    for i in range(S):
-                        op[i] = ca * gp[i] + (cb * ((xp[i] - h) - l) + cd)
+                    _dx_plane(gp, xp, op, S, h, l, ca, cb, cd)
+
+
+cdef inline void _dx_plane(const floating* g, const floating* x, floating* dx, Py_ssize_t S,
+                           floating h, floating l, floating ca, floating cb,
+                           floating cd) noexcept nogil:
+    """One (n, c) plane of dx = ca*g + (cb*((x - h) - l) + cd)."""
+    cdef Py_ssize_t i
+    for i in range(S):
+        dx[i] = ca * g[i] + (cb * ((x[i] - h) - l) + cd)
 
 
 cdef inline void _dx_row(const floating* dy, const floating* x, floating* dx,
@@ -666,12 +681,7 @@ def pool2_backward_sums(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] c
                     q = n * C + c
                     _pool2_expand(pdp + q * L, pc + q * L, Ho, Wo, g)
                     _bwd_plane(g, px + q * S, S, mean[c], &part[t, 0, c], &part[t, 1, c])
-        for c in range(C):
-            sum_dy[c] = 0
-            sum_dyxc[c] = 0
-            for t in range(ntask):  # fixed order
-                sum_dy[c] = sum_dy[c] + part[t, 0, c]
-                sum_dyxc[c] = sum_dyxc[c] + part[t, 1, c]
+        _sum_partials(part, sum_dy, sum_dyxc)
 
 
 def pool2_backward_dx(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
@@ -683,26 +693,15 @@ def pool2_backward_dx(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] cod
     ``pool2_backward_sums``): dx = a[c]*g + b[c]*((x - mhi[c]) - mlo[c]) + d[c]."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = dp.shape[2]
     cdef Py_ssize_t Wo = W // 2, Ho = L // Wo
-    cdef Py_ssize_t t, i, c
+    cdef Py_ssize_t t, c
     cdef const floating* pdp = &dp[0, 0, 0]
     cdef const uint8_t* pc = &code[0, 0, 0]
     cdef const floating* px = &x[0, 0, 0]
     cdef floating* pdx = &dx[0, 0, 0]
-    cdef const floating* xp
-    cdef floating* op
     cdef floating* g
-    cdef floating h, l, ca, cb, cd
     with nogil:
         for t in prange(N * C, num_threads=num_threads, schedule='static'):
             g = &scratch[threadid(), 0]
             _pool2_expand(pdp + t * L, pc + t * L, Ho, Wo, g)
             c = t % C
-            h = mhi[c]
-            l = mlo[c]
-            ca = a[c]
-            cb = b[c]
-            cd = d[c]
-            xp = px + t * S
-            op = pdx + t * S
-            for i in range(S):
-                op[i] = ca * g[i] + (cb * ((xp[i] - h) - l) + cd)
+            _dx_plane(g, px + t * S, pdx + t * S, S, mhi[c], mlo[c], a[c], b[c], d[c])
