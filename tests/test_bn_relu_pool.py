@@ -10,7 +10,7 @@ from cybn import nn
 from cybn import reference as R
 from cybn.nn.layers import bn_relu_pool_forward
 
-SHAPES = [(3, 5, 4, 6), (1, 3, 2, 2), (2, 1, 8, 2), (7, 3, 10, 12)]
+SHAPES = [(3, 5, 4, 6), (1, 3, 2, 2), (2, 1, 8, 2), (7, 3, 10, 12), (1, 2, 4, 514)]  # 514: rows of > 256 windows
 
 
 def _inputs(rng, shape, dtype, bias_shift=0.0):

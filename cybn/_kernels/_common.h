@@ -55,6 +55,9 @@
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(CYBN_NO_CLONES)
 #  define CYBN_CLONES_EXACT __attribute__((target_clones("avx2", "default")))
+/* avx512f enables FMA, so that clone is compiled without contraction to keep the bits. */
+#  define CYBN_CLONES_EXACT_WIDE __attribute__((target_clones("avx512f", "avx2", "default"), \
+                                                optimize("fp-contract=off")))
 #  if __GNUC__ >= 11
 #    define CYBN_CLONES_FMA __attribute__((target_clones("arch=x86-64-v3", "default")))
 #  else
@@ -62,6 +65,7 @@
 #  endif
 #else
 #  define CYBN_CLONES_EXACT
+#  define CYBN_CLONES_EXACT_WIDE
 #  define CYBN_CLONES_FMA
 #endif
 
@@ -77,6 +81,12 @@ typedef float cybn_f4 __attribute__((vector_size(16)));
 #  define CYBN_LOAD4_float(dst, p) do { cybn_f4 f_; memcpy(&f_, (p), sizeof f_); \
                                         (dst) = __builtin_convertvector(f_, cybn_d4); } while (0)
 #  define CYBN_LOAD4_double(dst, p) memcpy(&(dst), (p), sizeof(cybn_d4))
+typedef double cybn_d8 __attribute__((vector_size(64)));
+typedef float cybn_f8 __attribute__((vector_size(32)));
+typedef long long cybn_l8 __attribute__((vector_size(64)));
+#  define CYBN_LOAD8_float(dst, p) do { cybn_f8 f8_; memcpy(&f8_, (p), sizeof f8_); \
+                                        (dst) = __builtin_convertvector(f8_, cybn_d8); } while (0)
+#  define CYBN_LOAD8_double(dst, p) memcpy(&(dst), (p), sizeof(cybn_d8))
 #endif
 
 #define CYBN_SUM4(a0, a1, a2, a3) (((a0) + (a1)) + ((a2) + (a3)))

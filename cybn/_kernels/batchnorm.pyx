@@ -72,53 +72,50 @@ cdef extern from *:
        build gives the same bits. The vector types, loads, sums and CYBN_CLONES_EXACT (an AVX2
        clone without FMA: identical bits) come from _common.h. */
     #ifdef CYBN_HAVE_VECTOR_EXT
+    /* One 8-lane vector per sum (element i to lane i % 8, combined by CYBN_SUM8): one AVX-512
+       register in the avx512f clone, two AVX2 or four SSE registers in the others, the same
+       operations in the same order in every clone. */
+    #define CYBN_PREFETCH(p) __builtin_prefetch((const char *)(p) + 2048)
     /* *sd += sum(x - k), *sq += sum((x - k)^2): shifted sums of one block. */
     #define CYBN_SHIFTED(T) \
-    CYBN_CLONES_EXACT static void cybn_shifted_##T(const T *p, Py_ssize_t n, double k, double *sd, double *sq) { \
-        cybn_d4 kk = {k, k, k, k}, a0 = {0, 0, 0, 0}, a1 = a0, q0 = a0, q1 = a0, d0, d1; \
-        Py_ssize_t i = 0; double s, q; \
-        for (; i + 8 <= n; i += 8) { \
-            CYBN_LOAD4_##T(d0, p + i); CYBN_LOAD4_##T(d1, p + i + 4); \
-            d0 -= kk; d1 -= kk; a0 += d0; a1 += d1; q0 += d0 * d0; q1 += d1 * d1; \
-        } \
-        s = CYBN_SUM_4_4(a0, a1); q = CYBN_SUM_4_4(q0, q1); \
-        for (; i < n; i++) { double d = (double)p[i] - k; s += d; q += d * d; } \
-        *sd += s; *sq += q; \
+    CYBN_CLONES_EXACT_WIDE static void cybn_shifted_##T(const T *p, Py_ssize_t n, double k, double *sd, double *sq) { \
+        cybn_d8 kk = {k, k, k, k, k, k, k, k}, a = {0}, q = {0}, d; \
+        Py_ssize_t i = 0; double s, r; \
+        for (; i + 8 <= n; i += 8) { CYBN_PREFETCH(p + i); CYBN_LOAD8_##T(d, p + i); d -= kk; a += d; q += d * d; } \
+        s = CYBN_SUM8(a); r = CYBN_SUM8(q); \
+        for (; i < n; i++) { double e = (double)p[i] - k; s += e; r += e * e; } \
+        *sd += s; *sq += r; \
     }
     /* *sg += sum(g), *sgx += sum(g * (x - mu)): the two backward reductions of one plane. */
     #define CYBN_BWD(T) \
-    CYBN_CLONES_EXACT static void cybn_bwd_##T(const T *g, const T *x, Py_ssize_t n, double mu, double *sg, double *sgx) { \
-        cybn_d4 mm = {mu, mu, mu, mu}, a0 = {0, 0, 0, 0}, a1 = a0, b0 = a0, b1 = a0, g0, g1, x0, x1; \
+    CYBN_CLONES_EXACT_WIDE static void cybn_bwd_##T(const T *g, const T *x, Py_ssize_t n, double mu, double *sg, double *sgx) { \
+        cybn_d8 mm = {mu, mu, mu, mu, mu, mu, mu, mu}, a = {0}, b = {0}, gv, xv; \
         Py_ssize_t i = 0; double s, t; \
         for (; i + 8 <= n; i += 8) { \
-            CYBN_LOAD4_##T(g0, g + i); CYBN_LOAD4_##T(g1, g + i + 4); \
-            CYBN_LOAD4_##T(x0, x + i); CYBN_LOAD4_##T(x1, x + i + 4); \
-            a0 += g0; a1 += g1; b0 += g0 * (x0 - mm); b1 += g1 * (x1 - mm); \
+            CYBN_PREFETCH(g + i); CYBN_PREFETCH(x + i); \
+            CYBN_LOAD8_##T(gv, g + i); CYBN_LOAD8_##T(xv, x + i); a += gv; b += gv * (xv - mm); \
         } \
-        s = CYBN_SUM_4_4(a0, a1); t = CYBN_SUM_4_4(b0, b1); \
+        s = CYBN_SUM8(a); t = CYBN_SUM8(b); \
         for (; i < n; i++) { double gi = (double)g[i]; s += gi; t += gi * ((double)x[i] - mu); } \
         *sg += s; *sgx += t; \
     }
     /* The same for the gradient of ReLU(BN(x)): g counts only where the pre-activation
        z = ((x - h) - l) * s + b, recomputed in T exactly as the forward computed it, is > 0 (so
        the mask is the forward's, bit for bit; a NaN z masks like ReLU's backward: 0). */
-    typedef long long cybn_l4 __attribute__((vector_size(32)));
-    #define CYBN_MASK4_float(dst, p, h, l, s, b) do { cybn_f4 v_; memcpy(&v_, (p), sizeof v_); \
-        v_ = ((v_ - (h)) - (l)) * (s) + (b); (dst) = __builtin_convertvector(v_ > 0, cybn_l4); } while (0)
-    #define CYBN_MASK4_double(dst, p, h, l, s, b) do { cybn_d4 v_; memcpy(&v_, (p), sizeof v_); \
-        v_ = ((v_ - (h)) - (l)) * (s) + (b); (dst) = __builtin_convertvector(v_ > 0, cybn_l4); } while (0)
+    #define CYBN_MASK8_float(dst, p, h, l, s, b) do { cybn_f8 v_; memcpy(&v_, (p), sizeof v_); \
+        v_ = ((v_ - (h)) - (l)) * (s) + (b); (dst) = __builtin_convertvector(v_ > 0, cybn_l8); } while (0)
+    #define CYBN_MASK8_double(dst, p, h, l, s, b) do { cybn_d8 v_; memcpy(&v_, (p), sizeof v_); \
+        v_ = ((v_ - (h)) - (l)) * (s) + (b); (dst) = (cybn_l8)(v_ > 0); } while (0)
     #define CYBN_BWD_RELU(T) \
-    CYBN_CLONES_EXACT static void cybn_bwd_relu_##T(const T *g, const T *x, Py_ssize_t n, double mu, T h, T l, T sc, T sh, double *sg, double *sgx) { \
-        cybn_d4 mm = {mu, mu, mu, mu}, a0 = {0, 0, 0, 0}, a1 = a0, b0 = a0, b1 = a0, g0, g1, x0, x1; \
-        cybn_l4 m0, m1; Py_ssize_t i = 0; double s, t; \
+    CYBN_CLONES_EXACT_WIDE static void cybn_bwd_relu_##T(const T *g, const T *x, Py_ssize_t n, double mu, T h, T l, T sc, T sh, double *sg, double *sgx) { \
+        cybn_d8 mm = {mu, mu, mu, mu, mu, mu, mu, mu}, a = {0}, b = {0}, gv, xv; \
+        cybn_l8 m; Py_ssize_t i = 0; double s, t; \
         for (; i + 8 <= n; i += 8) { \
-            CYBN_LOAD4_##T(g0, g + i); CYBN_LOAD4_##T(g1, g + i + 4); \
-            CYBN_LOAD4_##T(x0, x + i); CYBN_LOAD4_##T(x1, x + i + 4); \
-            CYBN_MASK4_##T(m0, x + i, h, l, sc, sh); CYBN_MASK4_##T(m1, x + i + 4, h, l, sc, sh); \
-            g0 = (cybn_d4)((cybn_l4)g0 & m0); g1 = (cybn_d4)((cybn_l4)g1 & m1); \
-            a0 += g0; a1 += g1; b0 += g0 * (x0 - mm); b1 += g1 * (x1 - mm); \
+            CYBN_PREFETCH(g + i); CYBN_PREFETCH(x + i); \
+            CYBN_LOAD8_##T(gv, g + i); CYBN_LOAD8_##T(xv, x + i); CYBN_MASK8_##T(m, x + i, h, l, sc, sh); \
+            gv = (cybn_d8)((cybn_l8)gv & m); a += gv; b += gv * (xv - mm); \
         } \
-        s = CYBN_SUM_4_4(a0, a1); t = CYBN_SUM_4_4(b0, b1); \
+        s = CYBN_SUM8(a); t = CYBN_SUM8(b); \
         for (; i < n; i++) { T z = ((x[i] - h) - l) * sc + sh; double gi = z > 0 ? (double)g[i] : 0.0; \
                              s += gi; t += gi * ((double)x[i] - mu); } \
         *sg += s; *sgx += t; \
@@ -166,44 +163,111 @@ cdef extern from *:
        max_pool2d's rule (row-major scan, move on a strictly larger value or the window's first
        NaN). code[j]: the window position (0..3, row-major) of the maximum when it is > 0, else 4
        (the ReLU passes no gradient to that window). */
-    #define CYBN_BN_RELU_POOL_ROW(T) \
-    CYBN_CLONES_EXACT CYBN_NO_TRAPPING_MATH static void cybn_bn_relu_pool_row_##T( \
-            const T *CYBN_RESTRICT r0, ptrdiff_t W, T h, T l, T s, T b, T *CYBN_RESTRICT yo, \
-            uint8_t *CYBN_RESTRICT co, ptrdiff_t Wo) { \
-        const T *CYBN_RESTRICT r1 = r0 + W; ptrdiff_t j; \
-        for (j = 0; j < Wo; j++) { \
-            T v0 = ((r0[2 * j] - h) - l) * s + b, v1 = ((r0[2 * j + 1] - h) - l) * s + b; \
-            T v2 = ((r1[2 * j] - h) - l) * s + b, v3 = ((r1[2 * j + 1] - h) - l) * s + b, m; \
-            int32_t k = 0, t; \
-            v0 = v0 <= 0 ? 0 : v0; v1 = v1 <= 0 ? 0 : v1; v2 = v2 <= 0 ? 0 : v2; v3 = v3 <= 0 ? 0 : v3; \
-            m = v0; \
-            t = (v1 > m || (v1 != v1 && m == m)); m = t ? v1 : m; k = t ? 1 : k; \
-            t = (v2 > m || (v2 != v2 && m == m)); m = t ? v2 : m; k = t ? 2 : k; \
-            t = (v3 > m || (v3 != v3 && m == m)); m = t ? v3 : m; k = t ? 3 : k; \
-            yo[j] = m; \
-            co[j] = (uint8_t)(m > 0 ? k : 4); \
+    /* Branch-free on the bit patterns (U: the unsigned integer of T's width): ties and the
+       ReLU's zeros make the selects unpredictable, and only integer and float types of one
+       width keep the loops vectorisable at short rows (a uint8 in the loop would ask for 32
+       lanes), so the codes go through a U buffer. */
+    #define CYBN_BITS(U, T, v) ({ U u_; T t_ = (v); memcpy(&u_, &t_, sizeof u_); u_; })
+    #define CYBN_FROM_BITS(T, U, u) ({ T t_; U u_ = (u); memcpy(&t_, &u_, sizeof t_); t_; })
+    #define CYBN_SELECT(T, U, c, a, b) CYBN_FROM_BITS(T, U, (CYBN_BITS(U, T, a) & -(U)(c)) | (CYBN_BITS(U, T, b) & ~-(U)(c)))
+    /* One (H, W) plane, in pieces of <= 256 windows (whole window rows, or a piece of one
+       row when a row has more): the windows' four inputs are first gathered into four flat
+       arrays, so the arithmetic runs as one long vector loop whatever the row length (a loop
+       per row of 4 or 8 windows would pay its set-up on every row). */
+    #define CYBN_BN_RELU_POOL_PLANE(T, U) \
+    CYBN_CLONES_EXACT_WIDE static void cybn_bn_relu_pool_plane_##T( \
+            const T *CYBN_RESTRICT x, ptrdiff_t H, ptrdiff_t W, T h, T l, T s, T b, \
+            T *CYBN_RESTRICT y, uint8_t *CYBN_RESTRICT co) { \
+        T A[256], B[256], C[256], D[256]; U kb[256]; \
+        ptrdiff_t Wo = W / 2, L = (H / 2) * Wo, q0, q, n, j, r, j0; \
+        for (q0 = 0; q0 < L; q0 += n) { \
+            n = Wo <= 256 ? (256 / Wo) * Wo : (Wo - q0 % Wo < 256 ? Wo - q0 % Wo : 256); \
+            if (n > L - q0) n = L - q0; \
+            for (q = 0; q < n; q += j) { \
+                const T *CYBN_RESTRICT a0; \
+                r = (q0 + q) / Wo; j0 = (q0 + q) - r * Wo; \
+                a0 = x + 2 * r * W + 2 * j0; \
+                CYBN_PREFETCH(a0); CYBN_PREFETCH(a0 + W); \
+                for (j = 0; j < Wo - j0 && q + j < n; j++) { \
+                    A[q + j] = a0[2 * j]; B[q + j] = a0[2 * j + 1]; \
+                    C[q + j] = a0[W + 2 * j]; D[q + j] = a0[W + 2 * j + 1]; \
+                } \
+            } \
+            for (q = 0; q < n; q++) { \
+                T v0 = ((A[q] - h) - l) * s + b, v1 = ((B[q] - h) - l) * s + b; \
+                T v2 = ((C[q] - h) - l) * s + b, v3 = ((D[q] - h) - l) * s + b, m; \
+                U k = 0, t; \
+                v0 = CYBN_SELECT(T, U, v0 <= 0, (T)0, v0); v1 = CYBN_SELECT(T, U, v1 <= 0, (T)0, v1); \
+                v2 = CYBN_SELECT(T, U, v2 <= 0, (T)0, v2); v3 = CYBN_SELECT(T, U, v3 <= 0, (T)0, v3); \
+                m = v0; \
+                t = (U)(v1 > m) | ((U)(v1 != v1) & (U)(m == m)); m = CYBN_SELECT(T, U, t, v1, m); k = t ? 1 : k; \
+                t = (U)(v2 > m) | ((U)(v2 != v2) & (U)(m == m)); m = CYBN_SELECT(T, U, t, v2, m); k = t ? 2 : k; \
+                t = (U)(v3 > m) | ((U)(v3 != v3) & (U)(m == m)); m = CYBN_SELECT(T, U, t, v3, m); k = t ? 3 : k; \
+                y[q0 + q] = m; \
+                kb[q] = m > 0 ? k : 4; \
+            } \
+            for (q = 0; q < n; q++) co[q0 + q] = (uint8_t)kb[q]; \
         } \
     }
     /* The gradient reaching one (2 Ho, 2 Wo) input plane of that op: dp[j] at its window's code
-       position, 0 elsewhere; exactly what max_pool2d_backward and the ReLU's mask give. */
-    #define CYBN_POOL2_EXPAND(T) \
-    CYBN_CLONES_EXACT static void cybn_pool2_expand_##T(const T *CYBN_RESTRICT dp, \
+       position, +0 elsewhere; exactly what max_pool2d_backward and the ReLU's mask give. */
+    #define CYBN_POOL2_EXPAND(T, U) \
+    CYBN_CLONES_EXACT_WIDE static void cybn_pool2_expand_##T(const T *CYBN_RESTRICT dp, \
             const uint8_t *CYBN_RESTRICT co, ptrdiff_t Ho, ptrdiff_t Wo, T *CYBN_RESTRICT g) { \
-        ptrdiff_t i, j, W = 2 * Wo; \
+        U kb[64]; ptrdiff_t i, j0, j, n, W = 2 * Wo; \
         for (i = 0; i < Ho; i++) { \
-            T *CYBN_RESTRICT g0 = g + 2 * i * W, *CYBN_RESTRICT g1 = g0 + W; \
-            const T *CYBN_RESTRICT d = dp + i * Wo; const uint8_t *CYBN_RESTRICT c = co + i * Wo; \
-            for (j = 0; j < Wo; j++) { \
-                T v = d[j]; uint8_t k = c[j]; \
-                g0[2 * j] = k == 0 ? v : 0; g0[2 * j + 1] = k == 1 ? v : 0; \
-                g1[2 * j] = k == 2 ? v : 0; g1[2 * j + 1] = k == 3 ? v : 0; \
+            for (j0 = 0; j0 < Wo; j0 += 64) { \
+                T *CYBN_RESTRICT g0 = g + 2 * i * W + 2 * j0, *CYBN_RESTRICT g1 = g0 + W; \
+                const T *CYBN_RESTRICT d = dp + i * Wo + j0; const uint8_t *CYBN_RESTRICT c = co + i * Wo + j0; \
+                n = Wo - j0 < 64 ? Wo - j0 : 64; \
+                CYBN_PREFETCH(d); CYBN_PREFETCH(d + 64 / sizeof(T)); CYBN_PREFETCH(c); \
+                for (j = 0; j < n; j++) kb[j] = c[j]; \
+                for (j = 0; j < n; j++) { \
+                    U v = CYBN_BITS(U, T, d[j]), k = kb[j]; \
+                    g0[2 * j] = CYBN_FROM_BITS(T, U, v & -(U)(k == 0)); \
+                    g0[2 * j + 1] = CYBN_FROM_BITS(T, U, v & -(U)(k == 1)); \
+                    g1[2 * j] = CYBN_FROM_BITS(T, U, v & -(U)(k == 2)); \
+                    g1[2 * j + 1] = CYBN_FROM_BITS(T, U, v & -(U)(k == 3)); \
+                } \
             } \
         } \
     }
-    CYBN_BN_RELU_POOL_ROW(float)
-    CYBN_BN_RELU_POOL_ROW(double)
-    CYBN_POOL2_EXPAND(float)
-    CYBN_POOL2_EXPAND(double)
+    CYBN_BN_RELU_POOL_PLANE(float, uint32_t)
+    CYBN_BN_RELU_POOL_PLANE(double, uint64_t)
+    CYBN_POOL2_EXPAND(double, uint64_t)
+    /* float: a window's two values in a row as one 64-bit word (element 2j in the low half,
+       x86-64 is little-endian), so the stores are contiguous words, not interleaved floats. */
+    CYBN_CLONES_EXACT_WIDE static void cybn_pool2_expand_float(const float *CYBN_RESTRICT dp,
+            const uint8_t *CYBN_RESTRICT co, ptrdiff_t Ho, ptrdiff_t Wo, float *CYBN_RESTRICT g) {
+        /* the plane's windows in one flat loop (rows of a few windows would each pay a loop's
+           set-up), then each window row's two words per window copied to its two rows */
+        uint64_t w0[256], w1[256]; ptrdiff_t q0, q, n, i, L = Ho * Wo, rows;
+        for (q0 = 0; q0 < L; q0 += n) {
+            if (Wo <= 256) {  /* whole window rows */
+                rows = 256 / Wo;
+                n = rows * Wo < L - q0 ? rows * Wo : L - q0;
+            } else {  /* a piece of one window row */
+                n = Wo - q0 % Wo < 256 ? Wo - q0 % Wo : 256;
+            }
+            CYBN_PREFETCH(dp + q0); CYBN_PREFETCH(co + q0);
+            for (q = 0; q < n; q++) {
+                uint64_t v = CYBN_BITS(uint32_t, float, dp[q0 + q]), k = co[q0 + q];
+                w0[q] = (v & -(uint64_t)(k == 0)) | ((v & -(uint64_t)(k == 1)) << 32);
+                w1[q] = (v & -(uint64_t)(k == 2)) | ((v & -(uint64_t)(k == 3)) << 32);
+            }
+            if (Wo <= 256) {
+                for (i = 0; i < n / Wo; i++) {
+                    ptrdiff_t r = (q0 / Wo + i);
+                    memcpy(g + 4 * r * Wo, w0 + i * Wo, Wo * sizeof(uint64_t));
+                    memcpy(g + (4 * r + 2) * Wo, w1 + i * Wo, Wo * sizeof(uint64_t));
+                }
+            } else {  /* a window row longer than the buffer: n words of row q0 / Wo */
+                ptrdiff_t r = q0 / Wo, j0 = q0 - r * Wo;
+                memcpy(g + 4 * r * Wo + 2 * j0, w0, n * sizeof(uint64_t));
+                memcpy(g + (4 * r + 2) * Wo + 2 * j0, w1, n * sizeof(uint64_t));
+            }
+        }
+    }
     """
     void cybn_shifted_float(const float* p, Py_ssize_t n, double k, double* sd, double* sq) noexcept nogil
     void cybn_shifted_double(const double* p, Py_ssize_t n, double k, double* sd, double* sq) noexcept nogil
@@ -216,11 +280,12 @@ cdef extern from *:
     void cybn_bwd_relu_double(const double* g, const double* x, Py_ssize_t n, double mu, double h,
                               double l, double sc, double sh, double* sg,
                               double* sgx) noexcept nogil
-    void cybn_bn_relu_pool_row_float(const float* r0, Py_ssize_t W, float h, float l, float s,
-                                     float b, float* yo, uint8_t* co, Py_ssize_t Wo) noexcept nogil
-    void cybn_bn_relu_pool_row_double(const double* r0, Py_ssize_t W, double h, double l,
-                                      double s, double b, double* yo, uint8_t* co,
-                                      Py_ssize_t Wo) noexcept nogil
+    void cybn_bn_relu_pool_plane_float(const float* x, Py_ssize_t H, Py_ssize_t W, float h,
+                                       float l, float s, float b, float* y,
+                                       uint8_t* co) noexcept nogil
+    void cybn_bn_relu_pool_plane_double(const double* x, Py_ssize_t H, Py_ssize_t W, double h,
+                                        double l, double s, double b, double* y,
+                                        uint8_t* co) noexcept nogil
     void cybn_pool2_expand_float(const float* dp, const uint8_t* co, Py_ssize_t Ho, Py_ssize_t Wo,
                                  float* g) noexcept nogil
     void cybn_pool2_expand_double(const double* dp, const uint8_t* co, Py_ssize_t Ho,
@@ -619,13 +684,13 @@ cdef inline void _dx_row(const floating* dy, const floating* x, floating* dx,
 # resident) and runs the plane code of the BN backward on it, plane by plane in the same order
 # as the unfused ops: the same bits, with a quarter of the full-size reads and writes.
 
-cdef inline void _bn_relu_pool_row(const floating* r0, Py_ssize_t W, floating h, floating l,
-                                   floating s, floating b, floating* yo, uint8_t* co,
-                                   Py_ssize_t Wo) noexcept nogil:
+cdef inline void _bn_relu_pool_plane(const floating* x, Py_ssize_t H, Py_ssize_t W, floating h,
+                                     floating l, floating s, floating b, floating* y,
+                                     uint8_t* co) noexcept nogil:
     if floating is float:
-        cybn_bn_relu_pool_row_float(r0, W, h, l, s, b, yo, co, Wo)
+        cybn_bn_relu_pool_plane_float(x, H, W, h, l, s, b, y, co)
     else:
-        cybn_bn_relu_pool_row_double(r0, W, h, l, s, b, yo, co, Wo)
+        cybn_bn_relu_pool_plane_double(x, H, W, h, l, s, b, y, co)
 
 
 cdef inline void _pool2_expand(const floating* dp, const uint8_t* co, Py_ssize_t Ho,
@@ -641,21 +706,19 @@ def affine_relu_pool2(const floating[:, :, ::1] x, const floating[::1] mhi,
                       const floating[::1] shift, floating[:, :, ::1] y, uint8_t[:, :, ::1] code,
                       Py_ssize_t H, Py_ssize_t W, int num_threads):
     """y = max_pool2d(relu(((x - mhi[c]) - mlo[c]) * scale[c] + shift[c]), 2) for x (N, C, H*W),
-    H and W even, into y and code (N, C, H/2 * W/2); one read of x. Parallel over output rows."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], Ho = H // 2, Wo = W // 2
-    cdef Py_ssize_t row, p, oh, c
+    H and W even, into y and code (N, C, H/2 * W/2); one read of x. Parallel over the planes."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = (H // 2) * (W // 2)
+    cdef Py_ssize_t p, c
     cdef const floating* px = &x[0, 0, 0]
     cdef floating* py = &y[0, 0, 0]
     cdef uint8_t* pc = &code[0, 0, 0]
-    if N * C * Ho * Wo == 0:
+    if N * C * L == 0:
         return
     with nogil:
-        for row in prange(N * C * Ho, num_threads=num_threads, schedule='static'):
-            p = row // Ho
-            oh = row - p * Ho
+        for p in prange(N * C, num_threads=num_threads, schedule='static'):
             c = p % C
-            _bn_relu_pool_row(px + p * H * W + 2 * oh * W, W, mhi[c], mlo[c], scale[c], shift[c],
-                              py + row * Wo, pc + row * Wo, Wo)
+            _bn_relu_pool_plane(px + p * H * W, H, W, mhi[c], mlo[c], scale[c], shift[c],
+                                py + p * L, pc + p * L)
 
 
 def pool2_backward_sums(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
