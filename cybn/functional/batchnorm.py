@@ -278,7 +278,8 @@ def batch_norm_relu_pool_backward(dy, code, x, weight, bias, mean, var, eps=1e-5
     invstd = 1.0 / np.sqrt(var + eps)
     hi, lo, _, _ = _affine(mean, invstd, weight, bias, dt)
     dy3, code3, x3 = _as3(dy), _as3(code), _as3(x)
-    scratch = np.empty((threads, H * W), dt)
+    # one plane per thread; rows 64 bytes apart at least, so no two threads write one cache line
+    scratch = np.empty((threads, -(-H * W // 16) * 16 + 16), dt)
     sum_dy = np.empty(C, dtype=np.float64)
     sum_dyxc = np.empty(C, dtype=np.float64)
     _k.pool2_backward_sums(dy3, code3, x3, W, mean, sum_dy, sum_dyxc, scratch, threads)
