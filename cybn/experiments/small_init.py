@@ -60,9 +60,10 @@ INIT_LABELS = {"he": "He", "uniform:0.001": "U(±0.001)"}
 @dataclasses.dataclass
 class Options:
     """What the experiment runs; ``quick()`` shrinks it to a subset for tests and smoke runs."""
-    # 4 configurations x 4 epochs + eps + scale took 10.2 min per seed on 2 cores (2026-12-01; (a)
-    # and (c) stop at chance after their first epoch), 30.5 min for the three default seeds
-    epochs: int = 4
+    # the longest that fits the hour: 4 configurations x 8 epochs + eps + scale took 52.1 min for
+    # the three default seeds on 2 cores (2026-12-01; (a) and (c) stop at chance after their
+    # first epoch); by its per-epoch times 9 epochs would take ~57 min and 10 ~61 min
+    epochs: int = 8
     lr: float = 0.02  # the no-BN He control stays at chance at 0.05 (measured on the mini set)
     batch_size: int = 128
     weight_decay: float = 5e-4
