@@ -17,6 +17,9 @@
    - CYBN_OPENMP_ENABLED    1 when the kernels are compiled with OpenMP, else 0;
    - CYBN_WTIME()           omp_get_wtime() (0.0 without OpenMP), for per-thread timings.
 
+   Memory and bits: CYBN_PREFETCH_AHEAD(p, bytes); cybn_bits_T / cybn_from_bits_T /
+   cybn_select_T (T = float, double): bit patterns and a branch-free select.
+
    Fixed-order double sums (the same bits on every ISA and build):
    - CYBN_HAVE_VECTOR_EXT   defined when GCC/clang vector extensions are available
                             (cybn_d4 = 4 doubles, cybn_f4 = 4 floats, CYBN_LOAD4_float/double
@@ -88,6 +91,26 @@ typedef long long cybn_l8 __attribute__((vector_size(64)));
                                         (dst) = __builtin_convertvector(f8_, cybn_d8); } while (0)
 #  define CYBN_LOAD8_double(dst, p) memcpy(&(dst), (p), sizeof(cybn_d8))
 #endif
+
+/* Software prefetch of the line `bytes` past p (a no-op where the compiler has no builtin). */
+#if defined(__GNUC__) || defined(__clang__)
+#  define CYBN_PREFETCH_AHEAD(p, bytes) __builtin_prefetch((const char *)(p) + (bytes))
+#else
+#  define CYBN_PREFETCH_AHEAD(p, bytes) ((void)0)
+#endif
+
+/* A float's or double's bit pattern and back (memcpy: no aliasing questions), and the
+   branch-free select c ? a : b on the patterns (c is 0 or 1). */
+static inline uint32_t cybn_bits_float(float v) { uint32_t u; memcpy(&u, &v, sizeof u); return u; }
+static inline uint64_t cybn_bits_double(double v) { uint64_t u; memcpy(&u, &v, sizeof u); return u; }
+static inline float cybn_from_bits_float(uint32_t u) { float v; memcpy(&v, &u, sizeof v); return v; }
+static inline double cybn_from_bits_double(uint64_t u) { double v; memcpy(&v, &u, sizeof v); return v; }
+static inline float cybn_select_float(uint32_t c, float a, float b) {
+    return cybn_from_bits_float((cybn_bits_float(a) & -c) | (cybn_bits_float(b) & ~-c));
+}
+static inline double cybn_select_double(uint64_t c, double a, double b) {
+    return cybn_from_bits_double((cybn_bits_double(a) & -c) | (cybn_bits_double(b) & ~-c));
+}
 
 #define CYBN_SUM4(a0, a1, a2, a3) (((a0) + (a1)) + ((a2) + (a3)))
 #define CYBN_SUM_4_4(a, b) (CYBN_SUM4((a)[0], (a)[1], (a)[2], (a)[3]) \
