@@ -131,6 +131,9 @@ def test_steps_part_counts_on_the_validation_split(mini_data):
         if row.bn_steps is not None:
             assert row.ratio == best_step / row.bn_steps
     assert [r.multiplier for r in rows] == [1, 5]
+    # the claim's command reruns this length whatever the defaults are
+    (claim,) = [row for row in claims_table(results) if "fewer steps" in row[0]]
+    assert "--parts steps --seeds 0 --steps-epochs 1" in claim[4]
 
 
 def test_dropout_part_overfits_and_reports_the_gap(mini_data, tmp_path):
@@ -178,6 +181,9 @@ def test_optimizer_part_adam_eps_decides_whether_small_weights_move(mini_data):
             assert layer["update_rms"] > 1.0, name
     assert tiny_eps["conv1"]["v_underflow"] == 0  # the largest gradients
     assert tiny_eps["fc1"]["v_underflow"] > 0  # the smallest
+    commands = {row[4] for row in claims_table(results) if "optimizer" in row[0]}
+    assert commands == {"`cybn experiment small-init --parts main,optimizer --seeds 0 --epochs 1 "
+                        "--optimizer-epochs 1`"}
 
 
 def test_bn_last_trains_with_tiny_eps_only_without_biases(cifar_mini):

@@ -14,6 +14,7 @@ def _verdict(flags):
 
 
 def command(results, part, extra=""):
+    """The command that reruns ``part``; ``extra`` carries its length, which the defaults may not."""
     seeds = ",".join(str(s) for s in results.options["seeds"])
     quick = " --quick" if results.quick else ""
     return f"`cybn experiment small-init --parts {part} --seeds {seeds}{extra}{quick}`"
@@ -85,7 +86,7 @@ def steps_claims(results):
                      f"validation split of {steps.val_size}, evaluated every {steps.eval_every} steps, "
                      f"{o.get('steps_epochs') or o['epochs']} epochs",
                      _verdict(flags) + f" at ×{max(mults):g}", "control steps / BN steps " + "; ".join(parts),
-                     command(results, "steps")])
+                     command(results, "steps", f" --steps-epochs {o.get('steps_epochs') or o['epochs']}")])
     return rows
 
 
@@ -143,7 +144,9 @@ def optimizer_claims(results):
         rows.append([f"(a)–(d) do not depend on the optimizer: {o['optimizer']}, ε={eps:g}",
                      f"lr {o['optimizer_lr']:g} cosine, weight decay {o['optimizer_weight_decay']:g}, "
                      f"{o.get('optimizer_epochs') or o['epochs']} epochs, BN ε 1e-5",
-                     verdict, "; ".join(text), command(results, "main,optimizer")])
+                     verdict, "; ".join(text),
+                     command(results, "main,optimizer", f" --epochs {o['epochs']} --optimizer-epochs "
+                                                        f"{o.get('optimizer_epochs') or o['epochs']}")])
     return rows
 
 
