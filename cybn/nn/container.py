@@ -40,10 +40,10 @@ class Sequential(Module):
     A BatchNorm1D/2D directly followed by a ReLU runs as one fused op (``bn_relu_forward`` /
     ``bn_relu_backward``: bit-identical results, the same caches, running statistics and
     hooks); with a 2x2, stride-2 MaxPool2D after the ReLU (even H and W), in training mode or
-    under inference mode, the three run as one (``bn_relu_pool_forward`` / ``bn_relu_pool_backward``: bit-identical, BN's
-    full-size output never stored). While forward hooks are registered those forwards run
-    unfused, so each hook sees its layer's output; the BN -> ReLU backward stays fused.
-    ``fuse = False`` on an instance turns fusion off.
+    under inference mode, the three run as one (``bn_relu_pool_forward`` /
+    ``bn_relu_pool_backward``: bit-identical, BN's full-size output never stored). While forward
+    hooks are registered those forwards run unfused, so each hook sees its layer's output; the
+    BN -> ReLU backward stays fused. ``fuse = False`` on an instance turns fusion off.
     """
     fuse = True
 

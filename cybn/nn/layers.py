@@ -301,9 +301,9 @@ def bn_relu_backward(bn, relu, dy):
 def bn_relu_pool_forward(bn, relu, pool, x):
     """``pool(relu(bn(x)))`` for a 2x2, stride-2, unpadded max-pool on even H and W, in one pass
     after BN's statistics (``F.batch_norm_relu_pool_train``; in eval mode, only under inference
-    mode, ``F.batch_norm_relu_pool_eval``). BN's
-    cache is its forward's; the ReLU's output and the pool's indices, which no pass stores, are
-    rebuilt from it (``Recomputed``) only if the ReLU's or the pool's own backward is called."""
+    mode, ``F.batch_norm_relu_pool_eval``). BN's cache is its forward's; the ReLU's output and
+    the pool's indices, which no pass stores, are rebuilt from it (``Recomputed``) only if the
+    ReLU's or the pool's own backward is called."""
     w, b = (bn.params[k].copy() if k in bn.params else None for k in ("weight", "bias"))
     y, code, mean, var = bn._forward_relu_pool(x)
     if code is None:  # eval mode under inference mode: no layer keeps a cache

@@ -34,6 +34,7 @@ import numpy as np
 
 from .._validation import flag, ndim_is, plain_array
 
+
 class Recomputed:
     """A cache entry a fused forward did not store (e.g. the ReLU output inside BN -> ReLU ->
     max-pool), built by ``build()`` on first use: only when that layer's own backward runs
