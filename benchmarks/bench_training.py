@@ -359,7 +359,8 @@ def main():
                                       "ratio torch-first/alone", "CPU ms alone", "CPU ms torch first",
                                       "OpenMP runtime (torch first)"], rows))
         print("\n(CPU = process time of all threads per step; above the wall time x threads' "
-              "useful share it is idle OpenMP workers spinning before they sleep.)")
+              "useful share it is idle OpenMP workers spinning: torch's runtime was initialised "
+              "without cybn's OMP_WAIT_POLICY=PASSIVE default.)")
 
     print(f"\ncybn peak memory while training (child process, {max(counts)} threads): "
           f"{peak_memory_mb(max(counts)):.0f} MB ({peak_memory_mb(max(counts), pool=False):.0f} MB "

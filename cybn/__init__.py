@@ -5,13 +5,17 @@ checks it): ``cli`` -> ``experiments`` -> ``recipe`` -> ``train`` -> ``nn`` / ``
 ``functional`` (validated ops) -> base modules -> ``_kernels`` (Cython, nogil, prange).
 ``reference`` is a plain-NumPy twin of ``functional``: the test oracle and the readable maths.
 """
+import os
+
 __version__ = "0.1.0"
 
-# The OpenMP wait policy is left to the runtime (libgomp: idle threads spin ~300,000 times, then
-# sleep) and to the user (OMP_WAIT_POLICY, GOMP_SPINCOUNT). Every GEMM runs inside cybn's own
-# OpenMP threads, so no other pool needs the cores between kernels, and the brief spin lets the
-# next kernel start without waking sleeping threads: a 2-thread cnn7 step took 81 ms against
-# 89 ms with OMP_WAIT_POLICY=PASSIVE (fresh processes, 3 each, 2026-12-01).
+# Idle OpenMP threads sleep at once: spinning ones take the cores from any other process. With
+# libgomp's default spin an experiment beside the test suite (2 threads each, 2 cores) trained 7x
+# slower than alone, where sharing the cores costs 2x (2026-12-01). On a machine that runs cybn
+# alone spinning is faster: OMP_WAIT_POLICY=ACTIVE or GOMP_SPINCOUNT=300000 took a 2-thread cnn7
+# step from 89 to 81 ms. This only takes effect if no library loaded libgomp before cybn, and
+# never overrides the user's own choice.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from ._threads import get_num_threads, num_threads, set_num_threads
 from ._config import show_config

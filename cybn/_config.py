@@ -19,8 +19,8 @@ def config():
         {k: info.get(k) for k in ("internal_api", "version", "architecture", "num_threads", "filepath")}
         for info in infos if info.get("user_api") == "blas"
     ]
-    # The OpenMP runtime the kernels run on (another library's, e.g. torch's libgomp, when torch
-    # was imported first).
+    # The OpenMP runtime the kernels run on: another library's (e.g. torch's libgomp, when torch
+    # was imported first) keeps the wait policy it was loaded with (idle threads may spin).
     openmp_runtimes = [info.get("filepath") for info in infos if info.get("user_api") == "openmp"]
     return {
         "cybn": __version__,
