@@ -9,7 +9,9 @@ default NCHW layout and in channels_last. Also measured, in the same run:
 - where the time goes: each layer's forward and backward timed inside real steps (the steps of
   the different thread counts interleaved), with each layer's 1 -> n thread scaling;
 - import order: the step in child processes with ``import torch`` before ``import cybn`` (cybn
-  then runs on torch's OpenMP runtime) and without torch, alternated;
+  then runs on torch's OpenMP runtime) and without torch, alternated, and PyTorch's
+  channels_last step in a child without cybn (in this process PyTorch runs on the OpenMP
+  runtime cybn loaded, with cybn's OMP_WAIT_POLICY=PASSIVE; alone it keeps its own defaults);
 - data loading + augmentation per batch (its share of the step), the epoch time these imply
   (50,000 images), and cybn's peak memory while training (in a child process).
 
@@ -29,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+from torch_cnn7 import torch_step_fn  # noqa: E402
 
 import cybn  # noqa: E402
 from cybn import functional as F  # noqa: E402
@@ -178,23 +181,33 @@ def print_breakdown(timer, step_times, counts):
 
 ORDER_CHILD = textwrap.dedent("""
     import sys, time, statistics
-    if sys.argv[1] == "torch-first":
-        import torch  # noqa: F401  (loads torch's OpenMP runtime before cybn's extensions)
-    import numpy as np, cybn
+    import numpy as np
+    if sys.argv[1] != "cybn-only":
+        import torch  # (torch-first: loads torch's OpenMP runtime before cybn's extensions)
     from threadpoolctl import threadpool_info
-    from cybn.nn import SGD, SoftmaxCrossEntropy, cnn7
-    cybn.set_num_threads(int(sys.argv[2]))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((128, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, 128)
-    model, loss_fn = cnn7(bn="all", init="he", seed=0), SoftmaxCrossEntropy()
-    opt = SGD(model, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    if sys.argv[1] == "torch-cl-alone":  # PyTorch alone, at its own OpenMP defaults
+        sys.path.insert(0, sys.argv[4])
+        from torch_cnn7 import torch_step_fn
+        torch.set_num_threads(int(sys.argv[2]))
+        step = torch_step_fn(torch, x, y.astype(np.int64), channels_last=True)
+    else:
+        import cybn
+        from cybn.nn import SGD, SoftmaxCrossEntropy, cnn7
+        cybn.set_num_threads(int(sys.argv[2]))
+        model, loss_fn = cnn7(bn="all", init="he", seed=0), SoftmaxCrossEntropy()
+        opt = SGD(model, lr=0.01, momentum=0.9, weight_decay=5e-4)
+
+        def step():
+            loss_fn.forward(model.forward(x), y)
+            model.backward(loss_fn.backward())
+            opt.step()
     wall, cpu = [], []
     for i in range(int(sys.argv[3]) + 2):
         t0, c0 = time.perf_counter(), time.process_time()
-        loss_fn.forward(model.forward(x), y)
-        model.backward(loss_fn.backward())
-        opt.step()
+        step()
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     omp = [i["filepath"] for i in threadpool_info() if i["user_api"] == "openmp"]
@@ -202,17 +215,20 @@ ORDER_CHILD = textwrap.dedent("""
 """)
 
 
-def import_order(counts, rounds, steps):
+def import_order(counts, rounds, steps, torch_alone=False):
     """Median step wall and process-CPU seconds (all threads: idle OpenMP workers that spin
     show up here) per thread count with torch imported first and without, in alternated child
-    processes; also which OpenMP runtime cybn ran on."""
+    processes; also which OpenMP runtime cybn ran on. ``torch_alone``: also PyTorch's
+    channels_last step in a process without cybn (at PyTorch's own OpenMP defaults)."""
     out = {}
+    here = os.path.dirname(os.path.abspath(__file__))
     for n in counts:
-        samples = {"torch-first": [], "cybn-only": []}
+        modes = ["torch-first", "cybn-only"] + (["torch-cl-alone"] if torch_alone else [])
+        samples = {m: [] for m in modes}
         runtime = {}
         for r in range(rounds):
-            for order in (("torch-first", "cybn-only") if r % 2 == 0 else ("cybn-only", "torch-first")):
-                res = subprocess.run([sys.executable, "-c", ORDER_CHILD, order, str(n), str(steps)],
+            for order in modes[r % len(modes):] + modes[:r % len(modes)]:
+                res = subprocess.run([sys.executable, "-c", ORDER_CHILD, order, str(n), str(steps), here],
                                      capture_output=True, text=True, check=True)
                 wall, cpu, lib = res.stdout.split()
                 samples[order].append((float(wall), float(cpu)))
@@ -220,35 +236,6 @@ def import_order(counts, rounds, steps):
         out[n] = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v),
                       runtime[k]) for k, v in samples.items()}
     return out
-
-
-def torch_model(torch):
-    nn = torch.nn
-
-    def conv(cin, cout):
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-    layers = (conv(3, 32) + conv(32, 32) + [nn.MaxPool2d(2)] + conv(32, 64) + conv(64, 64)
-              + [nn.MaxPool2d(2)] + conv(64, 128) + [nn.MaxPool2d(2), nn.Flatten(),
-              nn.Linear(2048, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(),
-              nn.Linear(256, 10, bias=False), nn.BatchNorm1d(10)])
-    return nn.Sequential(*layers)
-
-
-def torch_step_fn(torch, x, y, channels_last):
-    model = torch_model(torch)
-    tx = torch.from_numpy(x)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        tx = tx.contiguous(memory_format=torch.channels_last)
-    ty = torch.from_numpy(y)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(tx), ty).backward()
-        opt.step()
-    return step
 
 
 def peak_memory_mb(threads, steps=20, pool=True):
@@ -351,7 +338,8 @@ def main():
     if args.order_rounds > 0:
         print(f"\n### Import order: `import torch` before `import cybn` vs cybn alone "
               f"(child processes, {args.order_rounds} each, alternated; median step)\n")
-        order = import_order(counts, args.order_rounds, steps=max(5, args.repeats // 2))
+        order = import_order(counts, args.order_rounds, steps=max(5, args.repeats // 2),
+                             torch_alone=torch is not None)
         rows = [[n, f"{1e3 * a[0]:.1f}", f"{1e3 * t[0]:.1f}", f"{t[0] / a[0]:.2f}",
                  f"{1e3 * a[1]:.1f}", f"{1e3 * t[1]:.1f}", t[2]]
                 for n, (a, t) in ((n, (o["cybn-only"], o["torch-first"])) for n, o in order.items())]
@@ -361,6 +349,15 @@ def main():
         print("\n(CPU = process time of all threads per step; above the wall time x threads' "
               "useful share it is idle OpenMP workers spinning: torch's runtime was initialised "
               "without cybn's OMP_WAIT_POLICY=PASSIVE default.)")
+        if torch is not None:
+            # In this process PyTorch runs on the OpenMP runtime cybn loaded, with cybn's wait
+            # policy; alone, each runs at its own defaults.
+            print(f"\n### Each alone, at its own defaults (child processes, {args.order_rounds} each, "
+                  f"alternated with the above; median step)\n")
+            rows = [[n, f"{1e3 * o['cybn-only'][0]:.1f}", f"{1e3 * o['torch-cl-alone'][0]:.1f}",
+                     f"{o['torch-cl-alone'][0] / o['cybn-only'][0]:.2f}"] for n, o in order.items()]
+            print(harness.markdown_table(["threads", "cybn ms", "PyTorch channels_last ms",
+                                          "ratio cl/cybn"], rows))
 
     print(f"\ncybn peak memory while training (child process, {max(counts)} threads): "
           f"{peak_memory_mb(max(counts)):.0f} MB ({peak_memory_mb(max(counts), pool=False):.0f} MB "
