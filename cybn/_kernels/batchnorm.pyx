@@ -160,19 +160,21 @@ cdef extern from *:
     CYBN_BWD_RELU(float)
     CYBN_BWD_RELU(double)
 
-    /* BN -> ReLU -> 2x2/stride-2 max-pool, one output row from the input rows r0 and r0 + W:
-       the pre-activations as affine_normalize computes them, ReLU'd as it does, pooled by
-       max_pool2d's rule (row-major scan, move on a strictly larger value or the window's first
-       NaN). code[j]: the window position (0..3, row-major) of the maximum when it is > 0, else 4
-       (the ReLU passes no gradient to that window). */
-    /* Branch-free on the bit patterns (U: the unsigned integer of T's width): ties and the
-       ReLU's zeros make the selects unpredictable, and only integer and float types of one
-       width keep the loops vectorisable at short rows (a uint8 in the loop would ask for 32
-       lanes), so the codes go through a U buffer. */
-    /* One (H, W) plane, in pieces of <= 256 windows (whole window rows, or a piece of one
-       row when a row has more): the windows' four inputs are first gathered into four flat
-       arrays, so the arithmetic runs as one long vector loop whatever the row length (a loop
-       per row of 4 or 8 windows would pay its set-up on every row). */
+    /* BN -> ReLU -> 2x2/stride-2 max-pool over one (H, W) plane (H, W even): the pre-activations
+       as affine_normalize computes them, ReLU'd as it does, pooled by max_pool2d's rule
+       (row-major scan, move on a strictly larger value or the window's first NaN); code[q]: the
+       window position (0..3, row-major) of the maximum when it is > 0, else 4 (the ReLU passes
+       no gradient to that window). Both this and the expansion below work on pieces of <= 256
+       windows (whole window rows, or a piece of one row when a row has more) in flat arrays, so
+       the arithmetic runs as one long vector loop whatever the row length (a loop per row of 4
+       or 8 windows would pay its set-up on every row). Selects are branch-free on the bit
+       patterns (U: the unsigned integer of T's width), since ties and the ReLU's zeros make
+       them unpredictable, and the codes go through a U buffer: a uint8 in the arithmetic loop
+       would ask for 32 vector lanes. */
+    static inline ptrdiff_t cybn_pool2_piece(ptrdiff_t q0, ptrdiff_t L, ptrdiff_t Wo) {
+        ptrdiff_t n = Wo <= 256 ? (256 / Wo) * Wo : (Wo - q0 % Wo < 256 ? Wo - q0 % Wo : 256);
+        return n < L - q0 ? n : L - q0;
+    }
     #define CYBN_BN_RELU_POOL_PLANE(T, U) \
     CYBN_CLONES_EXACT_WIDE static void cybn_bn_relu_pool_plane_##T( \
             const T *CYBN_RESTRICT x, ptrdiff_t H, ptrdiff_t W, T h, T l, T s, T b, \
@@ -180,8 +182,7 @@ cdef extern from *:
         T A[256], B[256], C[256], D[256]; U kb[256]; \
         ptrdiff_t Wo = W / 2, L = (H / 2) * Wo, q0, q, n, j, r, j0; \
         for (q0 = 0; q0 < L; q0 += n) { \
-            n = Wo <= 256 ? (256 / Wo) * Wo : (Wo - q0 % Wo < 256 ? Wo - q0 % Wo : 256); \
-            if (n > L - q0) n = L - q0; \
+            n = cybn_pool2_piece(q0, L, Wo); \
             for (q = 0; q < n; q += j) { \
                 const T *CYBN_RESTRICT a0; \
                 r = (q0 + q) / Wo; j0 = (q0 + q) - r * Wo; \
@@ -208,65 +209,40 @@ cdef extern from *:
             for (q = 0; q < n; q++) co[q0 + q] = (uint8_t)kb[q]; \
         } \
     }
-    /* The gradient reaching one (2 Ho, 2 Wo) input plane of that op: dp[j] at its window's code
-       position, +0 elsewhere; exactly what max_pool2d_backward and the ReLU's mask give. */
+    /* The gradient reaching one (2 Ho, 2 Wo) input plane of that op: dp[q] at its window's code
+       position, +0 elsewhere; exactly what max_pool2d_backward and the ReLU's mask give. Each
+       piece's two rows of windows are built in flat arrays, then copied to the plane's rows. */
     #define CYBN_POOL2_EXPAND(T, U) \
     CYBN_CLONES_EXACT_WIDE static void cybn_pool2_expand_##T(const T *CYBN_RESTRICT dp, \
             const uint8_t *CYBN_RESTRICT co, ptrdiff_t Ho, ptrdiff_t Wo, T *CYBN_RESTRICT g) { \
-        U kb[64]; ptrdiff_t i, j0, j, n, W = 2 * Wo; \
-        for (i = 0; i < Ho; i++) { \
-            for (j0 = 0; j0 < Wo; j0 += 64) { \
-                T *CYBN_RESTRICT g0 = g + 2 * i * W + 2 * j0, *CYBN_RESTRICT g1 = g0 + W; \
-                const T *CYBN_RESTRICT d = dp + i * Wo + j0; const uint8_t *CYBN_RESTRICT c = co + i * Wo + j0; \
-                n = Wo - j0 < 64 ? Wo - j0 : 64; \
-                CYBN_PREFETCH(d); CYBN_PREFETCH(d + 64 / sizeof(T)); CYBN_PREFETCH(c); \
-                for (j = 0; j < n; j++) kb[j] = c[j]; \
-                for (j = 0; j < n; j++) { \
-                    U v = cybn_bits_##T(d[j]), k = kb[j]; \
-                    g0[2 * j] = cybn_from_bits_##T(v & -(U)(k == 0)); \
-                    g0[2 * j + 1] = cybn_from_bits_##T(v & -(U)(k == 1)); \
-                    g1[2 * j] = cybn_from_bits_##T(v & -(U)(k == 2)); \
-                    g1[2 * j + 1] = cybn_from_bits_##T(v & -(U)(k == 3)); \
+        T e0[512], e1[512]; U kb[256]; ptrdiff_t q0, q, n, i, r, L = Ho * Wo; \
+        for (q0 = 0; q0 < L; q0 += n) { \
+            n = cybn_pool2_piece(q0, L, Wo); \
+            CYBN_PREFETCH(dp + q0); CYBN_PREFETCH(co + q0); \
+            for (q = 0; q < n; q++) kb[q] = co[q0 + q]; \
+            for (q = 0; q < n; q++) { \
+                U v = cybn_bits_##T(dp[q0 + q]), k = kb[q]; \
+                e0[2 * q] = cybn_from_bits_##T(v & -(U)(k == 0)); \
+                e0[2 * q + 1] = cybn_from_bits_##T(v & -(U)(k == 1)); \
+                e1[2 * q] = cybn_from_bits_##T(v & -(U)(k == 2)); \
+                e1[2 * q + 1] = cybn_from_bits_##T(v & -(U)(k == 3)); \
+            } \
+            r = q0 / Wo; \
+            if (Wo <= 256) { \
+                for (i = 0; i < n / Wo; i++) { \
+                    memcpy(g + 4 * (r + i) * Wo, e0 + 2 * i * Wo, 2 * Wo * sizeof(T)); \
+                    memcpy(g + (4 * (r + i) + 2) * Wo, e1 + 2 * i * Wo, 2 * Wo * sizeof(T)); \
                 } \
+            } else {  /* n windows of row r, from window q0 - r * Wo */ \
+                memcpy(g + 4 * r * Wo + 2 * (q0 - r * Wo), e0, 2 * n * sizeof(T)); \
+                memcpy(g + (4 * r + 2) * Wo + 2 * (q0 - r * Wo), e1, 2 * n * sizeof(T)); \
             } \
         } \
     }
     CYBN_BN_RELU_POOL_PLANE(float, uint32_t)
     CYBN_BN_RELU_POOL_PLANE(double, uint64_t)
+    CYBN_POOL2_EXPAND(float, uint32_t)
     CYBN_POOL2_EXPAND(double, uint64_t)
-    /* float: a window's two values in a row as one 64-bit word (element 2j in the low half,
-       x86-64 is little-endian), so the stores are contiguous words, not interleaved floats. */
-    CYBN_CLONES_EXACT_WIDE static void cybn_pool2_expand_float(const float *CYBN_RESTRICT dp,
-            const uint8_t *CYBN_RESTRICT co, ptrdiff_t Ho, ptrdiff_t Wo, float *CYBN_RESTRICT g) {
-        /* the plane's windows in one flat loop (rows of a few windows would each pay a loop's
-           set-up), then each window row's two words per window copied to its two rows */
-        uint64_t w0[256], w1[256]; ptrdiff_t q0, q, n, i, L = Ho * Wo, rows;
-        for (q0 = 0; q0 < L; q0 += n) {
-            if (Wo <= 256) {  /* whole window rows */
-                rows = 256 / Wo;
-                n = rows * Wo < L - q0 ? rows * Wo : L - q0;
-            } else {  /* a piece of one window row */
-                n = Wo - q0 % Wo < 256 ? Wo - q0 % Wo : 256;
-            }
-            CYBN_PREFETCH(dp + q0); CYBN_PREFETCH(co + q0);
-            for (q = 0; q < n; q++) {
-                uint64_t v = cybn_bits_float(dp[q0 + q]), k = co[q0 + q];
-                w0[q] = (v & -(uint64_t)(k == 0)) | ((v & -(uint64_t)(k == 1)) << 32);
-                w1[q] = (v & -(uint64_t)(k == 2)) | ((v & -(uint64_t)(k == 3)) << 32);
-            }
-            if (Wo <= 256) {
-                for (i = 0; i < n / Wo; i++) {
-                    ptrdiff_t r = (q0 / Wo + i);
-                    memcpy(g + 4 * r * Wo, w0 + i * Wo, Wo * sizeof(uint64_t));
-                    memcpy(g + (4 * r + 2) * Wo, w1 + i * Wo, Wo * sizeof(uint64_t));
-                }
-            } else {  /* a window row longer than the buffer: n words of row q0 / Wo */
-                ptrdiff_t r = q0 / Wo, j0 = q0 - r * Wo;
-                memcpy(g + 4 * r * Wo + 2 * j0, w0, n * sizeof(uint64_t));
-                memcpy(g + (4 * r + 2) * Wo + 2 * j0, w1, n * sizeof(uint64_t));
-            }
-        }
-    }
     """
     void cybn_shifted_float(const float* p, Py_ssize_t n, double k, double* sd, double* sq) noexcept nogil
     void cybn_shifted_double(const double* p, Py_ssize_t n, double k, double* sd, double* sq) noexcept nogil
@@ -726,7 +702,7 @@ def pool2_backward_sums(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] c
                         int num_threads):
     """``backward_sums`` with relu, given the gradient dp (N, C, H/2 * W/2) of
     ``affine_relu_pool2``'s output and its code: the same chunks, planes and sums, each plane's
-    gradient expanded into this thread's row of scratch (num_threads, H*W) first."""
+    gradient expanded into this thread's row of scratch (num_threads, >= H*W) first."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = dp.shape[2]
     cdef Py_ssize_t Wo = W // 2, Ho = L // Wo
     cdef Py_ssize_t ntask = _ntasks(N, S), t, c, n, q
