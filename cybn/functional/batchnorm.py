@@ -222,29 +222,28 @@ def batch_norm_relu_pool_train(x, weight, bias, eps=1e-5):
     """
     fname = "batch_norm_relu_pool_train"
     x, weight, bias, mean, var, invstd = _statistics(_pool_input(x, fname), weight, bias, eps, fname)
-    N, C, H, W = x.shape
-    y = _memory.empty((N, C, H // 2, W // 2), x.dtype)
-    code = _memory.empty(y.shape, np.uint8)
-    _k.affine_relu_pool2(_as3(x), *_affine(mean, invstd, weight, bias, x.dtype), _as3(y), _as3(code),
-                         H, W, threads_for(x.size))
-    return y, code, mean, var
+    return _normalize_relu_pool(x, mean, invstd, weight, bias) + (mean, var)
 
 
 def batch_norm_relu_pool_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
     """max_pool2d(batch_norm_relu_eval(x, ...), 2) in one pass (x (N, C, H, W), H and W even):
     the pooled output, bitwise what the two ops give."""
     x = _pool_input(x, "batch_norm_relu_pool_eval")
-    weight = _param(weight, "weight", x)
     bias = _param(bias, "bias", x)
     weight, running_mean, running_var, eps = _stat_args(x, weight, running_mean, running_var, eps,
                                                         ("running_mean", "running_var"))
+    # the code is written by the kernel but not needed without a backward
+    return _normalize_relu_pool(x, running_mean, 1.0 / np.sqrt(running_var + eps), weight, bias)[0]
+
+
+def _normalize_relu_pool(x, mean, invstd, weight, bias):
+    """(y, code) of the fused normalisation, ReLU and 2x2 pool of x (see _normalize)."""
     N, C, H, W = x.shape
     y = _memory.empty((N, C, H // 2, W // 2), x.dtype)
-    code = _memory.empty(y.shape, np.uint8)  # written by the kernel, not needed without a backward
-    invstd = 1.0 / np.sqrt(running_var + eps)
-    _k.affine_relu_pool2(_as3(x), *_affine(running_mean, invstd, weight, bias, x.dtype), _as3(y),
-                         _as3(code), H, W, threads_for(x.size))
-    return y
+    code = _memory.empty(y.shape, np.uint8)
+    _k.affine_relu_pool2(_as3(x), *_affine(mean, invstd, weight, bias, x.dtype), _as3(y), _as3(code),
+                         H, W, threads_for(x.size))
+    return y, code
 
 
 def _pool_code(code, shape):
