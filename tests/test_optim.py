@@ -234,3 +234,69 @@ def test_sgd_argument_types():
             make(True)
     with pytest.raises(ValueError, match="step_size must be >= 1, got 0"):
         StepLR(0.1, 0)
+
+
+SGD_UPDATE_CONFIGS = CONFIGS + [dict(momentum=0.9, dampening=0.3, weight_decay=1e-2)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cfg", SGD_UPDATE_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_sgd_update_is_bitwise_the_reference(rng, monkeypatch, dtype, cfg):
+    import cybn
+    from cybn import functional as F, reference as R
+    from cybn.functional import optim as fopt
+    monkeypatch.setattr(fopt, "_SGD_GRAIN", 1000)  # several threads and work blocks
+    for size in [(0,), (1,), (7, 3), (70001,)]:  # 70001: past one work block of the kernel
+        p = rng.standard_normal(size).astype(dtype)
+        p_ref = p.copy()
+        buf = np.empty_like(p) if cfg.get("momentum") else None
+        buf_ref = None if buf is None else np.empty_like(p)
+        for step in range(4):
+            g = rng.standard_normal(size).astype(dtype)
+            lr = 0.1 * 0.7 ** step
+            with cybn.num_threads(1 + step % 2):
+                F.sgd_update(p, g, buf, lr, first_step=step == 0, **cfg)
+            R.sgd_update(p_ref, g, buf_ref, lr, first_step=step == 0, **cfg)
+            assert p.dtype == dtype
+            assert p.tobytes() == p_ref.tobytes()
+            if buf is not None:
+                assert buf.tobytes() == buf_ref.tobytes()
+
+
+def test_sgd_update_bad_inputs(rng):
+    from cybn import functional as F
+    p = rng.standard_normal((4, 3))
+    g = rng.standard_normal((4, 3))
+    buf = np.zeros_like(p)
+    p0 = p.copy()
+    with pytest.raises(ValueError, match="C-contiguous"):
+        F.sgd_update(np.asfortranarray(p), np.asfortranarray(g), None, 0.1)
+    ro = p.copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        F.sgd_update(ro, g, None, 0.1)
+    with pytest.raises(TypeError, match="dtype"):
+        F.sgd_update(p, g.astype(np.float32), None, 0.1)
+    with pytest.raises(ValueError, match="shape"):
+        F.sgd_update(p, g[:2], None, 0.1)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        F.sgd_update(p, g.T.copy().T, None, 0.1)
+    with pytest.raises(ValueError, match="momentum_buffer"):
+        F.sgd_update(p, g, None, 0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="shape"):
+        F.sgd_update(p, g, buf[:2], 0.1, momentum=0.9)
+    with pytest.raises(TypeError, match="dtype"):
+        F.sgd_update(p, g, buf.astype(np.float32), 0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="None when momentum is 0"):
+        F.sgd_update(p, g, buf, 0.1)
+    with pytest.raises(ValueError, match="Nesterov"):
+        F.sgd_update(p, g, None, 0.1, nesterov=True)
+    with pytest.raises(ValueError, match="Nesterov"):
+        F.sgd_update(p, g, buf, 0.1, momentum=0.9, dampening=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="lr"):
+        F.sgd_update(p, g, None, -0.1)
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        F.sgd_update(p.tolist(), g, None, 0.1)
+    with pytest.raises(TypeError, match="nesterov"):
+        F.sgd_update(p, g, buf, 0.1, momentum=0.9, nesterov="yes")
+    assert (buf == 0).all() and np.array_equal(p, p0)  # a refused call updates nothing

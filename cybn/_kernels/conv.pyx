@@ -979,18 +979,19 @@ def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
             gemm_seconds[t] += CYBN_WTIME() - tt
             g0 = g1
     # fixed-order combination of the block partials (block 0, 1, ... for every element), in
-    # double, then G^T dV G: per output channel f, so the threads share it without changing a bit
+    # double, then G^T dV G: per output channel f (its 36 rows (xi, f) of the (36, F, C)
+    # partials, then its kernels), so one parallel region does both without changing a bit
     cdef double* acc = &dv_acc[0]
-    cdef int xf, c
+    cdef int c
     cdef Py_ssize_t o
-    for xf in prange(36 * F, num_threads=num_threads, schedule="static", nogil=True):
-        o = <Py_ssize_t>xf * C  # the row (xi, f) = xf of the (36, F, C) partials
-        for c in range(C):
-            acc[o + c] = dv_part[0, o + c]
-        for blk in range(1, nblocks):
-            for c in range(C):
-                acc[o + c] += dv_part[blk, o + c]
     for f in prange(F, num_threads=num_threads, schedule="static", nogil=True):
+        for xi in range(36):
+            o = (<Py_ssize_t>xi * F + f) * C
+            for c in range(C):
+                acc[o + c] = dv_part[0, o + c]
+            for blk in range(1, nblocks):
+                for c in range(C):
+                    acc[o + c] += dv_part[blk, o + c]
         if floating is float:
             cybn_wino4_dw_f(acc, &dweight[0, 0, 0, 0], F, C, f, f + 1)
         else:

@@ -15,5 +15,6 @@ from .pool import *  # noqa: F401,F403
 from .activation import *  # noqa: F401,F403
 from .dropout import *  # noqa: F401,F403
 from .augment import *  # noqa: F401,F403
+from .optim import *  # noqa: F401,F403
 from ._memory import (release as release_buffers, set_limit as set_buffer_pool_limit,  # noqa: F401
                       unpooled as unpooled_outputs)

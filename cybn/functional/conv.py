@@ -100,6 +100,13 @@ _WINO_MIN_CHANNELS = 16  # below, the GEMMs have a tiny inner (C) or outer (C fo
 _WINO_MIN_PIXELS = 512
 
 
+# The weight transform takes ~25 ns per 3x3 kernel on one thread, and waking a second OpenMP
+# thread costs ~110 us here (passive wait policy). Measured (1 vs 2 threads, medians):
+# 32x32 kernels 26 vs 136 us, 64x64 101 vs 156 us, 64x128 202 vs 211 us; so a second thread only
+# from this many kernels per thread.
+_WEIGHTS_PER_THREAD = 8192
+
+
 def _use_winograd(kh, kw, sh, sw, C, F, pixels):
     """Winograd for this layer? ``pixels``: N*Ho*Wo of the conv that would run it."""
     return (_WINOGRAD and kh == 3 and kw == 3 and sh == 1 and sw == 1
@@ -123,7 +130,7 @@ def _winograd(x, weight, bias, ph, pw, Ho, Wo, key, flipped=False):
     # thread count keeps results bitwise identical for any number of threads
     group = max(1, min(-(-N // 8), _WINO_TILES[m] // T))
     V = _memory.empty((alpha * alpha, F, C), x.dtype)  # (G g G^T) of every kernel, rounded once
-    _k.winograd_weights(weight, V, flipped, nt)
+    _k.winograd_weights(weight, V, flipped, min(nt, max(1, F * C // _WEIGHTS_PER_THREAD)))
     # one stream per xi, each padded by 16 elements (see _stream in the kernel)
     U = _buffer("wino_U", (nt, alpha * alpha * (C * group * T + 16)), x.dtype)
     M = _buffer("wino_M", (nt, alpha * alpha * (F * group * T + 16)), x.dtype)

@@ -1,7 +1,8 @@
 """Optimizers (SGD, Adam, AdamW) with PyTorch's exact update rules, and learning-rate schedules that
 are pure functions of the step.
 
-``SGD.step()`` per parameter p with gradient g (all in place, into preallocated buffers):
+``SGD.step()`` per parameter p with gradient g (in place, one fused pass per parameter:
+``cybn.functional.sgd_update``):
 
     d = g + weight_decay * p                      (if weight_decay != 0 and p is decayed)
     b = d                  on the first step      (if momentum != 0)
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .. import functional as F
 from .._validation import flag, from_text, nonnegative_float, nonnegative_int, positive_int, real
 
 __all__ = ["SGD", "Adam", "AdamW", "LRSchedule", "ConstantLR", "StepLR", "CosineLR", "WarmupLR", "schedule_from_spec",
@@ -97,36 +99,15 @@ class SGD(_Optimizer):
         self._buffers = {}  # name -> momentum buffer (created at the first step, like PyTorch)
 
     def step(self):
-        lr, mu, wd = self.lr, self.momentum, self.weight_decay
         for name, p, g, decay in self._params:
-            tmp = self._work(name, p)
-            d = g
-            if wd != 0 and decay:
-                np.multiply(p, wd, out=tmp)
-                np.add(g, tmp, out=tmp)
-                d = tmp
-            if mu != 0:
+            buf, first = None, False
+            if self.momentum != 0:
                 buf = self._buffers.get(name)
-                if buf is None:
-                    buf = self._buffers[name] = d.copy()
-                else:
-                    buf *= mu
-                    if self.dampening != 0:
-                        work = self._work(name + "#work2", p)
-                        np.multiply(d, 1.0 - self.dampening, out=work)
-                        buf += work
-                    else:
-                        buf += d
-                if self.nesterov:
-                    # d + mu * b; d may already live in tmp, so mu * b goes to a second work array
-                    work = self._work(name + "#work2", p)
-                    np.multiply(buf, mu, out=work)
-                    np.add(d, work, out=tmp)
-                    d = tmp
-                else:
-                    d = buf
-            np.multiply(d, lr, out=tmp)
-            p -= tmp
+                if buf is None:  # created at the first step, like PyTorch's
+                    buf = self._buffers[name] = np.empty_like(p)
+                    first = True
+            F.sgd_update(p, g, buf, self.lr, self.momentum, self.weight_decay if decay else 0.0,
+                         self.dampening, self.nesterov, first)
 
     def state_dict(self):
         """Momentum buffers (copies), keyed by parameter name (absent before the first step)."""

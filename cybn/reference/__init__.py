@@ -11,3 +11,4 @@ from .pool import *  # noqa: F401,F403
 from .activation import *  # noqa: F401,F403
 from .dropout import *  # noqa: F401,F403
 from .augment import *  # noqa: F401,F403
+from .optim import *  # noqa: F401,F403
