@@ -16,7 +16,7 @@ with the products avoids writing and re-reading a whole-batch im2col matrix (150
 Winograd path (3x3, stride 1; forward, and dx as the forward conv of dy with the flipped
 kernel): see ``conv2d_winograd`` below: F(2x2): 2.25x fewer GEMM flops, 16 GEMMs
 (F, C) @ (C, tiles); F(4x4): 4x fewer, 36 GEMMs. dW by F(4x4) as well
-(``conv2d_winograd_dw``: 36 GEMMs (F, tiles) @ (tiles, C) per group of images). The
+(``conv2d_winograd_dw``: 36 GEMMs (C, tiles) @ (tiles, F) per group of images). The
 transforms' hot loops are C with AVX-512 / AVX2 clones chosen at load time
 (``target_clones``: one portable baseline build).
 
@@ -411,6 +411,13 @@ cdef extern from *:
     #else
     #define CYBN_IVDEP
     #endif
+    /* A loop to vectorise across its iterations even with strided loads (gathers in the
+       AVX-512 / AVX2 clones), which GCC's cost model otherwise leaves scalar. */
+    #if defined(_OPENMP)
+    #define CYBN_SIMD _Pragma("omp simd")
+    #else
+    #define CYBN_SIMD CYBN_IVDEP
+    #endif
 
     /* z = B^T d for the 6 values d0..d5 of one input column or row (see B^T above). */
     #define CYBN_WINO4_B(T, z, d0, d1, d2, d3, d4, d5) {                                 \
@@ -574,40 +581,65 @@ cdef extern from *:
     CYBN_WINO_WEIGHTS(double, cybn_wino_weights_d)
 
     /* dW by F(4x4, 3x3): dL/dV = (A dy A^T) (.) (B^T d B) per tile, dW = G^T (dL/dV) G.
-       A dy A^T of the tiles of one tile row of one dy plane: 4 rows r[0..3] (a missing row
-       points at zeros) -> 6 rows of t (width WT = 4*TW, zero past Wo) -> per tile, stream
-       6a + b gets y[(6a + b)*FT + tw]. A = (A^T)^T: z = (d0, d0+d1+d2+d3, d0-d1+d2-d3,
-       d0+2d1+4d2+8d3, d0-2d1+4d2-8d3, d3). */
-    #define CYBN_WINO4_A(T, z, d0, d1, d2, d3) {                                         \
-        T p = d0 + d2, q = d1 + d3, p4 = d0 + 4 * d2, q4 = 2 * d1 + 8 * d3; \
-        z[0] = d0; z[1] = p + q; z[2] = p - q; z[3] = p4 + q4; z[4] = p4 - q4; z[5] = d3; }
-    /* B along the tiles of one row ta of the vertical transform: y[b*FT + tw], b < 6. */
-    #define CYBN_WINO4_DYH(T, NAME)                                                      \
-    static void NAME(const T* __restrict ta, T* __restrict ya, long FT, int tw, int TW) { \
-        for (; tw < TW; ++tw) {                                                         \
-            T z[6];                                                                     \
-            CYBN_WINO4_A(T, z, ta[4 * tw], ta[4 * tw + 1], ta[4 * tw + 2], ta[4 * tw + 3]) \
-            for (int b = 0; b < 6; ++b) ya[b * FT + tw] = z[b];                         \
-        }                                                                               \
+       A = (A^T)^T: z = (d0, d0+d1+d2+d3, d0-d1+d2-d3, d0+2d1+4d2+8d3, d0-2d1+4d2-8d3, d3).
+       A d A^T of one 4x4 tile of channel f, rows q, q + ws, q + 2ws, q + 3ws: A down the
+       columns, then along the rows; stream 6a + b gets yt[(6a + b)*FT + f]. Named scalars,
+       no local arrays, so that GCC vectorises the loop over f around it. */
+    #define CYBN_WINO4_A6(T, z0, z1, z2, z3, z4, z5, d0, d1, d2, d3)                     \
+        T z0, z1, z2, z3, z4, z5;                                                       \
+        { T p_ = (d0) + (d2), q_ = (d1) + (d3), p4_ = (d0) + 4 * (d2);                  \
+          T q4_ = 2 * (d1) + 8 * (d3);                                                  \
+          z0 = (d0); z1 = p_ + q_; z2 = p_ - q_; z3 = p4_ + q4_; z4 = p4_ - q4_; z5 = (d3); }
+    #define CYBN_WINO4_DY_COL(T, j)                                                      \
+        CYBN_WINO4_A6(T, v0##j, v1##j, v2##j, v3##j, v4##j, v5##j,                       \
+                      q[j], q[ws + j], q[2 * ws + j], q[3 * ws + j])
+    #define CYBN_WINO4_DY_ROW(T, a)                                                      \
+        { CYBN_WINO4_A6(T, z0, z1, z2, z3, z4, z5, v##a##0, v##a##1, v##a##2, v##a##3)  \
+          T* o_ = yt + 6 * a * FT + f;                                                  \
+          o_[0] = z0; o_[FT] = z1; o_[2 * FT] = z2; o_[3 * FT] = z3; o_[4 * FT] = z4;    \
+          o_[5 * FT] = z5; }
+    #define CYBN_WINO4_DY_TILE(T)                                                        \
+        CYBN_WINO4_DY_COL(T, 0) CYBN_WINO4_DY_COL(T, 1)                                 \
+        CYBN_WINO4_DY_COL(T, 2) CYBN_WINO4_DY_COL(T, 3)                                 \
+        CYBN_WINO4_DY_ROW(T, 0) CYBN_WINO4_DY_ROW(T, 1) CYBN_WINO4_DY_ROW(T, 2)         \
+        CYBN_WINO4_DY_ROW(T, 3) CYBN_WINO4_DY_ROW(T, 4) CYBN_WINO4_DY_ROW(T, 5)
+    /* A dy A^T of every 4x4 tile of one image's dy (F, Ho, Wo), channel-minor: stream 6a + b
+       gets y[(6a + b)*FT + tile*F + f], so that the dW GEMMs run over the tiles as an outer
+       dimension (measured 1.6-2x the GEMM rate of tiles as both operands' inner dimension).
+       The loop over f is the vector loop (strided loads, contiguous stores); a tile's pixels
+       past Ho or Wo read zeros (copied into the zero-padded tile e first). */
+    #define CYBN_WINO4_DY(T, NAME)                                                       \
+    CYBN_CLONES static void NAME(const T* __restrict dy, int F, int Ho, int Wo, int TH,  \
+                                 int TW, T* __restrict y, long FT) {                    \
+        long P = (long)Ho * Wo;                                                         \
+        for (int th = 0; th < TH; ++th)                                                 \
+            for (int tw = 0; tw < TW; ++tw) {                                           \
+                T* yt = y + (long)(th * TW + tw) * F;                                   \
+                int nr = Ho - 4 * th < 4 ? Ho - 4 * th : 4;                             \
+                int nc = Wo - 4 * tw < 4 ? Wo - 4 * tw : 4;                             \
+                const T* base = dy + (long)(4 * th) * Wo + 4 * tw;                      \
+                if (nr == 4 && nc == 4) {                                               \
+                    int ws = Wo;                                                        \
+                    CYBN_SIMD                                                           \
+                    for (int f = 0; f < F; ++f) {                                       \
+                        const T* q = base + f * P;                                      \
+                        CYBN_WINO4_DY_TILE(T)                                           \
+                    }                                                                   \
+                } else {                                                                \
+                    int ws = 4;                                                         \
+                    for (int f = 0; f < F; ++f) {                                       \
+                        T e[16];                                                        \
+                        for (int i = 0; i < 4; ++i)                                     \
+                            for (int j = 0; j < 4; ++j)                                 \
+                                e[4 * i + j] = i < nr && j < nc ? base[f * P + i * Wo + j] : 0; \
+                        const T* q = e;                                                 \
+                        CYBN_WINO4_DY_TILE(T)                                           \
+                    }                                                                   \
+                }                                                                       \
+            }                                                                           \
     }
-    #define CYBN_WINO4_DY(T, NAME, HNAME)                                                \
-    CYBN_CLONES static void NAME(const T* const* r, T* __restrict t, int Wo, int TW,    \
-                                 T* __restrict y, long FT) {                            \
-        int WT = 4 * TW;                                                                \
-        const T *__restrict r0 = r[0], *__restrict r1 = r[1];                           \
-        const T *__restrict r2 = r[2], *__restrict r3 = r[3];                           \
-        CYBN_IVDEP                                                                      \
-        for (int i = 0; i < Wo; ++i) {                                                  \
-            T z[6];                                                                     \
-            CYBN_WINO4_A(T, z, r0[i], r1[i], r2[i], r3[i])                                 \
-            for (int a = 0; a < 6; ++a) t[a * WT + i] = z[a];                           \
-        }                                                                               \
-        for (int a = 0; a < 6; ++a)                                                     \
-            for (int i = Wo; i < WT; ++i) t[a * WT + i] = 0;                            \
-        for (int a = 0; a < 6; ++a) HNAME(t + a * WT, y + 6 * a * FT, FT, 0, TW);       \
-    }
-    CYBN_WINO4_DYH(float, cybn_wino4_dyh_f_scalar)
-    CYBN_WINO4_DYH(double, cybn_wino4_dyh_d)
+    CYBN_WINO4_DY(float, cybn_wino4_dy_f)
+    CYBN_WINO4_DY(double, cybn_wino4_dy_d)
 
     /* float: the stride-4 tile (de)interleaving of the F(4x4) transforms with SSE 4x4
        transposes, 4 tiles at a time (GCC leaves these loops scalar even in the AVX-512
@@ -646,64 +678,39 @@ cdef extern from *:
         }
         cybn_wino4_in_f_scalar(ta + 4 * tw, u + tw, CT, TW - tw);
     }
-    CYBN_CLONES static void cybn_wino4_dyh_f(const float* ta, float* ya, long FT, int tw,
-                                             int TW) {
-        const __m128 two = _mm_set1_ps(2), four = _mm_set1_ps(4), eight = _mm_set1_ps(8);
-        for (; tw + 4 <= TW; tw += 4) {
-            const float* d = ta + 4 * tw;
-            __m128 d0, d1, d2, d3;
-            CYBN_T4(_mm_loadu_ps(d), _mm_loadu_ps(d + 4), _mm_loadu_ps(d + 8),
-                    _mm_loadu_ps(d + 12), d0, d1, d2, d3)
-            __m128 p = _mm_add_ps(d0, d2), q = _mm_add_ps(d1, d3);
-            __m128 p4 = _mm_add_ps(d0, _mm_mul_ps(four, d2));
-            __m128 q4 = _mm_add_ps(_mm_mul_ps(two, d1), _mm_mul_ps(eight, d3));
-            float* o = ya + tw;
-            _mm_storeu_ps(o, d0);
-            _mm_storeu_ps(o + FT, _mm_add_ps(p, q));
-            _mm_storeu_ps(o + 2 * FT, _mm_sub_ps(p, q));
-            _mm_storeu_ps(o + 3 * FT, _mm_add_ps(p4, q4));
-            _mm_storeu_ps(o + 4 * FT, _mm_sub_ps(p4, q4));
-            _mm_storeu_ps(o + 5 * FT, d3);
-        }
-        cybn_wino4_dyh_f_scalar(ta, ya, FT, tw, TW);
-    }
     #else
     static void cybn_wino4_in_f(const float* ta, float* u, long CT, int TW)
         { cybn_wino4_in_f_scalar(ta, u, CT, TW); }
-    static void cybn_wino4_dyh_f(const float* ta, float* ya, long FT, int tw, int TW)
-        { cybn_wino4_dyh_f_scalar(ta, ya, FT, tw, TW); }
     #endif
-    CYBN_WINO4_DY(float, cybn_wino4_dy_f, cybn_wino4_dyh_f)
-    CYBN_WINO4_DY(double, cybn_wino4_dy_d, cybn_wino4_dyh_d)
-    /* dw[f, c] (3x3) = G^T dv G from dv[xi*FC + f*C + c] (double, 36 streams), blocked like
-       the weight transform so the streams are read contiguously. */
+    /* dw[f, c] (3x3) = G^T dv G for one input channel c and every f, from
+       dv[xi*FC + c*F + f] (double, 36 streams), blocked like the weight transform so the
+       streams are read contiguously. */
     #define CYBN_WINO4_DW(T, NAME)                                                       \
-    static void NAME(const double* dv, T* dw, int F, int C, int f0, int f1) {           \
+    static void NAME(const double* dv, T* dw, int F, int C, int c) {                    \
         const double* G = cybn_G4;                                                      \
         long FC = (long)F * C;                                                          \
         double buf[36][64];                                                             \
-        for (int f = f0; f < f1; ++f)                                                   \
-            for (int c0 = 0; c0 < C; c0 += 64) {                                        \
-                int nc = C - c0 < 64 ? C - c0 : 64;                                     \
-                for (int xi = 0; xi < 36; ++xi)                                         \
-                    for (int q = 0; q < nc; ++q) buf[xi][q] = dv[xi * FC + (long)f * C + c0 + q]; \
-                for (int q = 0; q < nc; ++q) {                                          \
-                    double r[3][6];                                                     \
-                    for (int i = 0; i < 3; ++i)                                         \
-                        for (int b = 0; b < 6; ++b) {                                   \
-                            double s = 0;                                               \
-                            for (int a = 0; a < 6; ++a) s += G[a * 3 + i] * buf[a * 6 + b][q]; \
-                            r[i][b] = s;                                                \
-                        }                                                               \
-                    T* o = dw + ((long)f * C + c0 + q) * 9;                             \
-                    for (int i = 0; i < 3; ++i)                                         \
-                        for (int j = 0; j < 3; ++j) {                                   \
-                            double s = 0;                                               \
-                            for (int b = 0; b < 6; ++b) s += r[i][b] * G[b * 3 + j];    \
-                            o[i * 3 + j] = (T)s;                                        \
-                        }                                                               \
-                }                                                                       \
+        for (int f0 = 0; f0 < F; f0 += 64) {                                            \
+            int nf = F - f0 < 64 ? F - f0 : 64;                                         \
+            for (int xi = 0; xi < 36; ++xi)                                             \
+                for (int q = 0; q < nf; ++q) buf[xi][q] = dv[xi * FC + (long)c * F + f0 + q]; \
+            for (int q = 0; q < nf; ++q) {                                              \
+                double r[3][6];                                                         \
+                for (int i = 0; i < 3; ++i)                                             \
+                    for (int b = 0; b < 6; ++b) {                                       \
+                        double s = 0;                                                   \
+                        for (int a = 0; a < 6; ++a) s += G[a * 3 + i] * buf[a * 6 + b][q]; \
+                        r[i][b] = s;                                                    \
+                    }                                                                   \
+                T* o = dw + ((long)(f0 + q) * C + c) * 9;                               \
+                for (int i = 0; i < 3; ++i)                                             \
+                    for (int j = 0; j < 3; ++j) {                                       \
+                        double s = 0;                                                   \
+                        for (int b = 0; b < 6; ++b) s += r[i][b] * G[b * 3 + j];        \
+                        o[i * 3 + j] = (T)s;                                            \
+                    }                                                                   \
             }                                                                           \
+        }                                                                               \
     }
     CYBN_WINO4_DW(float, cybn_wino4_dw_f)
     CYBN_WINO4_DW(double, cybn_wino4_dw_d)
@@ -720,11 +727,12 @@ cdef extern from *:
                              int o0, int o1) nogil
     void cybn_wino_weights_d(const double* w, double* V, int F, int C, int flipped,
                              int alpha, int o0, int o1) nogil
-    void cybn_wino4_dy_f(const float* const* r, float* t, int Wo, int TW, float* y, long FT) nogil
-    void cybn_wino4_dy_d(const double* const* r, double* t, int Wo, int TW, double* y,
+    void cybn_wino4_dy_f(const float* dy, int F, int Ho, int Wo, int TH, int TW, float* y,
                          long FT) nogil
-    void cybn_wino4_dw_f(const double* dv, float* dw, int F, int C, int f0, int f1) nogil
-    void cybn_wino4_dw_d(const double* dv, double* dw, int F, int C, int f0, int f1) nogil
+    void cybn_wino4_dy_d(const double* dy, int F, int Ho, int Wo, int TH, int TW, double* y,
+                         long FT) nogil
+    void cybn_wino4_dw_f(const double* dv, float* dw, int F, int C, int c) nogil
+    void cybn_wino4_dw_d(const double* dv, double* dw, int F, int C, int c) nogil
 
 
 cdef inline Py_ssize_t _stream(Py_ssize_t n) noexcept nogil:
@@ -905,25 +913,6 @@ def winograd_weights(const floating[:, :, :, ::1] w, floating[:, :, ::1] V, bint
             cybn_wino_weights_d(&w[0, 0, 0, 0], &V[0, 0, 0], F, C, flipped, alpha, o, o + 1)
 
 
-cdef void _wino4_dy(const floating* dy, floating* Y, const floating* Z, floating* tmp, int F,
-                    int Ho, int Wo, int TH, int TW, int Tg, int t0) noexcept nogil:
-    """Y[xi, f, t0 + th*TW + tw] = (A dy A^T)[a, b] for the 4x4 tiles of one image's dy
-    (F, Ho, Wo); Z: >= Wo zeros for the rows past Ho."""
-    cdef int f, th, k, oh
-    cdef const floating* r[4]
-    for f in range(F):
-        for th in range(TH):
-            for k in range(4):
-                oh = 4 * th + k
-                r[k] = dy + (<Py_ssize_t>f * Ho + oh) * Wo if oh < Ho else Z
-            if floating is float:
-                cybn_wino4_dy_f(r, tmp, Wo, TW, Y + <Py_ssize_t>f * Tg + t0 + th * TW,
-                                _stream(<Py_ssize_t>F * Tg))
-            else:
-                cybn_wino4_dy_d(r, tmp, Wo, TW, Y + <Py_ssize_t>f * Tg + t0 + th * TW,
-                                _stream(<Py_ssize_t>F * Tg))
-
-
 def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                        floating[:, ::1] dv_part, double[::1] dv_acc, double[:, ::1] db_part,
                        floating[:, ::1] U, floating[:, ::1] Y, floating[:, ::1] Z,
@@ -931,12 +920,13 @@ def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
                        double[::1] gemm_seconds, int ph, int pw, int group, int num_threads):
     """dweight, dbias of a 3x3 stride-1 conv by Winograd F(4x4, 3x3): per tile,
     dL/dV[xi] = (A dy A^T)[xi] * (B^T d B)[xi]; summed over the tiles of a group of images by 36
-    GEMMs dV[xi] (F, C) += Y[xi] (F, Tg) @ U[xi]^T (Tg, C); dweight = G^T dV G.
+    GEMMs dV[xi]^T (C, F) += U[xi] (C, Tg) @ Y[xi] (Tg, F) (Y channel-minor, see
+    CYBN_WINO4_DY); dweight = G^T dV G.
 
-    Fixed blocks of images (nblocks = dv_part.shape[0]) each own a partial dV (36*F*C) and db,
-    combined in block order in double (dv_acc: 36*F*C): deterministic for any thread count.
+    Fixed blocks of images (nblocks = dv_part.shape[0]) each own a partial dV^T (36*C*F) and db,
+    combined in block order in double (dv_acc: 36*C*F): deterministic for any thread count.
     Within a block, images go in groups of ``group``. Scratch per thread: U (36*(C*Tg+16)),
-    Y (36*(F*Tg+16)), Z (>= max(W, Wo) zeros), tmp (6*(4*TW+2)); Tg = group*TH*TW.
+    Y (36*(F*Tg+16)), Z (>= W zeros), tmp (6*(4*TW+2)); Tg = group*TH*TW.
     """
     cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef int F = dy.shape[1], Ho = dy.shape[2], Wo = dy.shape[3]
@@ -969,33 +959,37 @@ def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
                             Tg, (g - g0) * T, 4)
                 for f in range(F):
                     db_part[blk, f] += _sum(&dy[g, f, 0, 0], <Py_ssize_t>Ho * Wo)
-                _wino4_dy(&dy[g, 0, 0, 0], Yt, &Z[t, 0], &tmp[t, 0], F, Ho, Wo, TH, TW, Tg,
-                          (g - g0) * T)
+                if floating is float:
+                    cybn_wino4_dy_f(&dy[g, 0, 0, 0], F, Ho, Wo, TH, TW,
+                                    Yt + <Py_ssize_t>(g - g0) * T * F, _stream(<Py_ssize_t>F * Tg))
+                else:
+                    cybn_wino4_dy_d(&dy[g, 0, 0, 0], F, Ho, Wo, TH, TW,
+                                    Yt + <Py_ssize_t>(g - g0) * T * F, _stream(<Py_ssize_t>F * Tg))
             beta = 0 if g0 == n0 else 1
             tt = CYBN_WTIME()
             for xi in range(36):
-                gemm_rm(c'N', c'T', F, C, Tg, Yt + xi * _stream(<Py_ssize_t>F * Tg), Tg,
-                         Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg, beta, dvp + xi * FC, C)
+                gemm_rm(c'N', c'N', C, F, Tg, Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg,
+                         Yt + xi * _stream(<Py_ssize_t>F * Tg), F, beta, dvp + xi * FC, F)
             gemm_seconds[t] += CYBN_WTIME() - tt
             g0 = g1
     # fixed-order combination of the block partials (block 0, 1, ... for every element), in
-    # double, then G^T dV G: per output channel f (its 36 rows (xi, f) of the (36, F, C)
+    # double, then G^T dV G: per input channel c (its 36 rows (xi, c) of the (36, C, F)
     # partials, then its kernels), so one parallel region does both without changing a bit
     cdef double* acc = &dv_acc[0]
     cdef int c
     cdef Py_ssize_t o
-    for f in prange(F, num_threads=num_threads, schedule="static", nogil=True):
+    for c in prange(C, num_threads=num_threads, schedule="static", nogil=True):
         for xi in range(36):
-            o = (<Py_ssize_t>xi * F + f) * C
-            for c in range(C):
-                acc[o + c] = dv_part[0, o + c]
+            o = (<Py_ssize_t>xi * C + c) * F
+            for f in range(F):
+                acc[o + f] = dv_part[0, o + f]
             for blk in range(1, nblocks):
-                for c in range(C):
-                    acc[o + c] += dv_part[blk, o + c]
+                for f in range(F):
+                    acc[o + f] += dv_part[blk, o + f]
         if floating is float:
-            cybn_wino4_dw_f(acc, &dweight[0, 0, 0, 0], F, C, f, f + 1)
+            cybn_wino4_dw_f(acc, &dweight[0, 0, 0, 0], F, C, c)
         else:
-            cybn_wino4_dw_d(acc, &dweight[0, 0, 0, 0], F, C, f, f + 1)
+            cybn_wino4_dw_d(acc, &dweight[0, 0, 0, 0], F, C, c)
     with nogil:
         for f in range(F):
             s = 0

@@ -161,7 +161,7 @@ def _winograd_dw(dy, x, ph, pw, dweight, dbias, key):
     group = max(1, min(-(-N // nblocks), _WINO_DW_TILES // T))
     U = _buffer("wino_U", (nt, 36 * (C * group * T + 16)), x.dtype)
     Y = _buffer("wino_M", (nt, 36 * (F * group * T + 16)), x.dtype)
-    Z = _buffer("wino_Z", (nt, max(W, Wo)), x.dtype)
+    Z = _buffer("wino_Z", (nt, W), x.dtype)
     tmp = _buffer("wino_tmp", (nt, 6 * (4 * TW + 2) + 4), x.dtype)
     dv_part = _buffer("dw_part", (nblocks, 36 * F * C), x.dtype)
     dv_acc = _buffer("dw_acc", (36 * F * C,), np.float64)
