@@ -683,32 +683,35 @@ cdef extern from *:
         { cybn_wino4_in_f_scalar(ta, u, CT, TW); }
     #endif
     /* dw[f, c] (3x3) = G^T dv G for one input channel c and every f, from
-       dv[xi*FC + c*F + f] (double, 36 streams), blocked like the weight transform so the
-       streams are read contiguously. */
+       dv[xi*FC + c*F + f] (double, 36 streams), in blocks of 64 f read contiguously; each
+       sum runs in its fixed order per kernel, and the loops over the block's kernels are the
+       vector loops (one kernel at a time, the sums were latency-bound chains). */
     #define CYBN_WINO4_DW(T, NAME)                                                       \
-    static void NAME(const double* dv, T* dw, int F, int C, int c) {                    \
+    CYBN_CLONES_EXACT_WIDE static void NAME(const double* dv, T* dw, int F, int C, int c) { \
         const double* G = cybn_G4;                                                      \
         long FC = (long)F * C;                                                          \
-        double buf[36][64];                                                             \
+        double buf[36][64], r[3][6][64], o9[9][64];                                     \
         for (int f0 = 0; f0 < F; f0 += 64) {                                            \
             int nf = F - f0 < 64 ? F - f0 : 64;                                         \
             for (int xi = 0; xi < 36; ++xi)                                             \
                 for (int q = 0; q < nf; ++q) buf[xi][q] = dv[xi * FC + (long)c * F + f0 + q]; \
-            for (int q = 0; q < nf; ++q) {                                              \
-                double r[3][6];                                                         \
-                for (int i = 0; i < 3; ++i)                                             \
-                    for (int b = 0; b < 6; ++b) {                                       \
+            for (int i = 0; i < 3; ++i)                                                 \
+                for (int b = 0; b < 6; ++b)                                             \
+                    for (int q = 0; q < nf; ++q) {                                      \
                         double s = 0;                                                   \
                         for (int a = 0; a < 6; ++a) s += G[a * 3 + i] * buf[a * 6 + b][q]; \
-                        r[i][b] = s;                                                    \
+                        r[i][b][q] = s;                                                 \
                     }                                                                   \
-                T* o = dw + ((long)(f0 + q) * C + c) * 9;                               \
-                for (int i = 0; i < 3; ++i)                                             \
-                    for (int j = 0; j < 3; ++j) {                                       \
+            for (int i = 0; i < 3; ++i)                                                 \
+                for (int j = 0; j < 3; ++j)                                             \
+                    for (int q = 0; q < nf; ++q) {                                      \
                         double s = 0;                                                   \
-                        for (int b = 0; b < 6; ++b) s += r[i][b] * G[b * 3 + j];        \
-                        o[i * 3 + j] = (T)s;                                            \
+                        for (int b = 0; b < 6; ++b) s += r[i][b][q] * G[b * 3 + j];     \
+                        o9[i * 3 + j][q] = s;                                           \
                     }                                                                   \
+            for (int q = 0; q < nf; ++q) {                                              \
+                T* o = dw + ((long)(f0 + q) * C + c) * 9;                               \
+                for (int k = 0; k < 9; ++k) o[k] = (T)o9[k][q];                         \
             }                                                                           \
         }                                                                               \
     }
