@@ -72,6 +72,8 @@ WINO_CASES = [  # 3x3 stride 1: the Winograd paths (forward and dx)
     (2, 16, 4, 4, 16, (3, 1)),  # padding 3 rows: dx falls back to col2im
     (4, 16, 3, 3, 18, 0),      # 1x1 output
     (2, 16, 11, 10, 16, 1),    # several tile rows/columns of F(4x4), partial last ones
+    (2, 16, 13, 16, 16, 1),    # rows of whole F(4x4) tiles (the float32 vector cut), last row partial
+    (1, 16, 9, 32, 16, 1),     # 8 tiles per row, 24 per image: 16 at a time, then row by row
 ]
 # float32 tolerance per output tile size m (relative to the largest |value| of the result):
 # the rounding of each transformed value is amplified by the transform coefficients. Measured

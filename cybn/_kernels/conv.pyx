@@ -509,26 +509,68 @@ cdef extern from *:
             CYBN_WINO4_OUT_BODY(T, CYBN_LD_S, CYBN_ST_S)                                \
         }                                                                               \
     }
-    /* Output row r = 4*th + i of one image plane from the tile streams o (see above):
-       y[4*tw + j] = o[(4i + j)*n + tw], for the Wo columns of the row. */
-    #define CYBN_WINO4_ROW(T, NAME)                                                      \
-    static void NAME(const T* __restrict o, long n, int i, T* __restrict y, int Wo) {    \
-        const T* o0 = o + (4 * i) * n;                                                  \
-        int tw = 0;                                                                     \
-        for (; 4 * tw + 4 <= Wo; ++tw) {                                                \
-            y[4 * tw] = o0[tw]; y[4 * tw + 1] = o0[n + tw];                             \
-            y[4 * tw + 2] = o0[2 * n + tw]; y[4 * tw + 3] = o0[3 * n + tw];             \
-        }                                                                               \
-        for (int j = 0; 4 * tw + j < Wo; ++j) y[4 * tw + j] = o0[j * n + tw];           \
+    /* One image's output plane (Ho, Wo) from its tiles' streams o (see above; tile
+       th*TW + tw): y[4th + i][4tw + j] = o[(4i + j)*n + th*TW + tw]. One call per plane (per
+       row, the calls cost more than the copying on small planes). */
+    #define CYBN_WINO4_PLANE_ROWS(T)                                                     \
+        for (; r < Ho; ++r) {                                                           \
+            const T* o0 = o + (4 * (r % 4)) * n + (r / 4) * TW;                         \
+            T* yr = y + (long)r * Wo;                                                   \
+            int tw = 0;                                                                 \
+            for (; 4 * tw + 4 <= Wo; ++tw) {                                            \
+                yr[4 * tw] = o0[tw]; yr[4 * tw + 1] = o0[n + tw];                       \
+                yr[4 * tw + 2] = o0[2 * n + tw]; yr[4 * tw + 3] = o0[3 * n + tw];       \
+            }                                                                           \
+            for (int j = 0; 4 * tw + j < Wo; ++j) yr[4 * tw + j] = o0[j * n + tw];      \
+        }
+    #define CYBN_WINO4_PLANE(T, NAME)                                                    \
+    CYBN_CLONES static void NAME(const T* __restrict o, long n, T* __restrict y, int Ho, \
+                                 int Wo, int TW) {                                      \
+        int r = 0;                                                                      \
+        CYBN_WINO4_PLANE_ROWS(T)                                                        \
     }
+    /* float, with GCC vector shuffles: 16 tiles of the 4 streams of row i at a time,
+       interleaved into 4 vectors of 4 tiles each (a 4x4 transpose per tile; vpermt2ps in the
+       AVX-512 clone), when whole tiles of 4 fill the rows (Wo = 4*TW, TW % 4 == 0). */
+    #if defined(__GNUC__)
+    CYBN_CLONES static void cybn_wino4_plane_f(const float* __restrict o, long n,
+                                               float* __restrict y, int Ho, int Wo, int TW) {
+        int r = 0;
+        if (Wo == 4 * TW && TW % 4 == 0) {
+            typedef int cybn_vi __attribute__((vector_size(64)));
+            const cybn_vi lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+            const cybn_vi hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+            const cybn_vi p0 = {0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23};
+            const cybn_vi p1 = {8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31};
+            int T = ((Ho + 3) / 4) * TW, t0 = 0;
+            for (; t0 + 16 <= T; t0 += 16)
+                for (int i = 0; i < 4; ++i) {
+                    const float* q = o + (4 * i) * n + t0;
+                    cybn_vf s0 = CYBN_LD_VF(q), s1 = CYBN_LD_VF(q + n);
+                    cybn_vf s2 = CYBN_LD_VF(q + 2 * n), s3 = CYBN_LD_VF(q + 3 * n);
+                    cybn_vf l01 = __builtin_shuffle(s0, s1, lo), h01 = __builtin_shuffle(s0, s1, hi);
+                    cybn_vf l23 = __builtin_shuffle(s2, s3, lo), h23 = __builtin_shuffle(s2, s3, hi);
+                    cybn_vf v[4] = {__builtin_shuffle(l01, l23, p0), __builtin_shuffle(l01, l23, p1),
+                                    __builtin_shuffle(h01, h23, p0), __builtin_shuffle(h01, h23, p1)};
+                    for (int k = 0; k < 4; ++k) {
+                        int t = t0 + 4 * k, rr = 4 * (t / TW) + i;
+                        if (rr < Ho) CYBN_ST_VF(y + (long)rr * Wo + 4 * (t % TW), v[k]);
+                    }
+                }
+            r = 4 * (t0 / TW);  /* the tile rows left, row by row */
+        }
+        CYBN_WINO4_PLANE_ROWS(float)
+    }
+    #else
+    CYBN_WINO4_PLANE(float, cybn_wino4_plane_f)
+    #endif
     CYBN_WINO4_ROWS(float, cybn_wino4_rows_f)
     CYBN_WINO4_ROWS(double, cybn_wino4_rows_d)
     CYBN_WINO4_IN(float, cybn_wino4_in_f_scalar)
     CYBN_WINO4_IN(double, cybn_wino4_in_d)
     CYBN_WINO4_OUT(float, cybn_vf, CYBN_LD_VF, CYBN_ST_VF, cybn_wino4_out_f)
     CYBN_WINO4_OUT(double, cybn_vd, CYBN_LD_VD, CYBN_ST_VD, cybn_wino4_out_d)
-    CYBN_WINO4_ROW(float, cybn_wino4_row_f)
-    CYBN_WINO4_ROW(double, cybn_wino4_row_d)
+    CYBN_WINO4_PLANE(double, cybn_wino4_plane_d)
 
     /* V[(alpha*a + b)*F*C + f*C + c] = (G g G^T)[a, b] in double, rounded once, for every 3x3
        kernel g = w[f, c] (alpha = 4: F(2x2); 6: F(4x4)); ``flipped``: g[i][j] = w[f, c, 2-i, 2-j]
@@ -724,8 +766,8 @@ cdef extern from *:
     void cybn_wino4_in_d(const double* ta, double* u, long CT, int TW) nogil
     void cybn_wino4_out_f(const float* m, long FT, float* o, long n, float bf) nogil
     void cybn_wino4_out_d(const double* m, long FT, double* o, long n, double bf) nogil
-    void cybn_wino4_row_f(const float* o, long n, int i, float* y, int Wo) nogil
-    void cybn_wino4_row_d(const double* o, long n, int i, double* y, int Wo) nogil
+    void cybn_wino4_plane_f(const float* o, long n, float* y, int Ho, int Wo, int TW) nogil
+    void cybn_wino4_plane_d(const double* o, long n, double* y, int Ho, int Wo, int TW) nogil
     void cybn_wino_weights_f(const float* w, float* V, int F, int C, int flipped, int alpha,
                              int o0, int o1) nogil
     void cybn_wino_weights_d(const double* w, double* V, int F, int C, int flipped,
@@ -820,12 +862,11 @@ cdef void _wino4_output(const floating* M, floating* y, floating* O, const float
                         bint has_bias, int F, int Ho, int Wo, int TH, int TW, int Tg,
                         int g0, int g1) noexcept nogil:
     """F(4x4): y[g, f] = A^T m A (+ bias) for the images g0..g1 of a group: per f, all the
-    group's tiles at once (a long vector loop) into O (16 * Tg), then cut into the rows of y."""
-    cdef int f, g, th, i, r
+    group's tiles at once (a long vector loop) into O (16 * Tg), then cut into the planes of y."""
+    cdef int f, g
     cdef int T = TH * TW
     cdef Py_ssize_t FT = _stream(<Py_ssize_t>F * Tg)
     cdef floating bf
-    cdef const floating* o
     for f in range(F):
         bf = bias[f] if has_bias else 0
         if floating is float:
@@ -833,18 +874,12 @@ cdef void _wino4_output(const floating* M, floating* y, floating* O, const float
         else:
             cybn_wino4_out_d(M + <Py_ssize_t>f * Tg, FT, O, Tg, bf)
         for g in range(g0, g1):
-            for th in range(TH):
-                o = O + (g - g0) * T + th * TW
-                for i in range(4):
-                    r = 4 * th + i
-                    if r >= Ho:
-                        break
-                    if floating is float:
-                        cybn_wino4_row_f(o, Tg, i, y + ((<Py_ssize_t>g * F + f) * Ho + r) * Wo,
-                                         Wo)
-                    else:
-                        cybn_wino4_row_d(o, Tg, i, y + ((<Py_ssize_t>g * F + f) * Ho + r) * Wo,
-                                         Wo)
+            if floating is float:
+                cybn_wino4_plane_f(O + (g - g0) * T, Tg, y + (<Py_ssize_t>g * F + f) * Ho * Wo,
+                                   Ho, Wo, TW)
+            else:
+                cybn_wino4_plane_d(O + (g - g0) * T, Tg, y + (<Py_ssize_t>g * F + f) * Ho * Wo,
+                                   Ho, Wo, TW)
 
 
 def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] V,
