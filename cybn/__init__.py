@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 # libgomp's default spin an experiment beside the test suite (2 threads each, 2 cores) trained 7x
 # slower than alone, where sharing the cores costs 2x (2026-12-01). On a machine that runs cybn
 # alone spinning is faster: OMP_WAIT_POLICY=ACTIVE or GOMP_SPINCOUNT=300000 took a 2-thread cnn7
-# step from 89 to 81 ms. This only takes effect if no library loaded libgomp before cybn, and
+# step from 83 to 78 ms. This only takes effect if no library loaded libgomp before cybn, and
 # never overrides the user's own choice.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

@@ -9,8 +9,11 @@ Measured on the shared 2-core Xeon (AVX-512; 1 thread, CPU-time medians, batch 1
 forward + backward with dx, ms), this design vs the previous one (F(2x2) forward/dx, im2col
 dW, SSE-only transforms): 32->32 @32x32 35 vs 63, 32->64 @16x16 16 vs 31, 64->64 @16x16 26 vs
 58, 64->128 @8x8 16 vs 33. With the transforms as they are now, im2col dW instead of F(4x4) dW
-costs 10-40% more per layer. For 3->32 Winograd was 2x slower (GEMMs with 3 rows), hence the
-channel threshold. F(4x4)'s float32 error is ~5x F(2x2)'s (~5e-6 of max |y|; see
+costs 10-40% more per layer. dW's 36 GEMMs per group take the transformed dy channel-minor
+(tiles as the outer dimension: (C, tiles) @ (tiles, F)), 1.6-2x the GEMM rate of tiles as both
+operands' inner dimension; dW of the four 3x3 cnn7 layers 37.5 -> 29.1 ms at 1 thread, 23.1 ->
+17.3 ms at 2 (wall medians, 2026-12-01). For 3->32 Winograd was 2x slower (GEMMs with 3 rows),
+hence the channel threshold. F(4x4)'s float32 error is ~5x F(2x2)'s (~5e-6 of max |y|; see
 tests/test_conv.py). ``python benchmarks/bench_conv.py --alternatives`` times them all.
 
 The BLAS library (scipy's OpenBLAS, used through scipy.linalg.cython_blas) is held at one thread
