@@ -21,6 +21,8 @@ import sys
 
 import numpy as np
 
+from ._validation import in_place
+
 __all__ = ["Comm", "SelfComm", "MPIComm", "world", "current", "launcher_world_size", "threads_per_rank", "INSTALL_HINT"]
 
 INSTALL_HINT = 'pip install "cybn[mpi]"  (mpi4py and the Open MPI wheel)'
@@ -59,11 +61,7 @@ class Comm:
 def _contiguous(a, name):
     if type(a) is not np.ndarray:
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} must be C-contiguous (it is reduced in place), got strides {a.strides}")
-    if not a.flags.writeable:
-        raise ValueError(f"{name} is updated in place and must be writeable")
-    return a
+    return in_place(a, name)
 
 
 class SelfComm(Comm):

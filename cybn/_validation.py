@@ -219,6 +219,16 @@ def ndim_is(x, ndim, name):
     return x
 
 
+def in_place(a, name):
+    """``a`` itself when it can be updated in place: C-contiguous and writeable (ValueError
+    otherwise; a copy would silently take the update instead)."""
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} is updated in place and must be C-contiguous, got strides {a.strides}")
+    if not a.flags.writeable:
+        raise ValueError(f"{name} is updated in place and must be writeable")
+    return a
+
+
 def float_array(x, name, ndim=None, dtype=None):
     """``check_float_array``, then ``x`` as a C-contiguous array (copied only if it is not)."""
     return np.ascontiguousarray(check_float_array(x, name, ndim, dtype))

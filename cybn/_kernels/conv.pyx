@@ -411,8 +411,8 @@ cdef extern from *:
     #else
     #define CYBN_IVDEP
     #endif
-    /* A loop to vectorise across its iterations even with strided loads (gathers in the
-       AVX-512 / AVX2 clones), which GCC's cost model otherwise leaves scalar. */
+    /* A loop to vectorise across its iterations even with strided loads (GCC builds those
+       vectors lane by lane), which its cost model otherwise leaves scalar. */
     #if defined(_OPENMP)
     #define CYBN_SIMD _Pragma("omp simd")
     #else

@@ -80,14 +80,15 @@ cdef Py_ssize_t _SGD_BLOCK = 1 << 16
 
 
 def sgd_update(floating[::1] p, const floating[::1] g, floating[::1] buf, double lr,
-               double momentum, double weight_decay, double one_minus_dampening, bint decay,
-               bint first, bint nesterov, int num_threads):
-    """In place: p -= lr * d, with d = g (+ weight_decay * p if ``decay``) and, when momentum is
+               double momentum, double weight_decay, double one_minus_dampening, bint first,
+               bint nesterov, int num_threads):
+    """In place: p -= lr * d, with d = g (+ weight_decay * p if non-zero) and, when momentum is
     non-zero, buf = d on the ``first`` step, else momentum * buf + (1 - dampening) * d, and
     d = d + momentum * buf (``nesterov``) or buf. The scalars are rounded to p's dtype first, as
     NumPy does with a Python float; buf is unused (may be empty) without momentum."""
     cdef Py_ssize_t n = p.shape[0], nblk = (n + _SGD_BLOCK - 1) // _SGD_BLOCK, k, i0, m
-    cdef bint use_mu = momentum != 0, dampen = one_minus_dampening != 1
+    cdef bint decay = weight_decay != 0, use_mu = momentum != 0
+    cdef bint dampen = one_minus_dampening != 1
     cdef floating* pb = &buf[0] if use_mu else NULL
     if n == 0:
         return

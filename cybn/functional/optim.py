@@ -6,7 +6,7 @@ NumPy and PyTorch, so the result is bitwise ``cybn.reference.sgd_update``'s. The
 ``cybn.nn.optim``'s docstring.
 """
 from .._kernels import elementwise as _k
-from .._validation import check_float_array, flag, nonnegative_float
+from .._validation import check_float_array, flag, in_place, nonnegative_float
 from ._dispatch import threads_for
 
 __all__ = ["sgd_update"]
@@ -16,14 +16,10 @@ __all__ = ["sgd_update"]
 _SGD_GRAIN = 1 << 19
 
 
-def _in_place(a, name, like=None):
-    check_float_array(a, name, dtype=None if like is None else like.dtype)
-    if like is not None and a.shape != like.shape:
-        raise ValueError(f"{name} must have the shape {like.shape} of param, got {a.shape}")
-    if not a.flags.c_contiguous:
-        raise ValueError(f"{name} is updated in place and must be C-contiguous")
-    if not a.flags.writeable:
-        raise ValueError(f"{name} is updated in place and must be writeable")
+def _like_param(a, name, param):
+    check_float_array(a, name, dtype=param.dtype)
+    if a.shape != param.shape:
+        raise ValueError(f"{name} must have the shape {param.shape} of param, got {a.shape}")
     return a
 
 
@@ -35,10 +31,8 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum=0.0, weight_decay=0.0,
     momentum * buffer + (1 - dampening) * d, and d = d + momentum * buffer (``nesterov``) or
     buffer; then param -= lr * d. ``momentum_buffer`` is None without momentum.
     """
-    param = _in_place(param, "param")
-    grad = check_float_array(grad, "grad", dtype=param.dtype)
-    if grad.shape != param.shape:
-        raise ValueError(f"grad must have the shape {param.shape} of param, got {grad.shape}")
+    param = in_place(check_float_array(param, "param"), "param")
+    grad = _like_param(grad, "grad", param)
     if not grad.flags.c_contiguous:
         raise ValueError("grad must be C-contiguous (the optimizer reads it in place)")
     lr = nonnegative_float(lr, "lr")
@@ -50,7 +44,8 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum=0.0, weight_decay=0.0,
     if momentum != 0:
         if momentum_buffer is None:
             raise ValueError("momentum != 0 needs a momentum_buffer of param's shape and dtype")
-        buf = _in_place(momentum_buffer, "momentum_buffer", param).reshape(-1)
+        buf = in_place(_like_param(momentum_buffer, "momentum_buffer", param),
+                       "momentum_buffer").reshape(-1)
         if nesterov and dampening != 0:
             raise ValueError("Nesterov momentum requires dampening = 0")
     else:
@@ -60,5 +55,5 @@ def sgd_update(param, grad, momentum_buffer, lr, momentum=0.0, weight_decay=0.0,
             raise ValueError("Nesterov momentum requires momentum > 0")
         buf = param[:0].reshape(-1)
     _k.sgd_update(param.reshape(-1), grad.reshape(-1), buf, lr, momentum, weight_decay,
-                  1.0 - dampening, weight_decay != 0, first_step, nesterov,
+                  1.0 - dampening, first_step, nesterov,
                   threads_for(param.size, _SGD_GRAIN))
