@@ -225,6 +225,36 @@ def test_one_vs_two_threads_and_deterministic(rng, monkeypatch, dtype, C, m):
         np.testing.assert_array_equal(a, c)
 
 
+_G = {4: np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]]),
+      6: np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                   [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("alpha", [4, 6], ids=["F2x2", "F4x4"])
+@pytest.mark.parametrize("flipped", [False, True], ids=["forward", "dx"])
+@pytest.mark.parametrize("F, C", [(3, 1), (70, 5), (5, 131)])  # blocks of 64 kernels + a tail
+def test_winograd_weight_transform(rng, dtype, alpha, flipped, F, C):
+    """V[xi] = G g G^T of every kernel (flipped: of w[f, c, ::-1, ::-1], stored (xi, c, f)),
+    computed in double and rounded once: within one rounding of the float64 product, and
+    bitwise the same for 1, 2 and 3 threads."""
+    from cybn._kernels import conv as kconv
+    w = rng.standard_normal((F, C, 3, 3)).astype(dtype)
+    g = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3) if flipped else w
+    G = _G[alpha]
+    expect = np.einsum("ai,rsij,bj->abrs", G, g.astype(np.float64), G).reshape(alpha * alpha,
+                                                                             *g.shape[:2])
+    out = {}
+    for n in (1, 2, 3):
+        V = np.full(expect.shape, np.nan, dtype)
+        kconv.winograd_weights(w, V, flipped, n)
+        out[n] = V
+    eps = np.finfo(dtype).eps
+    np.testing.assert_allclose(out[1], expect, rtol=eps, atol=8 * np.finfo(np.float64).eps)
+    np.testing.assert_array_equal(out[1], out[2])
+    np.testing.assert_array_equal(out[1], out[3])
+
+
 def test_small_work_runs_on_fewer_threads(monkeypatch):
     """Calls with little work use fewer kernel threads than the setting (never 0, never more
     than the images); as the splits are fixed, the results stay the same bits (tested above)."""

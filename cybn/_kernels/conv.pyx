@@ -579,36 +579,38 @@ cdef extern from *:
     static const double cybn_G4[18] = {1. / 4, 0, 0, -1. / 6, -1. / 6, -1. / 6,
                                        -1. / 6, 1. / 6, -1. / 6, 1. / 24, 1. / 12, 1. / 6,
                                        1. / 24, -1. / 12, 1. / 6, 0, 0, 1};
-    /* ALPHA and G are compile-time constants, so the loops unroll. The ALPHA^2 streams of V
-       lie F*C apart (often a power of two: they would share cache sets), so each block of up
-       to 64 kernels of one output row is transformed into a local buffer first and then
-       stored stream by stream, contiguously. */
+    /* ALPHA and G are compile-time constants, so the loops unroll. A block of up to 64
+       kernels of one output row is gathered into g[element][kernel] first, so that every step
+       of G g G^T is one vector loop over the kernels (AVX-512/AVX2 clones without FMA, so each
+       product and sum is rounded as in the scalar code: the same bits); the ALPHA^2 results
+       are then stored stream by stream, contiguously (the streams lie F*C apart, often a power
+       of two: written kernel by kernel they would share cache sets). */
     #define CYBN_WINO_WEIGHTS_A(T, NAME, ALPHA, G)                                       \
-    static void NAME(const T* w, T* V, int F, int C, int flipped, int o0, int o1) {     \
+    CYBN_CLONES_EXACT_WIDE static void NAME(const T* w, T* V, int F, int C, int flipped,  \
+                                            int o0, int o1) {                          \
         long FC = (long)F * C;                                                          \
         int Q = flipped ? F : C;                                                        \
-        double buf[ALPHA * ALPHA][64];                                                  \
+        double g[9][64], r[ALPHA * 3][64];                                              \
         for (int o = o0; o < o1; ++o)                                                   \
             for (int q0 = 0; q0 < Q; q0 += 64) {                                        \
                 int nq = Q - q0 < 64 ? Q - q0 : 64;                                     \
                 for (int q = 0; q < nq; ++q) {                                          \
                     long f = flipped ? q0 + q : o, c = flipped ? o : q0 + q;            \
                     const T* k = w + (f * C + c) * 9;                                   \
-                    double g[9], r[ALPHA * 3];                                          \
-                    for (int i = 0; i < 9; ++i) g[i] = flipped ? k[8 - i] : k[i];       \
-                    for (int a = 0; a < ALPHA; ++a)                                     \
-                        for (int j = 0; j < 3; ++j)                                     \
-                            r[a * 3 + j] = G[a * 3] * g[j] + G[a * 3 + 1] * g[3 + j]    \
-                                           + G[a * 3 + 2] * g[6 + j];                   \
-                    for (int a = 0; a < ALPHA; ++a)                                     \
-                        for (int b = 0; b < ALPHA; ++b)                                 \
-                            buf[a * ALPHA + b][q] = r[a * 3] * G[b * 3]                 \
-                                + r[a * 3 + 1] * G[b * 3 + 1] + r[a * 3 + 2] * G[b * 3 + 2]; \
+                    for (int i = 0; i < 9; ++i) g[i][q] = flipped ? k[8 - i] : k[i];    \
                 }                                                                       \
-                for (int xi = 0; xi < ALPHA * ALPHA; ++xi) {                            \
-                    T* v = V + xi * FC + (long)o * Q + q0;                              \
-                    for (int q = 0; q < nq; ++q) v[q] = (T)buf[xi][q];                  \
-                }                                                                       \
+                for (int a = 0; a < ALPHA; ++a)                                         \
+                    for (int j = 0; j < 3; ++j)                                         \
+                        for (int q = 0; q < nq; ++q)                                    \
+                            r[a * 3 + j][q] = G[a * 3] * g[j][q] + G[a * 3 + 1] * g[3 + j][q] \
+                                              + G[a * 3 + 2] * g[6 + j][q];             \
+                for (int a = 0; a < ALPHA; ++a)                                         \
+                    for (int b = 0; b < ALPHA; ++b) {                                   \
+                        T* v = V + (a * ALPHA + b) * FC + (long)o * Q + q0;             \
+                        for (int q = 0; q < nq; ++q)                                    \
+                            v[q] = (T)(r[a * 3][q] * G[b * 3] + r[a * 3 + 1][q] * G[b * 3 + 1] \
+                                       + r[a * 3 + 2][q] * G[b * 3 + 2]);               \
+                    }                                                                   \
             }                                                                           \
     }
     #define CYBN_WINO_WEIGHTS(T, NAME)                                                   \

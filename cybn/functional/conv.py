@@ -103,11 +103,12 @@ _WINO_MIN_CHANNELS = 16  # below, the GEMMs have a tiny inner (C) or outer (C fo
 _WINO_MIN_PIXELS = 512
 
 
-# The weight transform takes ~25 ns per 3x3 kernel on one thread, and waking a second OpenMP
-# thread costs ~110 us here (passive wait policy). Measured (1 vs 2 threads, medians):
-# 32x32 kernels 26 vs 136 us, 64x64 101 vs 156 us, 64x128 202 vs 211 us; so a second thread only
-# from this many kernels per thread.
-_WEIGHTS_PER_THREAD = 8192
+# The weight transform takes ~12 ns per 3x3 kernel on one thread (vectorised over kernels),
+# and waking a second OpenMP thread costs ~100 us here (passive wait policy). Measured (F(4x4),
+# 1 vs 2 threads, medians): 128x64 kernels 96 vs 102-143 us, 128x128 197-210 vs 203-217,
+# 256x128 420-431 vs 425-445, 256x256 870-878 vs 562-575; so a second thread only from this
+# many kernels per thread.
+_WEIGHTS_PER_THREAD = 32768
 
 
 def _use_winograd(kh, kw, sh, sw, C, F, pixels):
