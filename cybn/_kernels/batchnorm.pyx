@@ -31,7 +31,8 @@ exactly although float(mean) alone would be off by ~5% of a standard deviation.
 import numpy as np
 
 cimport cython
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport sqrt
 from libc.stdint cimport uint8_t
 
 from cybn._kernels._common cimport floating
@@ -432,32 +433,87 @@ cdef void _plane_pieces(const floating* p, Py_ssize_t S, double na, double* mean
         e0 = e0 + L
 
 
+cdef inline void _merge_channel(const double[:, :, ::1] part, Py_ssize_t c, Py_ssize_t N,
+                                Py_ssize_t S, double* mean, double* var) noexcept nogil:
+    """Channel c's mean and biased variance from the chunk partials of ``_stats_chunk``, merged
+    in chunk order."""
+    cdef Py_ssize_t ntask = part.shape[0], t, n0, n1
+    cdef double na = 0, nb
+    mean[0] = 0
+    var[0] = 0
+    for t in range(ntask):
+        n0 = _chunk_start(t, N, ntask)
+        n1 = _chunk_start(t + 1, N, ntask)
+        nb = <double>((n1 - n0) * S)
+        if nb == 0:
+            continue
+        _merge(mean, var, na, part[t, 0, c], part[t, 1, c], nb)
+        na = na + nb
+    var[0] = var[0] / na
+
+
 def batch_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var, int num_threads):
     """Per-channel mean and biased variance of x (N, C, S) into mean, var (C,) float64."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t ntask = _ntasks(N, S), t, c, n0, n1
+    cdef Py_ssize_t ntask = _ntasks(N, S), t, c
     cdef double[:, :, ::1] part = np.zeros((ntask, 5, C), dtype=np.float64)
     cdef const floating* px = &x[0, 0, 0]
-    cdef double na, nb
     with nogil:
         for t in prange(ntask, num_threads=num_threads, schedule='static'):
             _stats_chunk(px, C, S, _chunk_start(t, N, ntask), _chunk_start(t + 1, N, ntask),
                          &part[t, 0, 0], &part[t, 1, 0], &part[t, 2, 0], &part[t, 3, 0],
                          &part[t, 4, 0])
-        # Fixed-order merge of the chunk partials.
         for c in range(C):
-            mean[c] = 0
-            var[c] = 0
-            na = 0
-            for t in range(ntask):
-                n0 = _chunk_start(t, N, ntask)
-                n1 = _chunk_start(t + 1, N, ntask)
-                nb = <double>((n1 - n0) * S)
-                if nb == 0:
-                    continue
-                _merge(&mean[c], &var[c], na, part[t, 0, c], part[t, 1, c], nb)
-                na = na + nb
-            var[c] = var[c] / na
+            _merge_channel(part, c, N, S, &mean[c], &var[c])
+
+
+def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
+                       const floating[::1] bias, double eps, double[::1] mean, double[::1] var,
+                       floating[:, :, ::1] y, uint8_t[:, :, ::1] code, bint relu, bint pool,
+                       Py_ssize_t H, Py_ssize_t W, int num_threads):
+    """The training forward in one parallel region: ``batch_stats``, then per channel
+    invstd = 1/sqrt(var + eps), mean split into hi + lo in x's type, scale = invstd * weight
+    and shift = bias (as ``cybn.functional.batchnorm._affine`` rounds them), then
+    ``affine_normalize`` (``relu``) or, with ``pool``, ``affine_relu_pool2`` into y and code.
+    The same operations as those kernels, so the same bits; one team wake-up instead of two,
+    and no return to Python between them."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = (H // 2) * (W // 2)
+    cdef Py_ssize_t ntask = _ntasks(N, S), t, c
+    cdef double[:, :, ::1] part = np.zeros((ntask, 5, C), dtype=np.float64)
+    coef_arr = np.empty((4, C), dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, ::1] coef = coef_arr
+    cdef const floating* px = &x[0, 0, 0]
+    cdef floating* py = &y[0, 0, 0]
+    cdef uint8_t* pc = &code[0, 0, 0] if pool else NULL
+    cdef double invstd
+    if N * C * S == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        for t in prange(ntask, schedule='static'):
+            _stats_chunk(px, C, S, _chunk_start(t, N, ntask), _chunk_start(t + 1, N, ntask),
+                         &part[t, 0, 0], &part[t, 1, 0], &part[t, 2, 0], &part[t, 3, 0],
+                         &part[t, 4, 0])
+        for c in prange(C, schedule='static'):
+            _merge_channel(part, c, N, S, &mean[c], &var[c])
+            invstd = 1.0 / sqrt(var[c] + eps)
+            coef[0, c] = <floating>mean[c]
+            coef[1, c] = <floating>(mean[c] - <double>coef[0, c])
+            coef[2, c] = <floating>(invstd * <double>weight[c])
+            coef[3, c] = bias[c]
+        if S == 1:
+            for t in prange(N, schedule='static'):
+                _normalize_row(px + t * C, py + t * C, &coef[0, 0], &coef[1, 0], &coef[2, 0],
+                               &coef[3, 0], C, relu)
+        elif pool:
+            for t in prange(N * C, schedule='static'):
+                c = t % C
+                _bn_relu_pool_plane(px + t * S, H, W, coef[0, c], coef[1, c], coef[2, c],
+                                    coef[3, c], py + t * L, pc + t * L)
+        else:
+            for t in prange(N * C, schedule='static'):
+                c = t % C
+                _normalize_plane(px + t * S, py + t * S, S, coef[0, c], coef[1, c], coef[2, c],
+                                 coef[3, c], relu)
 
 
 def affine_normalize(const floating[:, :, ::1] x, const floating[::1] mhi,
@@ -466,12 +522,9 @@ def affine_normalize(const floating[:, :, ::1] x, const floating[::1] mhi,
     """y = ((x - mhi[c]) - mlo[c]) * scale[c] + shift[c], then ReLU when ``relu`` (fused BN +
     ReLU); one read of x, one write of y."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t t, i, c
+    cdef Py_ssize_t t, c
     cdef const floating* px = &x[0, 0, 0]
     cdef floating* py = &y[0, 0, 0]
-    cdef const floating* xp
-    cdef floating* yp
-    cdef floating h, l, s, b
     if N * C * S == 0:
         return
     with nogil:
@@ -482,14 +535,15 @@ def affine_normalize(const floating[:, :, ::1] x, const floating[::1] mhi,
         else:
             for t in prange(N * C, num_threads=num_threads, schedule='static'):
                 c = t % C
-                h = mhi[c]
-                l = mlo[c]
-                s = scale[c]
-                b = shift[c]
-                xp = px + t * S
-                yp = py + t * S
-                for i in range(S):
-                    yp[i] = _relu_if(((xp[i] - h) - l) * s + b, relu)
+                _normalize_plane(px + t * S, py + t * S, S, mhi[c], mlo[c], scale[c], shift[c],
+                                 relu)
+
+
+cdef inline void _normalize_plane(const floating* x, floating* y, Py_ssize_t S, floating h,
+                                  floating l, floating s, floating b, bint relu) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(S):
+        y[i] = _relu_if(((x[i] - h) - l) * s + b, relu)
 
 
 cdef inline void _normalize_row(const floating* x, floating* y, const floating* mhi,

@@ -38,6 +38,7 @@ from .._validation import check_float_array, float_array, integer, positive_floa
 from . import _memory
 
 _PAGE = 4096  # bytes between two threads' scratch rows
+_NO_CODE = np.empty((1, 1, 1), np.uint8)  # the code argument of a forward without pooling
 
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
            "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward",
@@ -114,23 +115,36 @@ def _normalize(x, mean, invstd, weight, bias, relu=False):
     return y
 
 
-def _statistics(x, weight, bias, eps, fname):
-    """Validated (x, weight, bias) and the batch's float64 mean, variance and 1/sqrt(var + eps)."""
+def _train_forward(x, weight, bias, eps, relu, pool, fname):
+    """Validated training forward: (y, code or None, mean, var); mean and var are the batch's
+    float64 statistics (var biased). One kernel: statistics, coefficients and the normalising
+    pass (with ReLU, with ReLU and 2x2 max-pool) in one parallel region."""
     x = _input(x)
     weight = _param(weight, "weight", x)
     bias = _param(bias, "bias", x)
     eps = _eps(eps)
     _need_two(x, fname)
-    C = x.shape[1]
+    N, C = x.shape[:2]
+    H, W = x.shape[2:] if x.ndim == 4 else (1, 1)
     mean = np.empty(C, dtype=np.float64)
     var = np.empty(C, dtype=np.float64)
-    _k.batch_stats(_as3(x), mean, var, threads_for(x.size))
-    return x, weight, bias, mean, var, 1.0 / np.sqrt(var + eps)
+    # gamma = 1 and beta = 0 give the same bits as no affine transform (x * 1.0 and + 0 exact)
+    weight = np.ones(C, x.dtype) if weight is None else weight
+    bias = np.zeros(C, x.dtype) if bias is None else bias
+    if pool:
+        y = _memory.empty((N, C, H // 2, W // 2), x.dtype)
+        code = _memory.empty(y.shape, np.uint8)
+    else:
+        y, code = _memory.empty_like(x), None
+    _k.batch_norm_forward(_as3(x), weight, bias, eps, mean, var, _as3(y),
+                          _NO_CODE if code is None else _as3(code), relu, pool, H, W,
+                          threads_for(x.size))
+    return y, code, mean, var
 
 
 def _train(x, weight, bias, eps, relu, fname):
-    x, weight, bias, mean, var, invstd = _statistics(x, weight, bias, eps, fname)
-    return _normalize(x, mean, invstd, weight, bias, relu), mean, var
+    y, _, mean, var = _train_forward(x, weight, bias, eps, relu, False, fname)
+    return y, mean, var
 
 
 def _pool_input(x, fname):
@@ -223,8 +237,7 @@ def batch_norm_relu_pool_train(x, weight, bias, eps=1e-5):
     (the ReLU passes no gradient there). ``batch_norm_relu_pool_backward`` takes the code.
     """
     fname = "batch_norm_relu_pool_train"
-    x, weight, bias, mean, var, invstd = _statistics(_pool_input(x, fname), weight, bias, eps, fname)
-    return _normalize_relu_pool(x, mean, invstd, weight, bias) + (mean, var)
+    return _train_forward(_pool_input(x, fname), weight, bias, eps, True, True, fname)
 
 
 def batch_norm_relu_pool_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
