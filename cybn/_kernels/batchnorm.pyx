@@ -597,16 +597,34 @@ cdef void _bwd_chunk(const floating* dy, const floating* x, const double* mean,
                                 mlo[c], sc[c], sh[c], &sdy[c], &sdyx[c])
 
 
+cdef inline void _sum_channel(const double[:, :, ::1] part, Py_ssize_t c, double* sum_dy,
+                              double* sum_dyxc) noexcept nogil:
+    """*sum_dy, *sum_dyxc = the chunks' partials part[t, 0 / 1, c], added in chunk order."""
+    cdef Py_ssize_t t
+    sum_dy[0] = 0
+    sum_dyxc[0] = 0
+    for t in range(part.shape[0]):
+        sum_dy[0] = sum_dy[0] + part[t, 0, c]
+        sum_dyxc[0] = sum_dyxc[0] + part[t, 1, c]
+
+
 cdef void _sum_partials(const double[:, :, ::1] part, double[::1] sum_dy,
                        double[::1] sum_dyxc) noexcept nogil:
-    """sum_dy[c], sum_dyxc[c] = the chunks' partials part[t, 0 / 1, c], added in chunk order."""
-    cdef Py_ssize_t t, c
+    cdef Py_ssize_t c
     for c in range(part.shape[2]):
-        sum_dy[c] = 0
-        sum_dyxc[c] = 0
-        for t in range(part.shape[0]):
-            sum_dy[c] = sum_dy[c] + part[t, 0, c]
-            sum_dyxc[c] = sum_dyxc[c] + part[t, 1, c]
+        _sum_channel(part, c, &sum_dy[c], &sum_dyxc[c])
+
+
+cdef inline void _dx_coefficients(floating[:, ::1] coef, Py_ssize_t c, double sum_dy,
+                                  double sum_dyxc, double gamma, double invstd,
+                                  double m) noexcept nogil:
+    """coef[0..2, c] = (a, b, d) of dx = a*g + b*(x - mean) + d: a = gamma*invstd,
+    b = -a * invstd * invstd * sum_dyxc / m, d = -a * sum_dy / m, evaluated left to right in
+    double (as NumPy evaluates the same expressions), then rounded once to x's type."""
+    cdef double a = gamma * invstd
+    coef[0, c] = <floating>a
+    coef[1, c] = <floating>((((-a) * invstd) * invstd) * sum_dyxc / m)
+    coef[2, c] = <floating>((-a) * sum_dy / m)
 
 
 def backward_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
@@ -649,7 +667,7 @@ def backward_dx(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
     cdef const floating* gp
     cdef const floating* xp
     cdef floating* op
-    cdef floating h, l, ca, cb, cd, xc, s, sh, g
+    cdef floating h, l, ca, cb, cd
     cdef const floating* psc
     cdef const floating* psh
     if N * C * S == 0:
@@ -673,17 +691,68 @@ def backward_dx(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                 xp = px + t * S
                 op = pdx + t * S
                 if relu:
-                    s = psc[c]
-                    sh = psh[c]
-                    for i in range(S):
-                        # both loads unconditional: a load in one arm only keeps gcc from
-                        # turning the select into a vector blend (a mispredicted branch: 9x)
-                        g = gp[i]
-                        xc = (xp[i] - h) - l
-                        g = g if xc * s + sh > 0 else 0
-                        op[i] = ca * g + (cb * xc + cd)
+                    _dx_relu_plane(gp, xp, op, S, h, l, ca, cb, cd, psc[c], psh[c])
                 else:
                     _dx_plane(gp, xp, op, S, h, l, ca, cb, cd)
+
+
+def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const double[::1] mean,
+             const double[::1] invstd, const floating[::1] weight, const floating[::1] mhi,
+             const floating[::1] mlo, const floating[::1] scale, const floating[::1] shift,
+             bint relu, floating[:, :, ::1] dx, double[::1] sum_dy, double[::1] sum_dyxc,
+             int num_threads):
+    """The training backward in one parallel region: ``backward_sums``, the dx coefficients
+    (``_dx_coefficients``, gamma = weight, m = N*S values per channel), then ``backward_dx``;
+    the same operations, so the same bits, without returning to Python between them."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
+    cdef Py_ssize_t ntask = _ntasks(N, S), t, c
+    cdef double[:, :, ::1] part = np.zeros((ntask, 2, C), dtype=np.float64)
+    coef_arr = np.empty((3, C), dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, ::1] coef = coef_arr
+    cdef const floating* pdy = &dy[0, 0, 0]
+    cdef const floating* px = &x[0, 0, 0]
+    cdef floating* pdx = &dx[0, 0, 0]
+    cdef const floating* psc = &scale[0] if relu else NULL
+    cdef const floating* psh = &shift[0] if relu else NULL
+    cdef double m = <double>(N * S)
+    if N * C * S == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        for t in prange(ntask, schedule='static'):
+            _bwd_chunk(pdy, px, &mean[0], C, S, _chunk_start(t, N, ntask),
+                       _chunk_start(t + 1, N, ntask), &part[t, 0, 0], &part[t, 1, 0],
+                       &mhi[0], &mlo[0], psc, psh)
+        for c in prange(C, schedule='static'):
+            _sum_channel(part, c, &sum_dy[c], &sum_dyxc[c])
+            _dx_coefficients(coef, c, sum_dy[c], sum_dyxc[c], weight[c], invstd[c], m)
+        if S == 1:
+            for t in prange(N, schedule='static'):
+                _dx_row(pdy + t * C, px + t * C, pdx + t * C, &mhi[0], &mlo[0], &coef[0, 0],
+                        &coef[1, 0], &coef[2, 0], psc, psh, C)
+        else:
+            for t in prange(N * C, schedule='static'):
+                c = t % C
+                if relu:
+                    _dx_relu_plane(pdy + t * S, px + t * S, pdx + t * S, S, mhi[c], mlo[c],
+                                   coef[0, c], coef[1, c], coef[2, c], psc[c], psh[c])
+                else:
+                    _dx_plane(pdy + t * S, px + t * S, pdx + t * S, S, mhi[c], mlo[c],
+                              coef[0, c], coef[1, c], coef[2, c])
+
+
+cdef inline void _dx_relu_plane(const floating* gp, const floating* xp, floating* op,
+                                Py_ssize_t S, floating h, floating l, floating ca, floating cb,
+                                floating cd, floating s, floating sh) noexcept nogil:
+    """One plane of dx for the fused BN + ReLU: g = dy masked by the recomputed pre-activation."""
+    cdef Py_ssize_t i
+    cdef floating g, xc
+    for i in range(S):
+        # both loads unconditional: a load in one arm only keeps gcc from turning the select
+        # into a vector blend (a mispredicted branch: 9x)
+        g = gp[i]
+        xc = (xp[i] - h) - l
+        g = g if xc * s + sh > 0 else 0
+        op[i] = ca * g + (cb * xc + cd)
 
 
 cdef inline void _dx_plane(const floating* g, const floating* x, floating* dx, Py_ssize_t S,
@@ -750,50 +819,43 @@ def affine_relu_pool2(const floating[:, :, ::1] x, const floating[::1] mhi,
                                 py + p * L, pc + p * L)
 
 
-def pool2_backward_sums(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
-                        const floating[:, :, ::1] x, Py_ssize_t W, const double[::1] mean,
-                        double[::1] sum_dy, double[::1] sum_dyxc, floating[:, ::1] scratch,
-                        int num_threads):
-    """``backward_sums`` with relu, given the gradient dp (N, C, H/2 * W/2) of
-    ``affine_relu_pool2``'s output and its code: the same chunks, planes and sums, each plane's
-    gradient expanded into this thread's row of scratch (num_threads, >= H*W) first."""
+def pool2_backward(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
+                   const floating[:, :, ::1] x, Py_ssize_t W, const double[::1] mean,
+                   const double[::1] invstd, const floating[::1] weight,
+                   const floating[::1] mhi, const floating[::1] mlo, floating[:, :, ::1] dx,
+                   double[::1] sum_dy, double[::1] sum_dyxc, floating[:, ::1] scratch,
+                   int num_threads):
+    """``backward`` with relu for ``affine_relu_pool2``, given the gradient dp (N, C, H/2 * W/2)
+    of its output and its code, in one parallel region: each plane's gradient is expanded into
+    this thread's row of scratch (num_threads, >= H*W) for the sums (the same chunks, planes
+    and order), then again for dx = a[c]*g + b[c]*((x - mhi[c]) - mlo[c]) + d[c]."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = dp.shape[2]
     cdef Py_ssize_t Wo = W // 2, Ho = L // Wo
     cdef Py_ssize_t ntask = _ntasks(N, S), t, c, n, q
     cdef double[:, :, ::1] part = np.zeros((ntask, 2, C), dtype=np.float64)
-    cdef const floating* pdp = &dp[0, 0, 0]
-    cdef const uint8_t* pc = &code[0, 0, 0]
-    cdef const floating* px = &x[0, 0, 0]
-    cdef floating* g
-    with nogil:
-        for t in prange(ntask, num_threads=num_threads, schedule='static'):
-            g = &scratch[threadid(), 0]
-            for n in range(_chunk_start(t, N, ntask), _chunk_start(t + 1, N, ntask)):
-                for c in range(C):
-                    q = n * C + c
-                    _pool2_expand(pdp + q * L, pc + q * L, Ho, Wo, g)
-                    _bwd_plane(g, px + q * S, S, mean[c], &part[t, 0, c], &part[t, 1, c])
-        _sum_partials(part, sum_dy, sum_dyxc)
-
-
-def pool2_backward_dx(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
-                      const floating[:, :, ::1] x, Py_ssize_t W, const floating[::1] mhi,
-                      const floating[::1] mlo, const floating[::1] a, const floating[::1] b,
-                      const floating[::1] d, floating[:, :, ::1] dx, floating[:, ::1] scratch,
-                      int num_threads):
-    """``backward_dx`` with relu for ``affine_relu_pool2`` (arguments as in
-    ``pool2_backward_sums``): dx = a[c]*g + b[c]*((x - mhi[c]) - mlo[c]) + d[c]."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = dp.shape[2]
-    cdef Py_ssize_t Wo = W // 2, Ho = L // Wo
-    cdef Py_ssize_t t, c
+    coef_arr = np.empty((3, C), dtype=np.float32 if floating is float else np.float64)
+    cdef floating[:, ::1] coef = coef_arr
     cdef const floating* pdp = &dp[0, 0, 0]
     cdef const uint8_t* pc = &code[0, 0, 0]
     cdef const floating* px = &x[0, 0, 0]
     cdef floating* pdx = &dx[0, 0, 0]
     cdef floating* g
-    with nogil:
-        for t in prange(N * C, num_threads=num_threads, schedule='static'):
-            g = &scratch[threadid(), 0]
+    cdef double m = <double>(N * S)
+    if N * C * S == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        g = &scratch[threadid(), 0]
+        for t in prange(ntask, schedule='static'):
+            for n in range(_chunk_start(t, N, ntask), _chunk_start(t + 1, N, ntask)):
+                for c in range(C):
+                    q = n * C + c
+                    _pool2_expand(pdp + q * L, pc + q * L, Ho, Wo, g)
+                    _bwd_plane(g, px + q * S, S, mean[c], &part[t, 0, c], &part[t, 1, c])
+        for c in prange(C, schedule='static'):
+            _sum_channel(part, c, &sum_dy[c], &sum_dyxc[c])
+            _dx_coefficients(coef, c, sum_dy[c], sum_dyxc[c], weight[c], invstd[c], m)
+        for t in prange(N * C, schedule='static'):
             _pool2_expand(pdp + t * L, pc + t * L, Ho, Wo, g)
             c = t % C
-            _dx_plane(g, px + t * S, pdx + t * S, S, mhi[c], mlo[c], a[c], b[c], d[c])
+            _dx_plane(g, px + t * S, pdx + t * S, S, mhi[c], mlo[c], coef[0, c], coef[1, c],
+                      coef[2, c])

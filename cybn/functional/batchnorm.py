@@ -204,27 +204,22 @@ def _backward(dy, x, weight, bias, mean, var, eps, relu, fname):
     dy, x, weight, mean, var, eps = _backward_args(dy, x, weight, mean, var, eps)
     bias = _param(bias, "bias", x)
     C = x.shape[1]
-    m = _need_two(x, fname)
+    _need_two(x, fname)
     threads = threads_for(x.size)
     dt = x.dtype
-    dy3, x3 = _as3(dy), _as3(x)
     invstd = 1.0 / np.sqrt(var + eps)
     hi, lo, scale, shift = _affine(mean, invstd, weight, bias, dt)
     sum_dy = np.empty(C, dtype=np.float64)
     sum_dyxc = np.empty(C, dtype=np.float64)
-    _k.backward_sums(dy3, x3, mean, sum_dy, sum_dyxc, hi, lo, scale, shift, relu, threads)
-    a, b, d = _dx_coefficients(sum_dy, sum_dyxc, weight, invstd, m, dt)
     dx = _memory.empty_like(x)
-    _k.backward_dx(dy3, x3, hi, lo, a, b, d, _as3(dx), scale, shift, relu, threads)
+    _k.backward(_as3(dy), _as3(x), mean, invstd, _gamma(weight, x), hi, lo, scale, shift, relu,
+                _as3(dx), sum_dy, sum_dyxc, threads)
     return dx, (sum_dyxc * invstd).astype(dt), sum_dy.astype(dt)  # dweight = sum(dy * x_hat)
 
 
-def _dx_coefficients(sum_dy, sum_dyxc, weight, invstd, m, dt):
-    """(a, b, d) in dtype ``dt`` of dx = a*dy + b*(x - mean) + d: a = gamma*invstd,
-    b = -a * invstd^2 * sum(dy*(x-mean))/m, d = -a * sum(dy)/m."""
-    gamma = np.ones(sum_dy.shape[0]) if weight is None else weight.astype(np.float64)
-    a = gamma * invstd
-    return a.astype(dt), (-a * invstd * invstd * sum_dyxc / m).astype(dt), (-a * sum_dy / m).astype(dt)
+def _gamma(weight, x):
+    """weight, or ones for affine=False: the kernels take a gamma (1.0 * invstd is exact)."""
+    return np.ones(x.shape[1], x.dtype) if weight is None else weight
 
 
 def batch_norm_relu_pool_train(x, weight, bias, eps=1e-5):
@@ -286,22 +281,20 @@ def batch_norm_relu_pool_backward(dy, code, x, weight, bias, mean, var, eps=1e-5
     code = _pool_code(code, pooled)
     weight, mean, var, eps = _stat_args(x, weight, mean, var, eps)
     bias = _param(bias, "bias", x)
-    m = _need_two(x, fname)
+    _need_two(x, fname)
     threads = threads_for(x.size)
     dt = x.dtype
     invstd = 1.0 / np.sqrt(var + eps)
     hi, lo, _, _ = _affine(mean, invstd, weight, bias, dt)
-    dy3, code3, x3 = _as3(dy), _as3(code), _as3(x)
     # One plane per thread, rows a 4 KB page apart: the cores' prefetchers (software 2 KB ahead,
     # hardware within a page) would otherwise pull the lines the other thread is writing, and the
     # 8x8 and 16x16 backwards ran no faster at 2 threads than at 1.
     scratch = np.empty((threads, H * W + _PAGE // dt.itemsize), dt)
     sum_dy = np.empty(C, dtype=np.float64)
     sum_dyxc = np.empty(C, dtype=np.float64)
-    _k.pool2_backward_sums(dy3, code3, x3, W, mean, sum_dy, sum_dyxc, scratch, threads)
-    a, b, d = _dx_coefficients(sum_dy, sum_dyxc, weight, invstd, m, dt)
     dx = _memory.empty_like(x)
-    _k.pool2_backward_dx(dy3, code3, x3, W, hi, lo, a, b, d, _as3(dx), scratch, threads)
+    _k.pool2_backward(_as3(dy), _as3(code), _as3(x), W, mean, invstd, _gamma(weight, x), hi, lo,
+                      _as3(dx), sum_dy, sum_dyxc, scratch, threads)
     return dx, (sum_dyxc * invstd).astype(dt), sum_dy.astype(dt)
 
 
