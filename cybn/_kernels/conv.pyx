@@ -25,7 +25,7 @@ parallelism). Reductions (dW, db) are summed per fixed block of images and the b
 in order, so results are deterministic and the same for any thread count. Kernels trust their
 inputs (validation is in cybn.functional.conv).
 """
-from cython.parallel cimport prange, threadid
+from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memset, memcpy
 
 from cybn._kernels._blas cimport gemm_rm
@@ -979,57 +979,58 @@ def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
     cdef floating* dvp
     cdef floating beta
     cdef double s, tt
-    for blk in prange(nblocks, num_threads=num_threads, schedule="dynamic", chunksize=1,
-                      nogil=True):
-        t = threadid()
-        Ut = &U[t, 0]
-        Yt = &Y[t, 0]
-        dvp = &dv_part[blk, 0]
-        n0 = _block_start(N, blk, nblocks)
-        n1 = _block_start(N, blk + 1, nblocks)
-        for f in range(F):
-            db_part[blk, f] = 0
-        memset(&Z[t, 0], 0, Z.shape[1] * sizeof(floating))
-        g0 = n0
-        while g0 < n1:
-            g1 = g0 + group if g0 + group < n1 else n1
-            Tg = (g1 - g0) * T
-            for g in range(g0, g1):
-                _wino_input(&x[g, 0, 0, 0], Ut, &Z[t, 0], &tmp[t, 0], C, H, W, ph, pw, TH, TW,
-                            Tg, (g - g0) * T, 4)
-                for f in range(F):
-                    db_part[blk, f] += _sum(&dy[g, f, 0, 0], <Py_ssize_t>Ho * Wo)
-                if floating is float:
-                    cybn_wino4_dy_f(&dy[g, 0, 0, 0], F, Ho, Wo, TH, TW,
-                                    Yt + <Py_ssize_t>(g - g0) * T * F, _stream(<Py_ssize_t>F * Tg))
-                else:
-                    cybn_wino4_dy_d(&dy[g, 0, 0, 0], F, Ho, Wo, TH, TW,
-                                    Yt + <Py_ssize_t>(g - g0) * T * F, _stream(<Py_ssize_t>F * Tg))
-            beta = 0 if g0 == n0 else 1
-            tt = CYBN_WTIME()
-            for xi in range(36):
-                gemm_rm(c'N', c'N', C, F, Tg, Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg,
-                         Yt + xi * _stream(<Py_ssize_t>F * Tg), F, beta, dvp + xi * FC, F)
-            gemm_seconds[t] += CYBN_WTIME() - tt
-            g0 = g1
-    # fixed-order combination of the block partials (block 0, 1, ... for every element), in
-    # double, then G^T dV G: per input channel c (its 36 rows (xi, c) of the (36, C, F)
-    # partials, then its kernels), so one parallel region does both without changing a bit
     cdef double* acc = &dv_acc[0]
-    cdef int c
+    cdef int c, b
     cdef Py_ssize_t o
-    for c in prange(C, num_threads=num_threads, schedule="static", nogil=True):
-        for xi in range(36):
-            o = (<Py_ssize_t>xi * C + c) * F
+    # one parallel region: the image blocks, then (after the loop's barrier) their combination
+    with nogil, parallel(num_threads=num_threads):
+        for blk in prange(nblocks, schedule="dynamic", chunksize=1):
+            t = threadid()
+            Ut = &U[t, 0]
+            Yt = &Y[t, 0]
+            dvp = &dv_part[blk, 0]
+            n0 = _block_start(N, blk, nblocks)
+            n1 = _block_start(N, blk + 1, nblocks)
             for f in range(F):
-                acc[o + f] = dv_part[0, o + f]
-            for blk in range(1, nblocks):
+                db_part[blk, f] = 0
+            memset(&Z[t, 0], 0, Z.shape[1] * sizeof(floating))
+            g0 = n0
+            while g0 < n1:
+                g1 = g0 + group if g0 + group < n1 else n1
+                Tg = (g1 - g0) * T
+                for g in range(g0, g1):
+                    _wino_input(&x[g, 0, 0, 0], Ut, &Z[t, 0], &tmp[t, 0], C, H, W, ph, pw, TH, TW,
+                                Tg, (g - g0) * T, 4)
+                    for f in range(F):
+                        db_part[blk, f] += _sum(&dy[g, f, 0, 0], <Py_ssize_t>Ho * Wo)
+                    if floating is float:
+                        cybn_wino4_dy_f(&dy[g, 0, 0, 0], F, Ho, Wo, TH, TW,
+                                        Yt + <Py_ssize_t>(g - g0) * T * F, _stream(<Py_ssize_t>F * Tg))
+                    else:
+                        cybn_wino4_dy_d(&dy[g, 0, 0, 0], F, Ho, Wo, TH, TW,
+                                        Yt + <Py_ssize_t>(g - g0) * T * F, _stream(<Py_ssize_t>F * Tg))
+                beta = 0 if g0 == n0 else 1
+                tt = CYBN_WTIME()
+                for xi in range(36):
+                    gemm_rm(c'N', c'N', C, F, Tg, Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg,
+                             Yt + xi * _stream(<Py_ssize_t>F * Tg), F, beta, dvp + xi * FC, F)
+                gemm_seconds[t] += CYBN_WTIME() - tt
+                g0 = g1
+        # after the blocks (the loop's barrier): fixed-order combination of the block partials
+        # (block 0, 1, ... for every element), in double, then G^T dV G, per input channel c (its
+        # 36 rows (xi, c) of the (36, C, F) partials, then its kernels)
+        for c in prange(C, schedule="static"):
+            for xi in range(36):
+                o = (<Py_ssize_t>xi * C + c) * F
                 for f in range(F):
-                    acc[o + f] += dv_part[blk, o + f]
-        if floating is float:
-            cybn_wino4_dw_f(acc, &dweight[0, 0, 0, 0], F, C, c)
-        else:
-            cybn_wino4_dw_d(acc, &dweight[0, 0, 0, 0], F, C, c)
+                    acc[o + f] = dv_part[0, o + f]
+                for b in range(1, nblocks):
+                    for f in range(F):
+                        acc[o + f] += dv_part[b, o + f]
+            if floating is float:
+                cybn_wino4_dw_f(acc, &dweight[0, 0, 0, 0], F, C, c)
+            else:
+                cybn_wino4_dw_d(acc, &dweight[0, 0, 0, 0], F, C, c)
     with nogil:
         for f in range(F):
             s = 0
