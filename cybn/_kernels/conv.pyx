@@ -884,13 +884,15 @@ cdef void _wino4_output(const floating* M, floating* y, floating* O, const float
                                    Ho, Wo, TW)
 
 
-def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] V,
-                    const floating[::1] bias, bint has_bias, floating[:, :, :, ::1] y,
-                    floating[:, ::1] U, floating[:, ::1] M, floating[:, ::1] Z, floating[:, ::1] tmp,
-                    floating[:, ::1] O, double[::1] gemm_seconds, int ph, int pw, int m, int group,
-                    int num_threads):
-    """3x3 stride-1 conv y = x * g (+ bias) by Winograd F(m x m, 3x3), m = 2 or 4;
-    V ((m+2)^2, F, C) = G g G^T (``winograd_weights``).
+def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+                    bint flipped, floating[:, :, ::1] V, const floating[::1] bias, bint has_bias,
+                    floating[:, :, :, ::1] y, floating[:, ::1] U, floating[:, ::1] M,
+                    floating[:, ::1] Z, floating[:, ::1] tmp, floating[:, ::1] O,
+                    double[::1] gemm_seconds, int ph, int pw, int m, int group, int num_threads):
+    """3x3 stride-1 conv y = x * g (+ bias) by Winograd F(m x m, 3x3), m = 2 or 4, with the
+    kernels g of w (``flipped``: the dx conv's, see ``winograd_weights``). V ((m+2)^2, F, C) is
+    filled with G g G^T first, its rows shared out to the team that then runs the groups: one
+    parallel region, and no return to Python between the two.
 
     Groups of ``group`` images are handed out to the threads dynamically; per group: input
     transform -> (m+2)^2 GEMMs over the group's tiles -> output transform. Scratch per thread:
@@ -901,36 +903,39 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, ::1] V,
     cdef int F = V.shape[1], Ho = y.shape[2], Wo = y.shape[3]
     cdef int TH = (Ho + m - 1) // m, TW = (Wo + m - 1) // m, T = TH * TW
     cdef int nxi = (m + 2) * (m + 2)
-    cdef int t, g0, g1, g, xi, Tg, ngroups, gi
+    cdef int t, g0, g1, g, xi, Tg, ngroups, gi, o
     cdef floating* Ut
     cdef floating* Mt
     cdef double tt
     if N == 0:
         return
     ngroups = (N + group - 1) // group
-    for gi in prange(ngroups, num_threads=num_threads, schedule="dynamic", chunksize=1, nogil=True):
-        t = threadid()
-        Ut = &U[t, 0]
-        Mt = &M[t, 0]
-        g0 = gi * group
-        g1 = g0 + group if g0 + group < N else N
-        Tg = (g1 - g0) * T
-        for g in range(g0, g1):
-            _wino_input(&x[g, 0, 0, 0], Ut, &Z[t, 0], &tmp[t, 0], C, H, W, ph, pw, TH, TW,
-                        Tg, (g - g0) * T, m)
-        tt = CYBN_WTIME()
-        for xi in range(nxi):
-            gemm_rm(c'N', c'N', F, Tg, C, <floating*>&V[xi, 0, 0], C,
-                     Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg, 0,
-                     Mt + xi * _stream(<Py_ssize_t>F * Tg), Tg)
-        gemm_seconds[t] += CYBN_WTIME() - tt
-        if m == 4:
-            _wino4_output(Mt, &y[0, 0, 0, 0], &O[t, 0], &bias[0], has_bias, F, Ho, Wo, TH, TW,
-                          Tg, g0, g1)
-        else:
+    with nogil, parallel(num_threads=num_threads):
+        for o in prange(F, schedule="static"):
+            _weight_rows(w, V, flipped, o)
+        for gi in prange(ngroups, schedule="dynamic", chunksize=1):
+            t = threadid()
+            Ut = &U[t, 0]
+            Mt = &M[t, 0]
+            g0 = gi * group
+            g1 = g0 + group if g0 + group < N else N
+            Tg = (g1 - g0) * T
             for g in range(g0, g1):
-                _wino_output(Mt, &y[g, 0, 0, 0], &tmp[t, 0], &bias[0], has_bias, F, Ho, Wo,
-                             TH, TW, Tg, (g - g0) * T)
+                _wino_input(&x[g, 0, 0, 0], Ut, &Z[t, 0], &tmp[t, 0], C, H, W, ph, pw, TH, TW,
+                            Tg, (g - g0) * T, m)
+            tt = CYBN_WTIME()
+            for xi in range(nxi):
+                gemm_rm(c'N', c'N', F, Tg, C, <floating*>&V[xi, 0, 0], C,
+                         Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg, 0,
+                         Mt + xi * _stream(<Py_ssize_t>F * Tg), Tg)
+            gemm_seconds[t] += CYBN_WTIME() - tt
+            if m == 4:
+                _wino4_output(Mt, &y[0, 0, 0, 0], &O[t, 0], &bias[0], has_bias, F, Ho, Wo, TH,
+                              TW, Tg, g0, g1)
+            else:
+                for g in range(g0, g1):
+                    _wino_output(Mt, &y[g, 0, 0, 0], &tmp[t, 0], &bias[0], has_bias, F, Ho, Wo,
+                                 TH, TW, Tg, (g - g0) * T)
 
 
 def winograd_weights(const floating[:, :, :, ::1] w, floating[:, :, ::1] V, bint flipped,
@@ -942,15 +947,21 @@ def winograd_weights(const floating[:, :, :, ::1] w, floating[:, :, ::1] V, bint
     g[i, j] = w[f, c, 2 - i, 2 - j]: the weights of the dx conv (dy convolved with the flipped,
     transposed kernel). Rows of V (f, or c when flipped) are shared out to the threads.
     """
-    cdef int F = w.shape[0], C = w.shape[1]
-    cdef int alpha = 4 if V.shape[0] == 16 else 6
-    cdef int R = C if flipped else F
     cdef int o
-    for o in prange(R, num_threads=num_threads, schedule="static", nogil=True):
-        if floating is float:
-            cybn_wino_weights_f(&w[0, 0, 0, 0], &V[0, 0, 0], F, C, flipped, alpha, o, o + 1)
-        else:
-            cybn_wino_weights_d(&w[0, 0, 0, 0], &V[0, 0, 0], F, C, flipped, alpha, o, o + 1)
+    for o in prange(V.shape[1], num_threads=num_threads, schedule="static", nogil=True):
+        _weight_rows(w, V, flipped, o)
+
+
+cdef inline void _weight_rows(const floating[:, :, :, ::1] w, floating[:, :, ::1] V,
+                              bint flipped, int o) noexcept nogil:
+    """Row o of V (output channel f, or c when flipped) of ``winograd_weights``."""
+    cdef int alpha = 4 if V.shape[0] == 16 else 6
+    if floating is float:
+        cybn_wino_weights_f(&w[0, 0, 0, 0], &V[0, 0, 0], w.shape[0], w.shape[1], flipped, alpha,
+                            o, o + 1)
+    else:
+        cybn_wino_weights_d(&w[0, 0, 0, 0], &V[0, 0, 0], w.shape[0], w.shape[1], flipped, alpha,
+                            o, o + 1)
 
 
 def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,

@@ -117,12 +117,6 @@ _WINO_MIN_CHANNELS = 16  # below, the GEMMs have a tiny inner (C) or outer (C fo
 _WINO_MIN_PIXELS = 512
 
 
-# The weight transform takes ~12 ns per 3x3 kernel on one thread (vectorised over kernels),
-# and waking a second OpenMP thread costs ~100 us here (passive wait policy). Measured (F(4x4),
-# 1 vs 2 threads, medians): 128x64 kernels 96 vs 102-143 us, 128x128 197-210 vs 203-217,
-# 256x128 420-431 vs 425-445, 256x256 870-878 vs 562-575; so a second thread only from this
-# many kernels per thread.
-_WEIGHTS_PER_THREAD = 32768
 
 
 def _use_winograd(kh, kw, sh, sw, C, F, pixels):
@@ -148,7 +142,6 @@ def _winograd(x, weight, bias, ph, pw, Ho, Wo, key, flipped=False):
     # thread count keeps results bitwise identical for any number of threads
     group = max(1, min(-(-N // 8), _WINO_TILES[m] // T))
     V = _memory.empty((alpha * alpha, F, C), x.dtype)  # (G g G^T) of every kernel, rounded once
-    _k.winograd_weights(weight, V, flipped, min(nt, max(1, F * C // _WEIGHTS_PER_THREAD)))
     # one stream per xi, each padded by 16 elements (see _stream in the kernel)
     U = _buffer("wino_U", (nt, alpha * alpha * (C * group * T + 16)), x.dtype, rows_apart=True)
     M = _buffer("wino_M", (nt, alpha * alpha * (F * group * T + 16)), x.dtype, rows_apart=True)
@@ -159,8 +152,8 @@ def _winograd(x, weight, bias, ph, pw, Ho, Wo, key, flipped=False):
     b = bias if bias is not None else np.zeros(F, dtype=x.dtype)
     gemm_seconds = _gemm_seconds[key] = np.zeros(nt)
     with _single_threaded_blas:
-        _k.conv2d_winograd(x, V, b, bias is not None, y, U, M, Z, tmp, O, gemm_seconds, ph, pw,
-                           m, group, nt)
+        _k.conv2d_winograd(x, weight, flipped, V, b, bias is not None, y, U, M, Z, tmp, O,
+                           gemm_seconds, ph, pw, m, group, nt)
     return y
 
 
