@@ -11,8 +11,9 @@ combine (dW's reduction over the batch runs inside each tile's GEMM, in BLAS's f
     backward dx (N, in)  = dy (N, out) @ W (out, in)
              dW (out, in) = dy^T (out, N) @ x (N, in);  db = sum over n of dy (double, in order)
 
+The backward's two products share one parallel loop over their tiles (one team wake-up).
 The caller holds the BLAS library at one thread (``cybn._threads.single_threaded_blas``) and
-decides each product's thread count (``cybn.functional.linear``).
+decides the thread count (``cybn.functional.linear``).
 Kernels trust their inputs: call them only through ``cybn.functional.linear``.
 """
 from cython.parallel cimport prange
@@ -26,32 +27,26 @@ cdef inline Py_ssize_t _ntiles(Py_ssize_t size, Py_ssize_t tile) noexcept nogil:
     return (size + tile - 1) // tile
 
 
-cdef void _tiled_gemm(char ta, char tb, Py_ssize_t M, Py_ssize_t N, Py_ssize_t K,
-                      const floating* a, Py_ssize_t lda, const floating* b, Py_ssize_t ldb,
-                      floating* c, Py_ssize_t ldc, const floating* bias, Py_ssize_t tile_m,
-                      Py_ssize_t tile_n, int num_threads) noexcept nogil:
-    """Row-major C (M, N) = op(A) @ op(B) (+ bias per column), one GEMM per tile_m x tile_n
-    tile of C, the tiles shared by ``num_threads`` threads."""
-    cdef Py_ssize_t tm = _ntiles(M, tile_m), tn = _ntiles(N, tile_n)
-    cdef Py_ssize_t t, i0, j0, m, n, i
-    cdef const floating* pa
-    cdef const floating* pb
-    cdef floating beta
-    for t in prange(tm * tn, num_threads=num_threads, schedule='dynamic'):
-        i0 = (t // tn) * tile_m
-        j0 = (t % tn) * tile_n
-        m = M - i0 if M - i0 < tile_m else tile_m
-        n = N - j0 if N - j0 < tile_n else tile_n
-        # op(A) rows i0.. : A stored (M, K) when not transposed, (K, M) when transposed
-        pa = a + i0 * lda if ta == c'N' else a + i0
-        pb = b + j0 if tb == c'N' else b + j0 * ldb
-        beta = 0
-        if bias != NULL:
-            for i in range(m):
-                memcpy(c + (i0 + i) * ldc + j0, bias + j0, n * sizeof(floating))
-            beta = 1
-        gemm_rm(ta, tb, <int>m, <int>n, <int>K, pa, <int>lda, pb, <int>ldb, beta,
-                c + i0 * ldc + j0, <int>ldc)
+cdef inline void _gemm_tile(char ta, char tb, Py_ssize_t t, Py_ssize_t M, Py_ssize_t N,
+                            Py_ssize_t K, const floating* a, Py_ssize_t lda, const floating* b,
+                            Py_ssize_t ldb, floating* c, Py_ssize_t ldc, const floating* bias,
+                            Py_ssize_t tile_m, Py_ssize_t tile_n) noexcept nogil:
+    """Tile t (row-major over the tile_m x tile_n tiles) of row-major C (M, N) = op(A) @ op(B)
+    (+ bias per column), one GEMM."""
+    cdef Py_ssize_t tn = _ntiles(N, tile_n)
+    cdef Py_ssize_t i0 = (t // tn) * tile_m, j0 = (t % tn) * tile_n, i
+    cdef Py_ssize_t m = M - i0 if M - i0 < tile_m else tile_m
+    cdef Py_ssize_t n = N - j0 if N - j0 < tile_n else tile_n
+    # op(A) rows i0.. : A stored (M, K) when not transposed, (K, M) when transposed
+    cdef const floating* pa = a + i0 * lda if ta == c'N' else a + i0
+    cdef const floating* pb = b + j0 if tb == c'N' else b + j0 * ldb
+    cdef floating beta = 0
+    if bias != NULL:
+        for i in range(m):
+            memcpy(c + (i0 + i) * ldc + j0, bias + j0, n * sizeof(floating))
+        beta = 1
+    gemm_rm(ta, tb, <int>m, <int>n, <int>K, pa, <int>lda, pb, <int>ldb, beta,
+            c + i0 * ldc + j0, <int>ldc)
 
 
 def linear_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
@@ -61,28 +56,36 @@ def linear_forward(const floating[:, ::1] x, const floating[:, ::1] weight,
     cdef Py_ssize_t N = x.shape[0], K = x.shape[1], F = weight.shape[0]
     if N == 0 or F == 0:
         return
-    with nogil:
-        _tiled_gemm(c'N', c'T', N, F, K, &x[0, 0] if K else NULL, K,
-                    &weight[0, 0] if K else NULL, K, &y[0, 0], F,
-                    &bias[0] if has_bias else NULL, tile_m, tile_n, num_threads)
+    cdef Py_ssize_t t
+    cdef const floating* px = &x[0, 0] if K else NULL
+    cdef const floating* pw = &weight[0, 0] if K else NULL
+    cdef const floating* pb = &bias[0] if has_bias else NULL
+    for t in prange(_ntiles(N, tile_m) * _ntiles(F, tile_n), num_threads=num_threads,
+                    schedule='dynamic', nogil=True):
+        _gemm_tile(c'N', c'T', t, N, F, K, px, K, pw, K, &y[0, 0], F, pb, tile_m, tile_n)
 
 
 def linear_backward(const floating[:, ::1] dy, const floating[:, ::1] x,
                     const floating[:, ::1] weight, floating[:, ::1] dx, floating[:, ::1] dweight,
                     floating[::1] dbias, Py_ssize_t dx_tile_m, Py_ssize_t dx_tile_n,
-                    Py_ssize_t dw_tile_m, Py_ssize_t dw_tile_n, int dx_threads, int dw_threads):
+                    Py_ssize_t dw_tile_m, Py_ssize_t dw_tile_n, int num_threads):
     """dx = dy @ weight, dweight = dy.T @ x, dbias = dy summed over rows (in double, in order)."""
-    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], F = weight.shape[0], n, f
+    cdef Py_ssize_t N = x.shape[0], K = x.shape[1], F = weight.shape[0], n, f, t
     cdef const floating* pdy = &dy[0, 0] if N and F else NULL
     cdef const floating* px = &x[0, 0] if N and K else NULL
+    cdef const floating* pw = &weight[0, 0] if F and K else NULL
+    # the tiles of both products in one loop (one parallel region): dx's first, then dW's
+    cdef Py_ssize_t ndx = _ntiles(N, dx_tile_m) * _ntiles(K, dx_tile_n) if N and K else 0
+    cdef Py_ssize_t ndw = _ntiles(F, dw_tile_m) * _ntiles(K, dw_tile_n) if F and K else 0
     cdef double s
+    for t in prange(ndx + ndw, num_threads=num_threads, schedule='dynamic', nogil=True):
+        if t < ndx:
+            _gemm_tile(c'N', c'N', t, N, K, F, pdy, F, pw, K, &dx[0, 0], K, NULL, dx_tile_m,
+                       dx_tile_n)
+        else:
+            _gemm_tile(c'T', c'N', t - ndx, F, K, N, pdy, F, px, K, &dweight[0, 0], K, NULL,
+                       dw_tile_m, dw_tile_n)
     with nogil:
-        if N and K:
-            _tiled_gemm(c'N', c'N', N, K, F, pdy, F, &weight[0, 0] if F else NULL, K,
-                        &dx[0, 0], K, NULL, dx_tile_m, dx_tile_n, dx_threads)
-        if F and K:
-            _tiled_gemm(c'T', c'N', F, K, N, pdy, F, px, K, &dweight[0, 0], K, NULL, dw_tile_m,
-                        dw_tile_n, dw_threads)
         for f in range(F):  # N * F adds: too small to be worth a thread team
             s = 0
             for n in range(N):

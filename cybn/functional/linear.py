@@ -91,5 +91,5 @@ def linear_backward(dy, x, weight):
     dx_tile, dw_tile = _tiles(N, K), _tiles(F, K)
     with single_threaded_blas:
         _k.linear_backward(dy, x, weight, dx, dweight, dbias, *dx_tile, *dw_tile,
-                           _threads(N, K, F, dx_tile), _threads(F, K, N, dw_tile))
+                           max(_threads(N, K, F, dx_tile), _threads(F, K, N, dw_tile)))
     return dx, dweight, dbias
