@@ -104,6 +104,7 @@ def _buffer(name, shape, dtype, rows_apart=False):
 _WINOGRAD = True
 _WINO_M = 4
 _WINO_TILES = {2: 256, 4: 64}
+_WINO_MIN_GROUPS = 8
 # dW by Winograd F(4x4, 3x3) (36 GEMMs over the tiles, 4x fewer flops than im2col) where the
 # layer takes the Winograd path; False: im2col dW. _WINO_DW_TILES: tiles per GEMM group.
 _WINO_DW = True
@@ -138,9 +139,9 @@ def _winograd(x, weight, bias, ph, pw, Ho, Wo, key, flipped=False):
     nt = _threads_for(N, F, C, 3, 3, Ho, Wo)
     TH, TW = -(-Ho // m), -(-Wo // m)
     T = TH * TW
-    # ~_WINO_TILES tiles per group, and >= 8 groups to balance the threads; not depending on the
-    # thread count keeps results bitwise identical for any number of threads
-    group = max(1, min(-(-N // 8), _WINO_TILES[m] // T))
+    # ~_WINO_TILES tiles per group, and >= _WINO_MIN_GROUPS groups to balance the threads; not
+    # depending on the thread count keeps results bitwise identical for any number of threads
+    group = max(1, min(-(-N // _WINO_MIN_GROUPS), _WINO_TILES[m] // T))
     V = _memory.empty((alpha * alpha, F, C), x.dtype)  # (G g G^T) of every kernel, rounded once
     # one stream per xi, each padded by 16 elements (see _stream in the kernel)
     U = _buffer("wino_U", (nt, alpha * alpha * (C * group * T + 16)), x.dtype, rows_apart=True)
