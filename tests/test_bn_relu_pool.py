@@ -157,6 +157,22 @@ def test_bad_inputs_name_the_problem(rng):
         F.batch_norm_relu_pool_train(x[:1, :, :0, :0], w, b)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("value", [5, 255])
+def test_one_bad_code_anywhere_raises(rng, threads, tiny_work_threaded, shape, value):
+    """The kernel checks every code as it expands it: one value above 4 in any plane or piece
+    (first, last, a row of > 256 windows) is a ValueError at 1 and 2 threads."""
+    x, w, b = _inputs(rng, shape, np.float32)
+    y, code, mean, var = F.batch_norm_relu_pool_train(x, w, b)
+    dy = np.ones_like(y)
+    for flat in {0, code.size - 1, int(rng.integers(code.size))}:
+        bad = code.copy()
+        bad.flat[flat] = value
+        with pytest.raises(ValueError, match=f"0..4 .*found {value}"):
+            F.batch_norm_relu_pool_backward(dy, bad, x, w, b, mean, var)
+    F.batch_norm_relu_pool_backward(dy, code, x, w, b, mean, var)  # the forward's codes pass
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_eval_op_equals_the_two_ops_and_the_reference(rng, dtype):
     x, w, b = _inputs(rng, (5, 3, 6, 4), dtype)

@@ -212,15 +212,16 @@ cdef extern from *:
     }
     /* The gradient reaching one (2 Ho, 2 Wo) input plane of that op: dp[q] at its window's code
        position, +0 elsewhere; exactly what max_pool2d_backward and the ReLU's mask give. Each
-       piece's two rows of windows are built in flat arrays, then copied to the plane's rows. */
+       piece's two rows of windows are built in flat arrays, then copied to the plane's rows.
+       Returns nonzero when a code is above 4 (not the forward's: the caller raises). */
     #define CYBN_POOL2_EXPAND(T, U) \
-    CYBN_CLONES_EXACT_WIDE static void cybn_pool2_expand_##T(const T *CYBN_RESTRICT dp, \
+    CYBN_CLONES_EXACT_WIDE static int cybn_pool2_expand_##T(const T *CYBN_RESTRICT dp, \
             const uint8_t *CYBN_RESTRICT co, ptrdiff_t Ho, ptrdiff_t Wo, T *CYBN_RESTRICT g) { \
-        T e0[512], e1[512]; U kb[256]; ptrdiff_t q0, q, n, i, r, L = Ho * Wo; \
+        T e0[512], e1[512]; U kb[256], bad = 0; ptrdiff_t q0, q, n, i, r, L = Ho * Wo; \
         for (q0 = 0; q0 < L; q0 += n) { \
             n = cybn_pool2_piece(q0, L, Wo); \
             CYBN_PREFETCH(dp + q0); CYBN_PREFETCH(co + q0); \
-            for (q = 0; q < n; q++) kb[q] = co[q0 + q]; \
+            for (q = 0; q < n; q++) { kb[q] = co[q0 + q]; bad |= (U)(kb[q] > 4); } \
             for (q = 0; q < n; q++) { \
                 U v = cybn_bits_##T(dp[q0 + q]), k = kb[q]; \
                 e0[2 * q] = cybn_from_bits_##T(v & -(U)(k == 0)); \
@@ -239,6 +240,7 @@ cdef extern from *:
                 memcpy(g + (4 * r + 2) * Wo + 2 * (q0 - r * Wo), e1, 2 * n * sizeof(T)); \
             } \
         } \
+        return bad != 0; \
     }
     CYBN_BN_RELU_POOL_PLANE(float, uint32_t)
     CYBN_BN_RELU_POOL_PLANE(double, uint64_t)
@@ -262,10 +264,10 @@ cdef extern from *:
     void cybn_bn_relu_pool_plane_double(const double* x, Py_ssize_t H, Py_ssize_t W, double h,
                                         double l, double s, double b, double* y,
                                         uint8_t* co) noexcept nogil
-    void cybn_pool2_expand_float(const float* dp, const uint8_t* co, Py_ssize_t Ho, Py_ssize_t Wo,
-                                 float* g) noexcept nogil
-    void cybn_pool2_expand_double(const double* dp, const uint8_t* co, Py_ssize_t Ho,
-                                  Py_ssize_t Wo, double* g) noexcept nogil
+    int cybn_pool2_expand_float(const float* dp, const uint8_t* co, Py_ssize_t Ho, Py_ssize_t Wo,
+                                float* g) noexcept nogil
+    int cybn_pool2_expand_double(const double* dp, const uint8_t* co, Py_ssize_t Ho,
+                                 Py_ssize_t Wo, double* g) noexcept nogil
 
 
 cdef inline void _shifted(const floating* p, Py_ssize_t n, double k, double* sd,
@@ -791,12 +793,13 @@ cdef inline void _bn_relu_pool_plane(const floating* x, Py_ssize_t H, Py_ssize_t
         cybn_bn_relu_pool_plane_double(x, H, W, h, l, s, b, y, co)
 
 
-cdef inline void _pool2_expand(const floating* dp, const uint8_t* co, Py_ssize_t Ho,
-                               Py_ssize_t Wo, floating* g) noexcept nogil:
+cdef inline int _pool2_expand(const floating* dp, const uint8_t* co, Py_ssize_t Ho,
+                              Py_ssize_t Wo, floating* g) noexcept nogil:
+    """Expand one plane's gradient into g; nonzero when one of its codes is above 4."""
     if floating is float:
-        cybn_pool2_expand_float(dp, co, Ho, Wo, g)
+        return cybn_pool2_expand_float(dp, co, Ho, Wo, g)
     else:
-        cybn_pool2_expand_double(dp, co, Ho, Wo, g)
+        return cybn_pool2_expand_double(dp, co, Ho, Wo, g)
 
 
 def affine_relu_pool2(const floating[:, :, ::1] x, const floating[::1] mhi,
@@ -828,7 +831,8 @@ def pool2_backward(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
     """``backward`` with relu for ``affine_relu_pool2``, given the gradient dp (N, C, H/2 * W/2)
     of its output and its code, in one parallel region: each plane's gradient is expanded into
     this thread's row of scratch (num_threads, >= H*W) for the sums (the same chunks, planes
-    and order), then again for dx = a[c]*g + b[c]*((x - mhi[c]) - mlo[c]) + d[c]."""
+    and order), then again for dx = a[c]*g + b[c]*((x - mhi[c]) - mlo[c]) + d[c]. Returns
+    True when a code is above 4 (then dx and the sums are meaningless: the caller raises)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = dp.shape[2]
     cdef Py_ssize_t Wo = W // 2, Ho = L // Wo
     cdef Py_ssize_t ntask = _ntasks(N, S), t, c, n, q
@@ -841,15 +845,16 @@ def pool2_backward(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
     cdef floating* pdx = &dx[0, 0, 0]
     cdef floating* g
     cdef double m = <double>(N * S)
+    cdef int bad = 0
     if N * C * S == 0:
-        return
+        return False
     with nogil, parallel(num_threads=num_threads):
         g = &scratch[threadid(), 0]
         for t in prange(ntask, schedule='static'):
             for n in range(_chunk_start(t, N, ntask), _chunk_start(t + 1, N, ntask)):
                 for c in range(C):
                     q = n * C + c
-                    _pool2_expand(pdp + q * L, pc + q * L, Ho, Wo, g)
+                    bad |= _pool2_expand(pdp + q * L, pc + q * L, Ho, Wo, g)
                     _bwd_plane(g, px + q * S, S, mean[c], &part[t, 0, c], &part[t, 1, c])
         for c in prange(C, schedule='static'):
             _sum_channel(part, c, &sum_dy[c], &sum_dyxc[c])
@@ -859,3 +864,4 @@ def pool2_backward(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
             c = t % C
             _dx_plane(g, px + t * S, pdx + t * S, S, mhi[c], mlo[c], coef[0, c], coef[1, c],
                       coef[2, c])
+    return bad != 0

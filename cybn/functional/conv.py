@@ -20,6 +20,7 @@ The BLAS library (scipy's OpenBLAS, used through scipy.linalg.cython_blas) is he
 for the duration of a call, since OpenMP provides the parallelism. Scratch buffers are cached
 per (name, dtype) and reused.
 """
+import math
 import threading
 
 import numpy as np
@@ -86,7 +87,7 @@ def _buffer(name, shape, dtype, rows_apart=False):
     dtype = np.dtype(dtype)
     if rows_apart:
         shape = (shape[0], shape[1] + _ROW_GAP // dtype.itemsize)
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     key = (name, dtype)
     cache = _scratch.__dict__
     buf = cache.get(key)
