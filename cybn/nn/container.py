@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import _formats
 from ..checkpoint import write_atomically
+from .._threads import single_threaded_blas
 from .._validation import flag, positive_int
 from .layers import (BatchNorm1D, BatchNorm2D, MaxPool2D, ReLU, bn_relu_backward, bn_relu_forward,
                      bn_relu_pool_backward, bn_relu_pool_forward)
@@ -131,6 +132,12 @@ class Sequential(Module):
         return 2
 
     def forward(self, x):
+        # BLAS held at one thread for the whole pass (the ops' own holds then only count): each
+        # hold and release costs 7-25 us after a kernel has evicted Python from the caches
+        with single_threaded_blas:
+            return self._forward(x)
+
+    def _forward(self, x):
         hooks = list(self._hooks.values())
         fused = {}
         i = 0
@@ -157,6 +164,10 @@ class Sequential(Module):
         Overwrites every layer's ``grads``. Returns the input gradient, or None when
         ``needs_input_grad`` is False.
         """
+        with single_threaded_blas:  # as in forward
+            return self._backward(dy)
+
+    def _backward(self, dy):
         last = {i + n - 1: i for i, n in self._fused.items()}  # last layer of a fused op -> first
         i = len(self.layers) - 1
         while i >= 0:
