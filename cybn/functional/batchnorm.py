@@ -21,6 +21,12 @@ Same maths and signatures as ``cybn.reference.batchnorm`` (see its docstrings). 
   the pooled dy, the code and x, rebuilding each plane's gradient in a per-thread scratch plane,
   so neither BN's output nor its full-size gradient is ever stored.
 
+Each training forward and backward is one kernel call and one parallel region: its passes are
+separated by the loop barriers, with the per-channel coefficients (invstd, the mean split into
+hi + lo, scale; dx's a, b, d) computed in C between them, rounded as NumPy rounds the same
+expressions. Waking a sleeping thread costs ~90 us per region on the development VM, and
+Python between the passes ran with its data evicted from the caches.
+
 Determinism: reductions are split into chunks of rows chosen from the input shape only, each
 chunk reduced by one thread in a fixed order, partials merged in a fixed order: results are
 bit-identical for any thread count.
