@@ -9,7 +9,9 @@ the ``CYBN_NUM_THREADS`` environment variable, else the cores this process may r
 
 BLAS limit: while any kernel that calls BLAS runs, ``single_threaded_blas`` holds every BLAS
 library loaded at import (scipy's and numpy's OpenBLAS) at one thread; the last call to leave
-restores the previous limits. Outside those calls, ``set_num_threads(n)`` also caps numpy's and
+restores the previous limits (``nn.Sequential`` holds it around a whole forward or backward,
+so the ops inside only count: each hold and release costs 7-25 us just after a kernel).
+Outside those calls, ``set_num_threads(n)`` also caps numpy's and
 scipy's BLAS pools at ``n`` (cybn's own ops never use them; the cap keeps user code beside
 cybn, e.g. a numpy matmul in a metric, within the same ``n`` cores the user asked for).
 """
