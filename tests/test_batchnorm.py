@@ -278,6 +278,68 @@ def test_update_running_stats_matches_reference(stat_dtype, rng):
     np.testing.assert_allclose(rv, (var * 12 / 11).astype(stat_dtype), rtol=1e-6)
 
 
+_TRAIN_OPS = {"bn": ("batch_norm_train", (6, 5, 4, 2)), "bn_relu": ("batch_norm_relu_train", (7, 3)),
+              "bn_relu_pool": ("batch_norm_relu_pool_train", (3, 5, 4, 6))}
+
+
+@pytest.mark.parametrize("op", sorted(_TRAIN_OPS))
+@pytest.mark.parametrize("dtype, stat_dtype, layout", [
+    (np.float32, np.float32, "contiguous"), (np.float64, np.float64, "contiguous"),
+    (np.float32, np.float64, "contiguous"), (np.float64, np.float64, "strided")],
+    ids=["f32-in-kernel", "f64-in-kernel", "f32-f64-stats", "strided-stats"])
+@pytest.mark.parametrize("momentum", [0.1, 0.0, 1.0])
+def test_train_ops_update_running_stats_as_the_separate_op(rng, threads, tiny_work_threaded, op,
+                                                          dtype, stat_dtype, layout, momentum):
+    """running_mean/running_var given to a training forward end up bitwise as after the forward
+    without them and update_running_stats (in the kernel for a layer's buffers; the other
+    dtype and strided arrays take the separate update), the outputs unchanged; the reference
+    does the same."""
+    name, shape = _TRAIN_OPS[op]
+    C = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    w, b = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    start = [rng.standard_normal(2 * C).astype(stat_dtype) for _ in range(2)]
+    if layout == "strided":
+        rm, rv = (v[::2] for v in start)
+    else:
+        rm, rv = (np.ascontiguousarray(v[:C]) for v in start)
+    rm_sep, rv_sep = rm.copy(), rv.copy()
+    plain = getattr(F, name)(x, w, b)
+    tracked = getattr(F, name)(x, w, b, running_mean=rm, running_var=rv, momentum=momentum)
+    F.update_running_stats(rm_sep, rv_sep, plain[-2], plain[-1], x.size // C, momentum)
+    for a, c in zip(plain, tracked):
+        np.testing.assert_array_equal(a, c)
+    np.testing.assert_array_equal(rm, rm_sep)
+    np.testing.assert_array_equal(rv, rv_sep)
+    rm_ref, rv_ref = (np.ascontiguousarray(v) for v in (rm_sep, rv_sep))
+    getattr(R, name)(x, w, b, running_mean=rm_ref, running_var=rv_ref, momentum=momentum)
+    R.update_running_stats(rm_sep, rv_sep, plain[-2], plain[-1], x.size // C, momentum)
+    np.testing.assert_array_equal(rm_ref, rm_sep)
+    np.testing.assert_array_equal(rv_ref, rv_sep)
+
+
+def test_train_ops_bad_running_stats_change_nothing(rng):
+    x = rng.standard_normal((4, 3, 2, 2)).astype(np.float32)
+    w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    rm, rv = np.zeros(3, np.float32), np.ones(3, np.float32)
+    ro = rv.copy()
+    ro.flags.writeable = False
+    cases = [(dict(running_mean=rm), ValueError, "give both or neither"),
+             (dict(running_var=rv), ValueError, "give both or neither"),
+             (dict(running_mean=rm, running_var=np.ones(4, np.float32)), ValueError,
+              r"running_var must have shape \(3,\)"),
+             (dict(running_mean=rm, running_var=rm), ValueError, "must not share memory"),
+             (dict(running_mean=rm, running_var=ro), ValueError, "updated in place"),
+             (dict(running_mean=rm, running_var=rv, momentum=1.5), ValueError, "momentum must"),
+             (dict(running_mean=rm, running_var=np.ones(3, np.int32)), TypeError, "running_var")]
+    for op in (F.batch_norm_train, F.batch_norm_relu_train, F.batch_norm_relu_pool_train):
+        for kwargs, exc, match in cases:
+            with pytest.raises(exc, match=match):
+                op(x, w, b, **kwargs)
+    np.testing.assert_array_equal(rm, 0.0)
+    np.testing.assert_array_equal(rv, 1.0)
+
+
 def test_matches_torch_training_and_running_stats(rng):
     torch = pytest.importorskip("torch")
     for shape in [(8, 3, 5, 5), (6, 7)]:

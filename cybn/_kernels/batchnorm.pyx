@@ -472,13 +472,17 @@ def batch_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var, 
 def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
                        const floating[::1] bias, double eps, double[::1] mean, double[::1] var,
                        floating[:, :, ::1] y, uint8_t[:, :, ::1] code, bint relu, bint pool,
-                       Py_ssize_t H, Py_ssize_t W, int num_threads):
+                       Py_ssize_t H, Py_ssize_t W, floating[::1] running_mean,
+                       floating[::1] running_var, bint track, double momentum, double unbias,
+                       int num_threads):
     """The training forward in one parallel region: ``batch_stats``, then per channel
     invstd = 1/sqrt(var + eps), mean split into hi + lo in x's type, scale = invstd * weight
     and shift = bias (as ``cybn.functional.batchnorm._affine`` rounds them), then
     ``affine_normalize`` (``relu``) or, with ``pool``, ``affine_relu_pool2`` into y and code.
     The same operations as those kernels, so the same bits; one team wake-up instead of two,
-    and no return to Python between them."""
+    and no return to Python between them. With ``track``, the running statistics are updated
+    per channel as ``update_running_stats`` computes it (r = (1 - momentum) * r + momentum *
+    batch in double, var * unbias for the variance, rounded once to their type)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = (H // 2) * (W // 2)
     cdef Py_ssize_t ntask = _ntasks(N, S), t, c
     cdef double[:, :, ::1] part = np.zeros((ntask, 5, C), dtype=np.float64)
@@ -502,6 +506,11 @@ def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
             coef[1, c] = <floating>(mean[c] - <double>coef[0, c])
             coef[2, c] = <floating>(invstd * <double>weight[c])
             coef[3, c] = bias[c]
+            if track:
+                running_mean[c] = <floating>((1.0 - momentum) * <double>running_mean[c]
+                                             + momentum * mean[c])
+                running_var[c] = <floating>((1.0 - momentum) * <double>running_var[c]
+                                            + momentum * (var[c] * unbias))
         if S == 1:
             for t in prange(N, schedule='static'):
                 _normalize_row(px + t * C, py + t * C, &coef[0, 0], &coef[1, 0], &coef[2, 0],

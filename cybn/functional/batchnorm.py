@@ -45,6 +45,7 @@ from . import _memory
 
 _PAGE = 4096  # bytes between two threads' scratch rows
 _NO_CODE = np.empty((1, 1, 1), np.uint8)  # the code argument of a forward without pooling
+_NO_RUNNING = {np.dtype(t): np.empty(0, t) for t in (np.float32, np.float64)}  # not tracked
 
 __all__ = ["batch_norm_train", "batch_norm_backward", "batch_norm_eval", "batch_norm_eval_backward",
            "update_running_stats", "batch_norm_relu_train", "batch_norm_relu_backward",
@@ -121,16 +122,24 @@ def _normalize(x, mean, invstd, weight, bias, relu=False):
     return y
 
 
-def _train_forward(x, weight, bias, eps, relu, pool, fname):
+def _train_forward(x, weight, bias, eps, relu, pool, fname, running):
     """Validated training forward: (y, code or None, mean, var); mean and var are the batch's
     float64 statistics (var biased). One kernel: statistics, coefficients and the normalising
-    pass (with ReLU, with ReLU and 2x2 max-pool) in one parallel region."""
+    pass (with ReLU, with ReLU and 2x2 max-pool) in one parallel region. ``running``:
+    (running_mean, running_var, momentum), updated as ``update_running_stats`` does; in the
+    kernel when they are contiguous arrays of x's dtype (a layer's buffers), else after it."""
     x = _input(x)
     weight = _param(weight, "weight", x)
     bias = _param(bias, "bias", x)
     eps = _eps(eps)
-    _need_two(x, fname)
+    count = _need_two(x, fname)
     N, C = x.shape[:2]
+    running_mean, running_var, momentum = running
+    track = running_mean is not None or running_var is not None
+    if track:
+        momentum = _running_args(running_mean, running_var, C, momentum)
+    in_kernel = track and all(r.dtype == x.dtype and r.flags.c_contiguous
+                              for r in (running_mean, running_var))
     H, W = x.shape[2:] if x.ndim == 4 else (1, 1)
     mean = np.empty(C, dtype=np.float64)
     var = np.empty(C, dtype=np.float64)
@@ -142,14 +151,19 @@ def _train_forward(x, weight, bias, eps, relu, pool, fname):
         code = _memory.empty(y.shape, np.uint8)
     else:
         y, code = _memory.empty_like(x), None
+    unused = _NO_RUNNING[x.dtype]
     _k.batch_norm_forward(_as3(x), weight, bias, eps, mean, var, _as3(y),
                           _NO_CODE if code is None else _as3(code), relu, pool, H, W,
-                          threads_for(x.size))
+                          running_mean if in_kernel else unused,
+                          running_var if in_kernel else unused, in_kernel, momentum,
+                          count / (count - 1), threads_for(x.size))
+    if track and not in_kernel:
+        update_running_stats(running_mean, running_var, mean, var, count, momentum)
     return y, code, mean, var
 
 
-def _train(x, weight, bias, eps, relu, fname):
-    y, _, mean, var = _train_forward(x, weight, bias, eps, relu, False, fname)
+def _train(x, weight, bias, eps, relu, fname, running):
+    y, _, mean, var = _train_forward(x, weight, bias, eps, relu, False, fname, running)
     return y, mean, var
 
 
@@ -183,14 +197,23 @@ def _stat_args(x, weight, mean, var, eps, names=("mean", "var")):
             _stat(var, names[1], C, nonnegative=True), _eps(eps))
 
 
-def batch_norm_train(x, weight, bias, eps=1e-5):
-    """Training-mode forward: (y, mean, var); mean, var float64 (C,), var is the biased variance."""
-    return _train(x, weight, bias, eps, False, "batch_norm_train")
+def batch_norm_train(x, weight, bias, eps=1e-5, *, running_mean=None, running_var=None,
+                     momentum=0.1):
+    """Training-mode forward: (y, mean, var); mean, var float64 (C,), var is the biased variance.
+
+    With ``running_mean`` and ``running_var`` (both or neither), also updates them in place as
+    ``update_running_stats(running_mean, running_var, mean, var, N*H*W, momentum)`` does, bit
+    for bit (in the same kernel when they have x's dtype and are contiguous)."""
+    return _train(x, weight, bias, eps, False, "batch_norm_train",
+                  (running_mean, running_var, momentum))
 
 
-def batch_norm_relu_train(x, weight, bias, eps=1e-5):
-    """relu(batch_norm_train(x, ...)) in one pass after the statistics: (y, mean, var)."""
-    return _train(x, weight, bias, eps, True, "batch_norm_relu_train")
+def batch_norm_relu_train(x, weight, bias, eps=1e-5, *, running_mean=None, running_var=None,
+                          momentum=0.1):
+    """relu(batch_norm_train(x, ...)) in one pass after the statistics: (y, mean, var); the
+    running statistics as in ``batch_norm_train``."""
+    return _train(x, weight, bias, eps, True, "batch_norm_relu_train",
+                  (running_mean, running_var, momentum))
 
 
 def batch_norm_backward(dy, x, weight, mean, var, eps=1e-5):
@@ -228,17 +251,20 @@ def _gamma(weight, x):
     return np.ones(x.shape[1], x.dtype) if weight is None else weight
 
 
-def batch_norm_relu_pool_train(x, weight, bias, eps=1e-5):
+def batch_norm_relu_pool_train(x, weight, bias, eps=1e-5, *, running_mean=None, running_var=None,
+                               momentum=0.1):
     """max_pool2d(batch_norm_relu_train(x, ...)[0], 2), fused: (y, code, mean, var).
 
     x is (N, C, H, W) with H and W even; the pool has 2x2 windows of stride 2. BN's full-size
     output is never stored: one pass after the statistics writes y (N, C, H/2, W/2), bitwise
     what the three ops give, and ``code`` (uint8, y's shape): the position of each window's
     maximum (0..3, row-major, ties to the first as in ``max_pool2d``) when it is > 0, else 4
-    (the ReLU passes no gradient there). ``batch_norm_relu_pool_backward`` takes the code.
+    (the ReLU passes no gradient there). ``batch_norm_relu_pool_backward`` takes the code. The
+    running statistics as in ``batch_norm_train``.
     """
     fname = "batch_norm_relu_pool_train"
-    return _train_forward(_pool_input(x, fname), weight, bias, eps, True, True, fname)
+    return _train_forward(_pool_input(x, fname), weight, bias, eps, True, True, fname,
+                          (running_mean, running_var, momentum))
 
 
 def batch_norm_relu_pool_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
@@ -351,19 +377,29 @@ def _running(v, name):
     return v
 
 
+def _running_args(running_mean, running_var, C, momentum):
+    """Validated running statistics (two writeable, non-overlapping (C,) float arrays) to update
+    in place; returns the validated momentum."""
+    if running_mean is None or running_var is None:
+        raise ValueError("running_mean and running_var are updated together: give both or neither")
+    _running(running_mean, "running_mean")
+    _running(running_var, "running_var")
+    for v, name in ((running_mean, "running_mean"), (running_var, "running_var")):
+        if v.shape != (C,):
+            raise ValueError(f"{name} must have shape {(C,)} (one value per channel), got {v.shape}")
+    if np.shares_memory(running_mean, running_var):
+        raise ValueError("running_mean and running_var must not share memory")
+    return real(momentum, "momentum", 0.0, 1.0)
+
+
 def update_running_stats(running_mean, running_var, mean, var, count, momentum=0.1):
     """In place: r = (1-momentum)*r + momentum*batch; the variance unbiased by count/(count-1)."""
     _running(running_mean, "running_mean")
-    _running(running_var, "running_var")
+    momentum = _running_args(running_mean, running_var, running_mean.shape[0], momentum)
     C = running_mean.shape[0]
-    if running_var.shape != (C,):
-        raise ValueError(f"running_var must have shape {(C,)} like running_mean, got {running_var.shape}")
-    if np.shares_memory(running_mean, running_var):
-        raise ValueError("running_mean and running_var must not share memory")
     mean = _stat(mean, "mean", C)
     var = _stat(var, "var", C, nonnegative=True)
     count = integer(count, "count", minimum=2)
-    momentum = real(momentum, "momentum", 0.0, 1.0)
     # O(C) work: plain NumPy, computed in float64 and stored in the running arrays' dtype.
     unbiased = var * (count / (count - 1))
     running_mean[...] = (1 - momentum) * running_mean.astype(np.float64) + momentum * mean

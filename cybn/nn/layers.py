@@ -176,8 +176,9 @@ class _BatchNorm(Module):
         self._check_channels(x)
         w, b = self.params.get("weight"), self.params.get("bias")
         if self.training:
-            y, mean, var = (F.batch_norm_relu_train if relu else F.batch_norm_train)(x, w, b, self.eps)
-            self._track(mean, var, x.size // x.shape[1])
+            y, mean, var = (F.batch_norm_relu_train if relu else F.batch_norm_train)(
+                x, w, b, self.eps, **self._running())
+            self._tracked()
             self._save_for_backward(("train", x, mean, var), y)
         else:
             y = (F.batch_norm_relu_eval if relu else F.batch_norm_eval)(
@@ -196,8 +197,9 @@ class _BatchNorm(Module):
             self._save_for_backward(None, x)
             return y, None, None, None
         y, code, mean, var = F.batch_norm_relu_pool_train(x, self.params.get("weight"),
-                                                          self.params.get("bias"), self.eps)
-        self._track(mean, var, x.size // x.shape[1])
+                                                          self.params.get("bias"), self.eps,
+                                                          **self._running())
+        self._tracked()
         self._save_for_backward(("train", x, mean, var), x)  # BN's output has x's shape and dtype
         return y, code, mean, var
 
@@ -208,15 +210,25 @@ class _BatchNorm(Module):
             raise ValueError(f"{type(self).__name__} expects {self.num_features} channels, "
                              f"got input shape {x.shape}")
 
-    def _track(self, mean, var, count):
-        """Count a training batch and move the running statistics towards its ``mean`` and biased
-        ``var`` over ``count`` values per channel."""
-        self.buffers["num_batches_tracked"] += 1
+    def _running(self):
+        """The running-statistics arguments of a training forward: the buffers, updated in place
+        by the op (in its kernel), and this batch's momentum (None: 1 / batches tracked)."""
         momentum = self.momentum
         if momentum is None:
-            momentum = 1.0 / int(self.buffers["num_batches_tracked"])
+            momentum = 1.0 / (int(self.buffers["num_batches_tracked"]) + 1)
+        return {"running_mean": self.buffers["running_mean"],
+                "running_var": self.buffers["running_var"], "momentum": momentum}
+
+    def _tracked(self):
+        """Count a training batch (after its op updated the running statistics)."""
+        self.buffers["num_batches_tracked"] += 1
+
+    def _track(self, mean, var, count):
+        """Move the running statistics towards a batch's ``mean`` and biased ``var`` over
+        ``count`` values per channel, and count the batch (SyncBatchNorm's global statistics)."""
         F.update_running_stats(self.buffers["running_mean"], self.buffers["running_var"], mean, var,
-                               count, momentum)
+                               count, self._running()["momentum"])
+        self._tracked()
 
     def _cached_mode(self):
         """The mode ("train", "eval"; SyncBatchNorm: "sync") of the forward whose cache awaits

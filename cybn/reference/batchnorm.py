@@ -38,10 +38,12 @@ def _count(x):
     return x.size // x.shape[1] if x.shape[1] else 0
 
 
-def batch_norm_train(x, weight, bias, eps=1e-5):
+def batch_norm_train(x, weight, bias, eps=1e-5, *, running_mean=None, running_var=None,
+                     momentum=0.1):
     """Training-mode forward. Returns (y, mean, var); mean, var are float64 (C,), var BIASED.
 
-    y has x's dtype. Raises ValueError when a channel has only m = N*H*W == 1 value.
+    y has x's dtype. Raises ValueError when a channel has only m = N*H*W == 1 value. With
+    ``running_mean`` and ``running_var``: ``update_running_stats(..., m, momentum)`` after it.
     """
     axes = _axes(x)
     m = _count(x)
@@ -58,6 +60,8 @@ def batch_norm_train(x, weight, bias, eps=1e-5):
         y = y * _per_channel(weight.astype(np.float64), x)
     if bias is not None:
         y = y + _per_channel(bias.astype(np.float64), x)
+    if running_mean is not None or running_var is not None:
+        update_running_stats(running_mean, running_var, mean, var, m, momentum)
     return y.astype(x.dtype), mean, var
 
 
@@ -146,9 +150,11 @@ def _relu(y):
     return np.where(y <= 0, 0, y).astype(y.dtype)  # NaN passes, as in reference.relu
 
 
-def batch_norm_relu_train(x, weight, bias, eps=1e-5):
-    """relu(batch_norm_train(x, weight, bias, eps)): returns (y, mean, var)."""
-    y, mean, var = batch_norm_train(x, weight, bias, eps)
+def batch_norm_relu_train(x, weight, bias, eps=1e-5, *, running_mean=None, running_var=None,
+                          momentum=0.1):
+    """relu(batch_norm_train(x, weight, bias, eps, ...)): returns (y, mean, var)."""
+    y, mean, var = batch_norm_train(x, weight, bias, eps, running_mean=running_mean,
+                                    running_var=running_var, momentum=momentum)
     return _relu(y), mean, var
 
 
@@ -170,11 +176,13 @@ def batch_norm_relu_backward(dy, x, weight, bias, mean, var, eps=1e-5):
     return batch_norm_backward(np.where(z > 0, dy, 0).astype(dy.dtype), x, weight, mean, var, eps)
 
 
-def batch_norm_relu_pool_train(x, weight, bias, eps=1e-5):
+def batch_norm_relu_pool_train(x, weight, bias, eps=1e-5, *, running_mean=None, running_var=None,
+                               momentum=0.1):
     """max_pool2d(batch_norm_relu_train(x, ...)[0], 2) with the pool's 2x2 windows of stride 2
     (H, W even): (y, code, mean, var); code (uint8) is the window position (0..3, row-major) of
     each maximum when it is > 0, else 4 (no gradient reaches that window through the ReLU)."""
-    z, mean, var = batch_norm_relu_train(x, weight, bias, eps)
+    z, mean, var = batch_norm_relu_train(x, weight, bias, eps, running_mean=running_mean,
+                                         running_var=running_var, momentum=momentum)
     y, indices = max_pool2d(z, 2)
     W = x.shape[3]
     corner = 2 * W * np.arange(y.shape[2])[:, None] + 2 * np.arange(y.shape[3])[None, :]
