@@ -884,6 +884,33 @@ cdef void _wino4_output(const floating* M, floating* y, floating* O, const float
                                    Ho, Wo, TW)
 
 
+cdef void _wino_group(const floating* x, int C, int H, int W, const floating* V, int F,
+                      const floating* bias, bint has_bias, floating* y, int Ho, int Wo,
+                      floating* Ut, floating* Mt, floating* Zt, floating* tmpt, floating* Ot,
+                      double* gsec, int ph, int pw, int m, int g0, int g1) noexcept nogil:
+    """Images g0..g1 of x (N, C, H, W) into y (N, F, Ho, Wo) by F(m x m, 3x3) with the
+    transformed kernels V ((m+2)^2, F, C): input transform -> (m+2)^2 GEMMs over the group's
+    tiles -> output transform, in this thread's scratch (see ``conv2d_winograd``)."""
+    cdef int TH = (Ho + m - 1) // m, TW = (Wo + m - 1) // m, T = TH * TW
+    cdef int Tg = (g1 - g0) * T, g, xi
+    cdef double tt
+    for g in range(g0, g1):
+        _wino_input(x + <Py_ssize_t>g * C * H * W, Ut, Zt, tmpt, C, H, W, ph, pw, TH, TW, Tg,
+                    (g - g0) * T, m)
+    tt = CYBN_WTIME()
+    for xi in range((m + 2) * (m + 2)):
+        gemm_rm(c'N', c'N', F, Tg, C, <floating*>V + <Py_ssize_t>xi * F * C, C,
+                 Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg, 0,
+                 Mt + xi * _stream(<Py_ssize_t>F * Tg), Tg)
+    gsec[0] += CYBN_WTIME() - tt
+    if m == 4:
+        _wino4_output(Mt, y, Ot, bias, has_bias, F, Ho, Wo, TH, TW, Tg, g0, g1)
+    else:
+        for g in range(g0, g1):
+            _wino_output(Mt, y + <Py_ssize_t>g * F * Ho * Wo, tmpt, bias, has_bias, F, Ho, Wo,
+                         TH, TW, Tg, (g - g0) * T)
+
+
 def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
                     bint flipped, floating[:, :, ::1] V, const floating[::1] bias, bint has_bias,
                     floating[:, :, :, ::1] y, floating[:, ::1] U, floating[:, ::1] M,
@@ -894,48 +921,25 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     filled with G g G^T first, its rows shared out to the team that then runs the groups: one
     parallel region, and no return to Python between the two.
 
-    Groups of ``group`` images are handed out to the threads dynamically; per group: input
-    transform -> (m+2)^2 GEMMs over the group's tiles -> output transform. Scratch per thread:
-    U ((m+2)^2*(C*Tg+16)), M ((m+2)^2*(F*Tg+16)) with Tg = group*TH*TW, TH = ceil(Ho/m), TW = ceil(Wo/m);
-    Z (>= W), tmp ((m+2)*(m*TW+2)), O (16*Tg for m = 4; unused for m = 2).
+    Groups of ``group`` images are handed out to the threads dynamically (``_wino_group``).
+    Scratch per thread (rows at least): U ((m+2)^2*(C*Tg+16)), M ((m+2)^2*(F*Tg+16)) with
+    Tg = group*TH*TW, TH = ceil(Ho/m), TW = ceil(Wo/m); Z (>= W), tmp ((m+2)*(m*TW+2)), O (16*Tg
+    for m = 4; unused for m = 2).
     """
-    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int F = V.shape[1], Ho = y.shape[2], Wo = y.shape[3]
-    cdef int TH = (Ho + m - 1) // m, TW = (Wo + m - 1) // m, T = TH * TW
-    cdef int nxi = (m + 2) * (m + 2)
-    cdef int t, g0, g1, g, xi, Tg, ngroups, gi, o
-    cdef floating* Ut
-    cdef floating* Mt
-    cdef double tt
+    cdef int N = x.shape[0], F = V.shape[1]
+    cdef int t, g0, gi, o
     if N == 0:
         return
-    ngroups = (N + group - 1) // group
     with nogil, parallel(num_threads=num_threads):
         for o in prange(F, schedule="static"):
             _weight_rows(w, V, flipped, o)
-        for gi in prange(ngroups, schedule="dynamic", chunksize=1):
+        for gi in prange((N + group - 1) // group, schedule="dynamic", chunksize=1):
             t = threadid()
-            Ut = &U[t, 0]
-            Mt = &M[t, 0]
             g0 = gi * group
-            g1 = g0 + group if g0 + group < N else N
-            Tg = (g1 - g0) * T
-            for g in range(g0, g1):
-                _wino_input(&x[g, 0, 0, 0], Ut, &Z[t, 0], &tmp[t, 0], C, H, W, ph, pw, TH, TW,
-                            Tg, (g - g0) * T, m)
-            tt = CYBN_WTIME()
-            for xi in range(nxi):
-                gemm_rm(c'N', c'N', F, Tg, C, <floating*>&V[xi, 0, 0], C,
-                         Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg, 0,
-                         Mt + xi * _stream(<Py_ssize_t>F * Tg), Tg)
-            gemm_seconds[t] += CYBN_WTIME() - tt
-            if m == 4:
-                _wino4_output(Mt, &y[0, 0, 0, 0], &O[t, 0], &bias[0], has_bias, F, Ho, Wo, TH,
-                              TW, Tg, g0, g1)
-            else:
-                for g in range(g0, g1):
-                    _wino_output(Mt, &y[g, 0, 0, 0], &tmp[t, 0], &bias[0], has_bias, F, Ho, Wo,
-                                 TH, TW, Tg, (g - g0) * T)
+            _wino_group(&x[0, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3], &V[0, 0, 0], F,
+                        &bias[0], has_bias, &y[0, 0, 0, 0], y.shape[2], y.shape[3], &U[t, 0],
+                        &M[t, 0], &Z[t, 0], &tmp[t, 0], &O[t, 0], &gemm_seconds[t], ph, pw, m,
+                        g0, g0 + group if g0 + group < N else N)
 
 
 def winograd_weights(const floating[:, :, :, ::1] w, floating[:, :, ::1] V, bint flipped,
@@ -964,6 +968,72 @@ cdef inline void _weight_rows(const floating[:, :, :, ::1] w, floating[:, :, ::1
                             o, o + 1)
 
 
+cdef void _wino_dw_block(const floating* dy, int F, int Ho, int Wo, const floating* x, int C,
+                         int H, int W, floating* dvp, double* dbp, floating* Ut, floating* Yt,
+                         floating* Zt, floating* tmpt, double* gsec, int ph, int pw, int group,
+                         int n0, int n1) noexcept nogil:
+    """One image block n0..n1 of ``conv2d_winograd_dw`` into its partials dvp (36*C*F) and
+    dbp (F), groups of ``group`` images at a time, in this thread's scratch."""
+    cdef int TH = (Ho + 3) // 4, TW = (Wo + 3) // 4, T = TH * TW
+    cdef Py_ssize_t FC = <Py_ssize_t>F * C
+    cdef int g0 = n0, g1, g, f, xi, Tg
+    cdef floating beta
+    cdef double tt
+    for f in range(F):
+        dbp[f] = 0
+    while g0 < n1:
+        g1 = g0 + group if g0 + group < n1 else n1
+        Tg = (g1 - g0) * T
+        for g in range(g0, g1):
+            _wino_input(x + <Py_ssize_t>g * C * H * W, Ut, Zt, tmpt, C, H, W, ph, pw, TH, TW, Tg,
+                        (g - g0) * T, 4)
+            for f in range(F):
+                dbp[f] += _sum(dy + (<Py_ssize_t>g * F + f) * Ho * Wo, <Py_ssize_t>Ho * Wo)
+            if floating is float:
+                cybn_wino4_dy_f(dy + <Py_ssize_t>g * F * Ho * Wo, F, Ho, Wo, TH, TW,
+                                Yt + <Py_ssize_t>(g - g0) * T * F, _stream(<Py_ssize_t>F * Tg))
+            else:
+                cybn_wino4_dy_d(dy + <Py_ssize_t>g * F * Ho * Wo, F, Ho, Wo, TH, TW,
+                                Yt + <Py_ssize_t>(g - g0) * T * F, _stream(<Py_ssize_t>F * Tg))
+        beta = 0 if g0 == n0 else 1
+        tt = CYBN_WTIME()
+        for xi in range(36):
+            gemm_rm(c'N', c'N', C, F, Tg, Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg,
+                     Yt + xi * _stream(<Py_ssize_t>F * Tg), F, beta, dvp + xi * FC, F)
+        gsec[0] += CYBN_WTIME() - tt
+        g0 = g1
+
+
+cdef void _wino_dw_combine(const floating* dv_part, int nblocks, double* acc, floating* dweight,
+                           int F, int C, int c) noexcept nogil:
+    """Input channel c of dW: its 36 rows (xi, c) of the (nblocks, 36, C, F) partials added in
+    block order in double, then G^T dV G of its kernels."""
+    cdef Py_ssize_t o, stride = <Py_ssize_t>36 * F * C
+    cdef int xi, f, b
+    for xi in range(36):
+        o = (<Py_ssize_t>xi * C + c) * F
+        for f in range(F):
+            acc[o + f] = dv_part[o + f]
+        for b in range(1, nblocks):
+            for f in range(F):
+                acc[o + f] += dv_part[b * stride + o + f]
+    if floating is float:
+        cybn_wino4_dw_f(acc, dweight, F, C, c)
+    else:
+        cybn_wino4_dw_d(acc, dweight, F, C, c)
+
+
+cdef void _db_combine(const double[:, ::1] db_part, floating[::1] dbias) noexcept nogil:
+    """db = the blocks' partial bias gradients added in block order."""
+    cdef int f, blk
+    cdef double s
+    for f in range(dbias.shape[0]):
+        s = 0
+        for blk in range(db_part.shape[0]):
+            s = s + db_part[blk, f]
+        dbias[f] = <floating>s
+
+
 def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
                        floating[:, ::1] dv_part, double[::1] dv_acc, double[:, ::1] db_part,
                        floating[:, ::1] U, floating[:, ::1] Y, floating[:, ::1] Z,
@@ -976,75 +1046,58 @@ def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, 
 
     Fixed blocks of images (nblocks = dv_part.shape[0]) each own a partial dV^T (36*C*F) and db,
     combined in block order in double (dv_acc: 36*C*F): deterministic for any thread count.
-    Within a block, images go in groups of ``group``. Scratch per thread: U (36*(C*Tg+16)),
-    Y (36*(F*Tg+16)), Z (>= W zeros), tmp (6*(4*TW+2)); Tg = group*TH*TW.
+    Within a block, images go in groups of ``group``. Scratch per thread (rows at least):
+    U (36*(C*Tg+16)), Y (36*(F*Tg+16)), Z (>= W zeros), tmp (6*(4*TW+2)); Tg = group*TH*TW.
+    One parallel region: the blocks, then (after the loop's barrier) their combination.
     """
-    cdef int N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef int F = dy.shape[1], Ho = dy.shape[2], Wo = dy.shape[3]
-    cdef int TH = (Ho + 3) // 4, TW = (Wo + 3) // 4, T = TH * TW
-    cdef int nblocks = dv_part.shape[0]
-    cdef Py_ssize_t FC = <Py_ssize_t>F * C
-    cdef int t, blk, n0, n1, g0, g1, g, f, xi, Tg
-    cdef floating* Ut
-    cdef floating* Yt
-    cdef floating* dvp
-    cdef floating beta
-    cdef double s, tt
-    cdef double* acc = &dv_acc[0]
-    cdef int c, b
-    cdef Py_ssize_t o
-    # one parallel region: the image blocks, then (after the loop's barrier) their combination
+    cdef int N = x.shape[0], nblocks = dv_part.shape[0], t, blk, c
     with nogil, parallel(num_threads=num_threads):
         for blk in prange(nblocks, schedule="dynamic", chunksize=1):
             t = threadid()
-            Ut = &U[t, 0]
-            Yt = &Y[t, 0]
-            dvp = &dv_part[blk, 0]
-            n0 = _block_start(N, blk, nblocks)
-            n1 = _block_start(N, blk + 1, nblocks)
-            for f in range(F):
-                db_part[blk, f] = 0
-            memset(&Z[t, 0], 0, Z.shape[1] * sizeof(floating))
-            g0 = n0
-            while g0 < n1:
-                g1 = g0 + group if g0 + group < n1 else n1
-                Tg = (g1 - g0) * T
-                for g in range(g0, g1):
-                    _wino_input(&x[g, 0, 0, 0], Ut, &Z[t, 0], &tmp[t, 0], C, H, W, ph, pw, TH, TW,
-                                Tg, (g - g0) * T, 4)
-                    for f in range(F):
-                        db_part[blk, f] += _sum(&dy[g, f, 0, 0], <Py_ssize_t>Ho * Wo)
-                    if floating is float:
-                        cybn_wino4_dy_f(&dy[g, 0, 0, 0], F, Ho, Wo, TH, TW,
-                                        Yt + <Py_ssize_t>(g - g0) * T * F, _stream(<Py_ssize_t>F * Tg))
-                    else:
-                        cybn_wino4_dy_d(&dy[g, 0, 0, 0], F, Ho, Wo, TH, TW,
-                                        Yt + <Py_ssize_t>(g - g0) * T * F, _stream(<Py_ssize_t>F * Tg))
-                beta = 0 if g0 == n0 else 1
-                tt = CYBN_WTIME()
-                for xi in range(36):
-                    gemm_rm(c'N', c'N', C, F, Tg, Ut + xi * _stream(<Py_ssize_t>C * Tg), Tg,
-                             Yt + xi * _stream(<Py_ssize_t>F * Tg), F, beta, dvp + xi * FC, F)
-                gemm_seconds[t] += CYBN_WTIME() - tt
-                g0 = g1
-        # after the blocks (the loop's barrier): fixed-order combination of the block partials
-        # (block 0, 1, ... for every element), in double, then G^T dV G, per input channel c (its
-        # 36 rows (xi, c) of the (36, C, F) partials, then its kernels)
+            _wino_dw_block(&dy[0, 0, 0, 0], dy.shape[1], dy.shape[2], dy.shape[3], &x[0, 0, 0, 0],
+                           x.shape[1], x.shape[2], x.shape[3], &dv_part[blk, 0], &db_part[blk, 0],
+                           &U[t, 0], &Y[t, 0], &Z[t, 0], &tmp[t, 0], &gemm_seconds[t], ph, pw,
+                           group, _block_start(N, blk, nblocks), _block_start(N, blk + 1, nblocks))
+        for c in prange(x.shape[1], schedule="static"):
+            _wino_dw_combine(&dv_part[0, 0], nblocks, &dv_acc[0], &dweight[0, 0, 0, 0],
+                             dy.shape[1], x.shape[1], c)
+    _db_combine(db_part, dbias)
+
+
+def conv2d_winograd_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
+                             const floating[:, :, :, ::1] w, floating[:, :, ::1] V,
+                             floating[:, :, :, ::1] dx, floating[:, ::1] dv_part,
+                             double[::1] dv_acc, double[:, ::1] db_part, floating[:, ::1] U,
+                             floating[:, ::1] M, floating[:, ::1] Z, floating[:, ::1] tmp,
+                             floating[:, ::1] O, floating[:, :, :, ::1] dweight,
+                             floating[::1] dbias, double[::1] gemm_seconds, int ph, int pw,
+                             int dx_group, int dw_group, int num_threads):
+    """dx, dweight, dbias of a 3x3 stride-1 conv by F(4x4, 3x3) in one parallel region: the
+    flipped weight transform into V (36, C, F), dx as ``conv2d_winograd`` of dy with it
+    (padding 2 - ph, 2 - pw; groups of ``dx_group``), then ``conv2d_winograd_dw``'s blocks and
+    their combination; the same calls in the same order as the two kernels, so the same bits,
+    with one team wake-up and no return to Python between dx and dW. The scratch rows serve
+    both (size them for the larger)."""
+    cdef int N = x.shape[0], C = x.shape[1], F = dy.shape[1], nblocks = dv_part.shape[0]
+    cdef int t, g0, gi, o, blk, c
+    if N == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        for o in prange(C, schedule="static"):
+            _weight_rows(w, V, True, o)
+        for gi in prange((N + dx_group - 1) // dx_group, schedule="dynamic", chunksize=1):
+            t = threadid()
+            g0 = gi * dx_group
+            _wino_group(&dy[0, 0, 0, 0], F, dy.shape[2], dy.shape[3], &V[0, 0, 0], C,
+                        <floating*>NULL, False, &dx[0, 0, 0, 0], x.shape[2], x.shape[3], &U[t, 0],
+                        &M[t, 0], &Z[t, 0], &tmp[t, 0], &O[t, 0], &gemm_seconds[t], 2 - ph,
+                        2 - pw, 4, g0, g0 + dx_group if g0 + dx_group < N else N)
+        for blk in prange(nblocks, schedule="dynamic", chunksize=1):
+            t = threadid()
+            _wino_dw_block(&dy[0, 0, 0, 0], F, dy.shape[2], dy.shape[3], &x[0, 0, 0, 0], C,
+                           x.shape[2], x.shape[3], &dv_part[blk, 0], &db_part[blk, 0], &U[t, 0],
+                           &M[t, 0], &Z[t, 0], &tmp[t, 0], &gemm_seconds[t], ph, pw, dw_group,
+                           _block_start(N, blk, nblocks), _block_start(N, blk + 1, nblocks))
         for c in prange(C, schedule="static"):
-            for xi in range(36):
-                o = (<Py_ssize_t>xi * C + c) * F
-                for f in range(F):
-                    acc[o + f] = dv_part[0, o + f]
-                for b in range(1, nblocks):
-                    for f in range(F):
-                        acc[o + f] += dv_part[b, o + f]
-            if floating is float:
-                cybn_wino4_dw_f(acc, &dweight[0, 0, 0, 0], F, C, c)
-            else:
-                cybn_wino4_dw_d(acc, &dweight[0, 0, 0, 0], F, C, c)
-    with nogil:
-        for f in range(F):
-            s = 0
-            for blk in range(nblocks):
-                s = s + db_part[blk, f]
-            dbias[f] = <floating>s
+            _wino_dw_combine(&dv_part[0, 0], nblocks, &dv_acc[0], &dweight[0, 0, 0, 0], F, C, c)
+    _db_combine(db_part, dbias)

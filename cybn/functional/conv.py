@@ -127,6 +127,47 @@ def _use_winograd(kh, kw, sh, sw, C, F, pixels):
             and min(C, F) >= _WINO_MIN_CHANNELS and pixels >= _WINO_MIN_PIXELS)
 
 
+def _wino_conv_shape(N, C, F, W, Ho, Wo, m):
+    """(group, per-thread scratch sizes U, M, Z, tmp, O) of the F(m x m) conv of N images with
+    C input channels of width W into F channels of Ho x Wo (see ``conv2d_winograd``)."""
+    TH, TW = -(-Ho // m), -(-Wo // m)
+    T = TH * TW
+    # ~_WINO_TILES tiles per group, and >= _WINO_MIN_GROUPS groups to balance the threads; not
+    # depending on the thread count keeps results bitwise identical for any number of threads
+    group = max(1, min(-(-N // _WINO_MIN_GROUPS), _WINO_TILES[m] // T))
+    xis = (m + 2) ** 2  # one stream per xi, each padded by 16 elements (see _stream)
+    return group, (xis * (C * group * T + 16), xis * (F * group * T + 16), W,
+                   (m + 2) * (m * TW + 2) + 4,  # + the SSE over-read
+                   16 * group * T if m == 4 else 1)
+
+
+def _wino_dw_shape(N, C, F, W, Ho, Wo):
+    """(blocks, group, per-thread scratch sizes U, Y, Z, tmp) of the F(4x4) dW of N images with
+    C input channels of width W and F output channels of Ho x Wo (see ``conv2d_winograd_dw``)."""
+    TH, TW = -(-Ho // 4), -(-Wo // 4)
+    T = TH * TW
+    # fixed image blocks, each with its own 36*F*C partial dV: with few tiles per image (8x8
+    # planes) 16 blocks would make combining the partials cost more than the GEMMs, so a block
+    # gets >= _WINO_DW_BLOCK_TILES tiles (up to _BLOCKS blocks); the split depends on shapes only
+    nblocks = max(1, min(N, _BLOCKS, N * T // _WINO_DW_BLOCK_TILES))
+    # groups inside a block of images: fixed by the shapes, never by the thread count
+    group = max(1, min(-(-N // nblocks), _WINO_DW_TILES // T))
+    return nblocks, group, (36 * (C * group * T + 16), 36 * (F * group * T + 16), W,
+                            6 * (4 * TW + 2) + 4)
+
+
+def _scratch_rows(nt, sizes, dtype):
+    """The per-thread scratch U, M (or Y), Z, tmp[, O] with rows of at least these sizes."""
+    names = ("wino_U", "wino_M", "wino_Z", "wino_tmp", "wino_O")
+    return [_buffer(name, (nt, size), dtype, rows_apart=True) for name, size in zip(names, sizes)]
+
+
+def _dw_partials(nblocks, F, C, dtype):
+    return (_buffer("dw_part", (nblocks, 36 * F * C), dtype),
+            _buffer("dw_acc", (36 * F * C,), np.float64),
+            _buffer("db_part", (nblocks, F), np.float64, rows_apart=True))
+
+
 def _winograd(x, weight, bias, ph, pw, Ho, Wo, key, flipped=False):
     """y = conv2d(x, weight, bias, 1, (ph, pw)) for a 3x3 kernel, by Winograd F(m x m, 3x3).
 
@@ -135,22 +176,11 @@ def _winograd(x, weight, bias, ph, pw, Ho, Wo, key, flipped=False):
     N, C, _, W = x.shape
     F = weight.shape[1] if flipped else weight.shape[0]
     m = _WINO_M
-    alpha = m + 2
     y = _memory.empty((N, F, Ho, Wo), x.dtype)
     nt = _threads_for(N, F, C, 3, 3, Ho, Wo)
-    TH, TW = -(-Ho // m), -(-Wo // m)
-    T = TH * TW
-    # ~_WINO_TILES tiles per group, and >= _WINO_MIN_GROUPS groups to balance the threads; not
-    # depending on the thread count keeps results bitwise identical for any number of threads
-    group = max(1, min(-(-N // _WINO_MIN_GROUPS), _WINO_TILES[m] // T))
-    V = _memory.empty((alpha * alpha, F, C), x.dtype)  # (G g G^T) of every kernel, rounded once
-    # one stream per xi, each padded by 16 elements (see _stream in the kernel)
-    U = _buffer("wino_U", (nt, alpha * alpha * (C * group * T + 16)), x.dtype, rows_apart=True)
-    M = _buffer("wino_M", (nt, alpha * alpha * (F * group * T + 16)), x.dtype, rows_apart=True)
-    Z = _buffer("wino_Z", (nt, W), x.dtype, rows_apart=True)
-    # + the SSE over-read
-    tmp = _buffer("wino_tmp", (nt, alpha * (m * TW + 2) + 4), x.dtype, rows_apart=True)
-    O = _buffer("wino_O", (nt, 16 * group * T if m == 4 else 1), x.dtype, rows_apart=True)
+    group, sizes = _wino_conv_shape(N, C, F, W, Ho, Wo, m)
+    V = _memory.empty(((m + 2) ** 2, F, C), x.dtype)  # (G g G^T) of every kernel, rounded once
+    U, M, Z, tmp, O = _scratch_rows(nt, sizes, x.dtype)
     b = bias if bias is not None else np.zeros(F, dtype=x.dtype)
     gemm_seconds = _gemm_seconds[key] = np.zeros(nt)
     with _single_threaded_blas:
@@ -164,26 +194,36 @@ def _winograd_dw(dy, x, ph, pw, dweight, dbias, key):
     kernel."""
     N, C, H, W = x.shape
     _, F, Ho, Wo = dy.shape
-    TH, TW = -(-Ho // 4), -(-Wo // 4)
-    T = TH * TW
     nt = _threads_for(N, F, C, 3, 3, Ho, Wo)
-    # fixed image blocks, each with its own 36*F*C partial dV: with few tiles per image (8x8
-    # planes) 16 blocks would make combining the partials cost more than the GEMMs, so a block
-    # gets >= _WINO_DW_BLOCK_TILES tiles (up to _BLOCKS blocks); the split depends on shapes only
-    nblocks = max(1, min(N, _BLOCKS, N * T // _WINO_DW_BLOCK_TILES))
-    # groups inside a block of images: fixed by the shapes, never by the thread count
-    group = max(1, min(-(-N // nblocks), _WINO_DW_TILES // T))
-    U = _buffer("wino_U", (nt, 36 * (C * group * T + 16)), x.dtype, rows_apart=True)
-    Y = _buffer("wino_M", (nt, 36 * (F * group * T + 16)), x.dtype, rows_apart=True)
-    Z = _buffer("wino_Z", (nt, W), x.dtype, rows_apart=True)
-    tmp = _buffer("wino_tmp", (nt, 6 * (4 * TW + 2) + 4), x.dtype, rows_apart=True)
-    dv_part = _buffer("dw_part", (nblocks, 36 * F * C), x.dtype)
-    dv_acc = _buffer("dw_acc", (36 * F * C,), np.float64)
-    db_part = _buffer("db_part", (nblocks, F), np.float64, rows_apart=True)
+    nblocks, group, sizes = _wino_dw_shape(N, C, F, W, Ho, Wo)
+    U, Y, Z, tmp = _scratch_rows(nt, sizes, x.dtype)
+    dv_part, dv_acc, db_part = _dw_partials(nblocks, F, C, x.dtype)
     gemm_seconds = _gemm_seconds[key] = np.zeros(nt)
     with _single_threaded_blas:
         _k.conv2d_winograd_dw(dy, x, dv_part, dv_acc, db_part, U, Y, Z, tmp, dweight, dbias,
                               gemm_seconds, ph, pw, group, nt)
+
+
+def _winograd_backward(dy, x, weight, ph, pw, dweight, dbias):
+    """dx (returned), dweight, dbias (filled in) of a 3x3 stride-1 conv by F(4x4, 3x3) in one
+    kernel call (``conv2d_winograd_backward``): the dx conv of ``_winograd(flipped=True)`` and
+    ``_winograd_dw``'s dW, the same splits and bits, the scratch rows sized for the larger."""
+    N, C, H, W = x.shape
+    _, F, Ho, Wo = dy.shape
+    nt = _threads_for(N, F, C, 3, 3, Ho, Wo, products=2)
+    dx_group, dx_sizes = _wino_conv_shape(N, F, C, Wo, H, W, 4)
+    nblocks, dw_group, dw_sizes = _wino_dw_shape(N, C, F, W, Ho, Wo)
+    sizes = [max(a, b) for a, b in zip(dx_sizes, dw_sizes + (0,))]
+    U, M, Z, tmp, O = _scratch_rows(nt, sizes, x.dtype)
+    dv_part, dv_acc, db_part = _dw_partials(nblocks, F, C, x.dtype)
+    V = _memory.empty((36, C, F), x.dtype)
+    dx = _memory.empty_like(x)
+    gemm_seconds = _gemm_seconds["backward"] = np.zeros(nt)
+    with _single_threaded_blas:
+        _k.conv2d_winograd_backward(dy, x, weight, V, dx, dv_part, dv_acc, db_part, U, M, Z, tmp,
+                                    O, dweight, dbias, gemm_seconds, ph, pw, dx_group, dw_group,
+                                    nt)
+    return dx
 
 
 def _rows_per_chunk(K, Ho, Wo, itemsize):
@@ -272,14 +312,18 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, compute_dx=True):
         return (np.zeros_like(x) if compute_dx else None), dweight, dbias
     dx = None
     _gemm_seconds["backward_dx"] = np.zeros(1)
-    if compute_dx and _use_winograd(kh, kw, sh, sw, C, F, N * H * W) and ph <= 2 and pw <= 2:
+    wino_dx = compute_dx and _use_winograd(kh, kw, sh, sw, C, F, N * H * W) and ph <= 2 and pw <= 2
+    wino_dw = _WINO_DW and _use_winograd(kh, kw, sh, sw, C, F, N * Ho * Wo)
+    if wino_dx and wino_dw and _WINO_M == 4:  # both in one kernel call
+        return _winograd_backward(dy, x, weight, ph, pw, dweight, dbias), dweight, dbias
+    if wino_dx:
         # dx = 'full' correlation of dy with the flipped, transposed kernel: the same Winograd
         # forward conv with padding (2 - ph, 2 - pw); the kernel below then only does dW, db.
         dx = _winograd(dy, weight, None, 2 - ph, 2 - pw, H, W, "backward_dx", flipped=True)
         compute_dx = False
     elif compute_dx:
         dx = _memory.empty_like(x)
-    if _WINO_DW and not compute_dx and _use_winograd(kh, kw, sh, sw, C, F, N * Ho * Wo):
+    if wino_dw and not compute_dx:
         _winograd_dw(dy, x, ph, pw, dweight, dbias, "backward")
         return dx, dweight, dbias
     nt = _threads_for(N, F, C, kh, kw, Ho, Wo, 2 if compute_dx else 1)
