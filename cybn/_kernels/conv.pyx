@@ -949,7 +949,9 @@ def winograd_weights(const floating[:, :, :, ::1] w, floating[:, :, ::1] V, bint
 
     V is (alpha^2, F, C); with ``flipped`` it is (alpha^2, C, F) built from the flipped kernels
     g[i, j] = w[f, c, 2 - i, 2 - j]: the weights of the dx conv (dy convolved with the flipped,
-    transposed kernel). Rows of V (f, or c when flipped) are shared out to the threads.
+    transposed kernel). Rows of V (f, or c when flipped) are shared out to the threads. The
+    conv kernels run the same rows (``_weight_rows``) inside their own parallel region; this
+    entry is the transform alone, which tests/test_conv.py checks against G g G^T in float64.
     """
     cdef int o
     for o in prange(V.shape[1], num_threads=num_threads, schedule="static", nogil=True):
