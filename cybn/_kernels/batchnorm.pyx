@@ -469,6 +469,19 @@ def batch_stats(const floating[:, :, ::1] x, double[::1] mean, double[::1] var, 
             _merge_channel(part, c, N, S, &mean[c], &var[c])
 
 
+cdef inline double _affine_channel(floating[:, ::1] coef, Py_ssize_t c, double mean, double var,
+                                   double eps, floating weight, floating bias) noexcept nogil:
+    """coef[0..3, c] = (hi, lo, scale, shift) of y = ((x - hi) - lo) * scale + shift, rounded as
+    ``cybn.functional.batchnorm._affine`` rounds them (mean split into hi + lo in x's type,
+    scale = invstd * weight); returns invstd = 1/sqrt(var + eps)."""
+    cdef double invstd = 1.0 / sqrt(var + eps)
+    coef[0, c] = <floating>mean
+    coef[1, c] = <floating>(mean - <double>coef[0, c])
+    coef[2, c] = <floating>(invstd * <double>weight)
+    coef[3, c] = bias
+    return invstd
+
+
 def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
                        const floating[::1] bias, double eps, double[::1] mean, double[::1] var,
                        floating[:, :, ::1] y, uint8_t[:, :, ::1] code, bint relu, bint pool,
@@ -491,7 +504,6 @@ def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
     cdef const floating* px = &x[0, 0, 0]
     cdef floating* py = &y[0, 0, 0]
     cdef uint8_t* pc = &code[0, 0, 0] if pool else NULL
-    cdef double invstd
     if N * C * S == 0:
         return
     with nogil, parallel(num_threads=num_threads):
@@ -501,11 +513,7 @@ def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
                          &part[t, 4, 0])
         for c in prange(C, schedule='static'):
             _merge_channel(part, c, N, S, &mean[c], &var[c])
-            invstd = 1.0 / sqrt(var[c] + eps)
-            coef[0, c] = <floating>mean[c]
-            coef[1, c] = <floating>(mean[c] - <double>coef[0, c])
-            coef[2, c] = <floating>(invstd * <double>weight[c])
-            coef[3, c] = bias[c]
+            _affine_channel(coef, c, mean[c], var[c], eps, weight[c], bias[c])
             if track:
                 running_mean[c] = <floating>((1.0 - momentum) * <double>running_mean[c]
                                              + momentum * mean[c])
@@ -629,13 +637,13 @@ cdef void _sum_partials(const double[:, :, ::1] part, double[::1] sum_dy,
 cdef inline void _dx_coefficients(floating[:, ::1] coef, Py_ssize_t c, double sum_dy,
                                   double sum_dyxc, double gamma, double invstd,
                                   double m) noexcept nogil:
-    """coef[0..2, c] = (a, b, d) of dx = a*g + b*(x - mean) + d: a = gamma*invstd,
+    """coef[4..6, c] = (a, b, d) of dx = a*g + b*(x - mean) + d: a = gamma*invstd,
     b = -a * invstd * invstd * sum_dyxc / m, d = -a * sum_dy / m, evaluated left to right in
     double (as NumPy evaluates the same expressions), then rounded once to x's type."""
     cdef double a = gamma * invstd
-    coef[0, c] = <floating>a
-    coef[1, c] = <floating>((((-a) * invstd) * invstd) * sum_dyxc / m)
-    coef[2, c] = <floating>((-a) * sum_dy / m)
+    coef[4, c] = <floating>a
+    coef[5, c] = <floating>((((-a) * invstd) * invstd) * sum_dyxc / m)
+    coef[6, c] = <floating>((-a) * sum_dy / m)
 
 
 def backward_sums(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
@@ -707,24 +715,53 @@ def backward_dx(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                     _dx_plane(gp, xp, op, S, h, l, ca, cb, cd)
 
 
+cdef object _backward_constants(const double[::1] mean, const double[::1] var, double eps,
+                                const floating[::1] weight, const floating[::1] bias):
+    """(coef (7, C) in x's type with rows 0-3 the forward's (hi, lo, scale, shift), invstd (C,)):
+    C values, computed serially before a backward's parallel region (no barrier needed)."""
+    cdef Py_ssize_t C = mean.shape[0], c
+    coef_arr = np.empty((7, C), dtype=np.float32 if floating is float else np.float64)
+    invstd_arr = np.empty(C, dtype=np.float64)
+    cdef floating[:, ::1] coef = coef_arr
+    cdef double[::1] invstd = invstd_arr
+    with nogil:
+        for c in range(C):
+            invstd[c] = _affine_channel(coef, c, mean[c], var[c], eps, weight[c], bias[c])
+    return coef_arr, invstd_arr
+
+
+cdef inline void _grads_channel(const double[:, :, ::1] part, Py_ssize_t c, floating[:, ::1] coef,
+                                const double[::1] invstd, floating gamma, double m,
+                                floating[::1] dweight, floating[::1] dbias) noexcept nogil:
+    """Channel c after the sums: dbias = sum(g), dweight = sum(g*(x - mean)) * invstd (each
+    rounded once to x's type) and the dx coefficients into coef[4..6, c]."""
+    cdef double sdy, sdyx
+    _sum_channel(part, c, &sdy, &sdyx)
+    dweight[c] = <floating>(sdyx * invstd[c])
+    dbias[c] = <floating>sdy
+    _dx_coefficients(coef, c, sdy, sdyx, gamma, invstd[c], m)
+
+
 def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const double[::1] mean,
-             const double[::1] invstd, const floating[::1] weight, const floating[::1] mhi,
-             const floating[::1] mlo, const floating[::1] scale, const floating[::1] shift,
-             bint relu, floating[:, :, ::1] dx, double[::1] sum_dy, double[::1] sum_dyxc,
-             int num_threads):
-    """The training backward in one parallel region: ``backward_sums``, the dx coefficients
-    (``_dx_coefficients``, gamma = weight, m = N*S values per channel), then ``backward_dx``;
-    the same operations, so the same bits, without returning to Python between them."""
+             const double[::1] var, double eps, const floating[::1] weight,
+             const floating[::1] bias, bint relu, floating[:, :, ::1] dx,
+             floating[::1] dweight, floating[::1] dbias, int num_threads):
+    """The training backward of BN (with ``relu``, of relu(BN(x)), the mask recomputed from the
+    forward's constants): dx, dweight, dbias in one parallel region, ``backward_sums`` then per
+    channel the gradients and dx coefficients (``_grads_channel``) then ``backward_dx``; the
+    same operations as those kernels and ``cybn.functional.batchnorm``'s NumPy, so the same
+    bits, without returning to Python between them."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t ntask = _ntasks(N, S), t, c
     cdef double[:, :, ::1] part = np.zeros((ntask, 2, C), dtype=np.float64)
-    coef_arr = np.empty((3, C), dtype=np.float32 if floating is float else np.float64)
-    cdef floating[:, ::1] coef = coef_arr
+    cdef floating[:, ::1] coef
+    cdef double[::1] invstd
+    coef, invstd = _backward_constants(mean, var, eps, weight, bias)
     cdef const floating* pdy = &dy[0, 0, 0]
     cdef const floating* px = &x[0, 0, 0]
     cdef floating* pdx = &dx[0, 0, 0]
-    cdef const floating* psc = &scale[0] if relu else NULL
-    cdef const floating* psh = &shift[0] if relu else NULL
+    cdef const floating* psc = &coef[2, 0] if relu else NULL
+    cdef const floating* psh = &coef[3, 0] if relu else NULL
     cdef double m = <double>(N * S)
     if N * C * S == 0:
         return
@@ -732,23 +769,23 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
         for t in prange(ntask, schedule='static'):
             _bwd_chunk(pdy, px, &mean[0], C, S, _chunk_start(t, N, ntask),
                        _chunk_start(t + 1, N, ntask), &part[t, 0, 0], &part[t, 1, 0],
-                       &mhi[0], &mlo[0], psc, psh)
+                       &coef[0, 0], &coef[1, 0], psc, psh)
         for c in prange(C, schedule='static'):
-            _sum_channel(part, c, &sum_dy[c], &sum_dyxc[c])
-            _dx_coefficients(coef, c, sum_dy[c], sum_dyxc[c], weight[c], invstd[c], m)
+            _grads_channel(part, c, coef, invstd, weight[c], m, dweight, dbias)
         if S == 1:
             for t in prange(N, schedule='static'):
-                _dx_row(pdy + t * C, px + t * C, pdx + t * C, &mhi[0], &mlo[0], &coef[0, 0],
-                        &coef[1, 0], &coef[2, 0], psc, psh, C)
+                _dx_row(pdy + t * C, px + t * C, pdx + t * C, &coef[0, 0], &coef[1, 0],
+                        &coef[4, 0], &coef[5, 0], &coef[6, 0], psc, psh, C)
         else:
             for t in prange(N * C, schedule='static'):
                 c = t % C
                 if relu:
-                    _dx_relu_plane(pdy + t * S, px + t * S, pdx + t * S, S, mhi[c], mlo[c],
-                                   coef[0, c], coef[1, c], coef[2, c], psc[c], psh[c])
+                    _dx_relu_plane(pdy + t * S, px + t * S, pdx + t * S, S, coef[0, c],
+                                   coef[1, c], coef[4, c], coef[5, c], coef[6, c], psc[c],
+                                   psh[c])
                 else:
-                    _dx_plane(pdy + t * S, px + t * S, pdx + t * S, S, mhi[c], mlo[c],
-                              coef[0, c], coef[1, c], coef[2, c])
+                    _dx_plane(pdy + t * S, px + t * S, pdx + t * S, S, coef[0, c], coef[1, c],
+                              coef[4, c], coef[5, c], coef[6, c])
 
 
 cdef inline void _dx_relu_plane(const floating* gp, const floating* xp, floating* op,
@@ -833,21 +870,21 @@ def affine_relu_pool2(const floating[:, :, ::1] x, const floating[::1] mhi,
 
 def pool2_backward(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
                    const floating[:, :, ::1] x, Py_ssize_t W, const double[::1] mean,
-                   const double[::1] invstd, const floating[::1] weight,
-                   const floating[::1] mhi, const floating[::1] mlo, floating[:, :, ::1] dx,
-                   double[::1] sum_dy, double[::1] sum_dyxc, floating[:, ::1] scratch,
-                   int num_threads):
+                   const double[::1] var, double eps, const floating[::1] weight,
+                   const floating[::1] bias, floating[:, :, ::1] dx, floating[::1] dweight,
+                   floating[::1] dbias, floating[:, ::1] scratch, int num_threads):
     """``backward`` with relu for ``affine_relu_pool2``, given the gradient dp (N, C, H/2 * W/2)
     of its output and its code, in one parallel region: each plane's gradient is expanded into
     this thread's row of scratch (num_threads, >= H*W) for the sums (the same chunks, planes
-    and order), then again for dx = a[c]*g + b[c]*((x - mhi[c]) - mlo[c]) + d[c]. Returns
-    True when a code is above 4 (then dx and the sums are meaningless: the caller raises)."""
+    and order), then again for dx = a[c]*g + b[c]*((x - hi[c]) - lo[c]) + d[c]. Returns
+    True when a code is above 4 (then the outputs are meaningless: the caller raises)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = dp.shape[2]
     cdef Py_ssize_t Wo = W // 2, Ho = L // Wo
     cdef Py_ssize_t ntask = _ntasks(N, S), t, c, n, q
     cdef double[:, :, ::1] part = np.zeros((ntask, 2, C), dtype=np.float64)
-    coef_arr = np.empty((3, C), dtype=np.float32 if floating is float else np.float64)
-    cdef floating[:, ::1] coef = coef_arr
+    cdef floating[:, ::1] coef
+    cdef double[::1] invstd
+    coef, invstd = _backward_constants(mean, var, eps, weight, bias)
     cdef const floating* pdp = &dp[0, 0, 0]
     cdef const uint8_t* pc = &code[0, 0, 0]
     cdef const floating* px = &x[0, 0, 0]
@@ -866,11 +903,10 @@ def pool2_backward(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
                     bad |= _pool2_expand(pdp + q * L, pc + q * L, Ho, Wo, g)
                     _bwd_plane(g, px + q * S, S, mean[c], &part[t, 0, c], &part[t, 1, c])
         for c in prange(C, schedule='static'):
-            _sum_channel(part, c, &sum_dy[c], &sum_dyxc[c])
-            _dx_coefficients(coef, c, sum_dy[c], sum_dyxc[c], weight[c], invstd[c], m)
+            _grads_channel(part, c, coef, invstd, weight[c], m, dweight, dbias)
         for t in prange(N * C, schedule='static'):
             _pool2_expand(pdp + t * L, pc + t * L, Ho, Wo, g)
             c = t % C
-            _dx_plane(g, px + t * S, pdx + t * S, S, mhi[c], mlo[c], coef[0, c], coef[1, c],
-                      coef[2, c])
+            _dx_plane(g, px + t * S, pdx + t * S, S, coef[0, c], coef[1, c], coef[4, c],
+                      coef[5, c], coef[6, c])
     return bad != 0

@@ -107,8 +107,8 @@ def _split(mean, dtype):
 
 
 def _affine(mean, invstd, weight, bias, dtype):
-    """(hi, lo, scale, shift) in ``dtype``: y = ((x - hi) - lo) * scale + shift. The fused
-    backward rebuilds exactly these values to recompute the forward's ReLU mask."""
+    """(hi, lo, scale, shift) in ``dtype``: y = ((x - hi) - lo) * scale + shift. The training
+    kernels compute the same values in C (``_affine_channel``), rounded the same way."""
     scale = invstd if weight is None else invstd * weight.astype(np.float64)
     shift = np.zeros_like(mean) if bias is None else bias
     return _split(mean, dtype) + (scale.astype(dtype), shift.astype(dtype))
@@ -232,23 +232,22 @@ def batch_norm_relu_backward(dy, x, weight, bias, mean, var, eps=1e-5):
 def _backward(dy, x, weight, bias, mean, var, eps, relu, fname):
     dy, x, weight, mean, var, eps = _backward_args(dy, x, weight, mean, var, eps)
     bias = _param(bias, "bias", x)
-    C = x.shape[1]
     _need_two(x, fname)
-    threads = threads_for(x.size)
-    dt = x.dtype
-    invstd = 1.0 / np.sqrt(var + eps)
-    hi, lo, scale, shift = _affine(mean, invstd, weight, bias, dt)
-    sum_dy = np.empty(C, dtype=np.float64)
-    sum_dyxc = np.empty(C, dtype=np.float64)
     dx = _memory.empty_like(x)
-    _k.backward(_as3(dy), _as3(x), mean, invstd, _gamma(weight, x), hi, lo, scale, shift, relu,
-                _as3(dx), sum_dy, sum_dyxc, threads)
-    return dx, (sum_dyxc * invstd).astype(dt), sum_dy.astype(dt)  # dweight = sum(dy * x_hat)
+    dweight, dbias = np.empty((2, x.shape[1]), x.dtype)  # dweight = sum(dy * x_hat)
+    _k.backward(_as3(dy), _as3(x), mean, var, eps, _gamma(weight, x), _beta(bias, x), relu,
+                _as3(dx), dweight, dbias, threads_for(x.size))
+    return dx, dweight, dbias
 
 
 def _gamma(weight, x):
     """weight, or ones for affine=False: the kernels take a gamma (1.0 * invstd is exact)."""
     return np.ones(x.shape[1], x.dtype) if weight is None else weight
+
+
+def _beta(bias, x):
+    """bias, or zeros for affine=False."""
+    return np.zeros(x.shape[1], x.dtype) if bias is None else bias
 
 
 def batch_norm_relu_pool_train(x, weight, bias, eps=1e-5, *, running_mean=None, running_var=None,
@@ -314,20 +313,17 @@ def batch_norm_relu_pool_backward(dy, code, x, weight, bias, mean, var, eps=1e-5
     _need_two(x, fname)
     threads = threads_for(x.size)
     dt = x.dtype
-    invstd = 1.0 / np.sqrt(var + eps)
-    hi, lo, _, _ = _affine(mean, invstd, weight, bias, dt)
     # One plane per thread, rows a 4 KB page apart: the cores' prefetchers (software 2 KB ahead,
     # hardware within a page) would otherwise pull the lines the other thread is writing, and the
     # 8x8 and 16x16 backwards ran no faster at 2 threads than at 1.
     scratch = np.empty((threads, H * W + _PAGE // dt.itemsize), dt)
-    sum_dy = np.empty(C, dtype=np.float64)
-    sum_dyxc = np.empty(C, dtype=np.float64)
     dx = _memory.empty_like(x)
-    if _k.pool2_backward(_as3(dy), _as3(code), _as3(x), W, mean, invstd, _gamma(weight, x), hi,
-                         lo, _as3(dx), sum_dy, sum_dyxc, scratch, threads):
+    dweight, dbias = np.empty((2, C), dt)
+    if _k.pool2_backward(_as3(dy), _as3(code), _as3(x), W, mean, var, eps, _gamma(weight, x),
+                         _beta(bias, x), _as3(dx), dweight, dbias, scratch, threads):
         raise ValueError(f"code values must be 0..4 (from batch_norm_relu_pool_train), found "
                          f"{code.max()}")
-    return dx, (sum_dyxc * invstd).astype(dt), sum_dy.astype(dt)
+    return dx, dweight, dbias
 
 
 def batch_norm_eval(x, weight, bias, running_mean, running_var, eps=1e-5):
