@@ -143,16 +143,13 @@ def _train_forward(x, weight, bias, eps, relu, pool, fname, running):
     H, W = x.shape[2:] if x.ndim == 4 else (1, 1)
     mean = np.empty(C, dtype=np.float64)
     var = np.empty(C, dtype=np.float64)
-    # gamma = 1 and beta = 0 give the same bits as no affine transform (x * 1.0 and + 0 exact)
-    weight = np.ones(C, x.dtype) if weight is None else weight
-    bias = np.zeros(C, x.dtype) if bias is None else bias
     if pool:
         y = _memory.empty((N, C, H // 2, W // 2), x.dtype)
         code = _memory.empty(y.shape, np.uint8)
     else:
         y, code = _memory.empty_like(x), None
     unused = _NO_RUNNING[x.dtype]
-    _k.batch_norm_forward(_as3(x), weight, bias, eps, mean, var, _as3(y),
+    _k.batch_norm_forward(_as3(x), _gamma(weight, x), _beta(bias, x), eps, mean, var, _as3(y),
                           _NO_CODE if code is None else _as3(code), relu, pool, H, W,
                           running_mean if in_kernel else unused,
                           running_var if in_kernel else unused, in_kernel, momentum,
@@ -241,7 +238,8 @@ def _backward(dy, x, weight, bias, mean, var, eps, relu, fname):
 
 
 def _gamma(weight, x):
-    """weight, or ones for affine=False: the kernels take a gamma (1.0 * invstd is exact)."""
+    """weight, or ones for affine=False: the kernels take a gamma and a beta (x * 1.0 and + 0
+    are exact, so the same bits as no affine transform)."""
     return np.ones(x.shape[1], x.dtype) if weight is None else weight
 
 
@@ -390,9 +388,8 @@ def _running_args(running_mean, running_var, C, momentum):
 
 def update_running_stats(running_mean, running_var, mean, var, count, momentum=0.1):
     """In place: r = (1-momentum)*r + momentum*batch; the variance unbiased by count/(count-1)."""
-    _running(running_mean, "running_mean")
-    momentum = _running_args(running_mean, running_var, running_mean.shape[0], momentum)
-    C = running_mean.shape[0]
+    C = _running(running_mean, "running_mean").shape[0]
+    momentum = _running_args(running_mean, running_var, C, momentum)
     mean = _stat(mean, "mean", C)
     var = _stat(var, "var", C, nonnegative=True)
     count = integer(count, "count", minimum=2)

@@ -119,8 +119,6 @@ _WINO_MIN_CHANNELS = 16  # below, the GEMMs have a tiny inner (C) or outer (C fo
 _WINO_MIN_PIXELS = 512
 
 
-
-
 def _use_winograd(kh, kw, sh, sw, C, F, pixels):
     """Winograd for this layer? ``pixels``: N*Ho*Wo of the conv that would run it."""
     return (_WINOGRAD and kh == 3 and kw == 3 and sh == 1 and sw == 1

@@ -210,14 +210,17 @@ class _BatchNorm(Module):
             raise ValueError(f"{type(self).__name__} expects {self.num_features} channels, "
                              f"got input shape {x.shape}")
 
+    def _momentum(self):
+        """This batch's momentum (None: the cumulative average, 1 / batches tracked)."""
+        if self.momentum is None:
+            return 1.0 / (int(self.buffers["num_batches_tracked"]) + 1)
+        return self.momentum
+
     def _running(self):
         """The running-statistics arguments of a training forward: the buffers, updated in place
-        by the op (in its kernel), and this batch's momentum (None: 1 / batches tracked)."""
-        momentum = self.momentum
-        if momentum is None:
-            momentum = 1.0 / (int(self.buffers["num_batches_tracked"]) + 1)
+        by the op (in its kernel), and this batch's momentum."""
         return {"running_mean": self.buffers["running_mean"],
-                "running_var": self.buffers["running_var"], "momentum": momentum}
+                "running_var": self.buffers["running_var"], "momentum": self._momentum()}
 
     def _tracked(self):
         """Count a training batch (after its op updated the running statistics)."""
@@ -227,7 +230,7 @@ class _BatchNorm(Module):
         """Move the running statistics towards a batch's ``mean`` and biased ``var`` over
         ``count`` values per channel, and count the batch (SyncBatchNorm's global statistics)."""
         F.update_running_stats(self.buffers["running_mean"], self.buffers["running_var"], mean, var,
-                               count, self._running()["momentum"])
+                               count, self._momentum())
         self._tracked()
 
     def _cached_mode(self):
