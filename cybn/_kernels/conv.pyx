@@ -16,7 +16,7 @@ with the products avoids writing and re-reading a whole-batch im2col matrix (150
 Winograd path (3x3, stride 1; forward, and dx as the forward conv of dy with the flipped
 kernel): see ``conv2d_winograd`` below: F(2x2): 2.25x fewer GEMM flops, 16 GEMMs
 (F, C) @ (C, tiles); F(4x4): 4x fewer, 36 GEMMs. dW by F(4x4) as well
-(``conv2d_winograd_dw``: 36 GEMMs (C, tiles) @ (tiles, F) per group of images). The
+(``conv2d_winograd_backward``: 36 GEMMs (C, tiles) @ (tiles, F) per group of images). The
 transforms' hot loops are C with AVX-512 / AVX2 clones chosen at load time
 (``target_clones``: one portable baseline build).
 
@@ -974,8 +974,8 @@ cdef void _wino_dw_block(const floating* dy, int F, int Ho, int Wo, const floati
                          int H, int W, floating* dvp, double* dbp, floating* Ut, floating* Yt,
                          floating* Zt, floating* tmpt, double* gsec, int ph, int pw, int group,
                          int n0, int n1) noexcept nogil:
-    """One image block n0..n1 of ``conv2d_winograd_dw`` into its partials dvp (36*C*F) and
-    dbp (F), groups of ``group`` images at a time, in this thread's scratch."""
+    """One image block n0..n1 of ``conv2d_winograd_backward``'s dW into its partials dvp
+    (36*C*F) and dbp (F), groups of ``group`` images at a time, in this thread's scratch."""
     cdef int TH = (Ho + 3) // 4, TW = (Wo + 3) // 4, T = TH * TW
     cdef Py_ssize_t FC = <Py_ssize_t>F * C
     cdef int g0 = n0, g1, g, f, xi, Tg
@@ -1036,58 +1036,38 @@ cdef void _db_combine(const double[:, ::1] db_part, floating[::1] dbias) noexcep
         dbias[f] = <floating>s
 
 
-def conv2d_winograd_dw(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                       floating[:, ::1] dv_part, double[::1] dv_acc, double[:, ::1] db_part,
-                       floating[:, ::1] U, floating[:, ::1] Y, floating[:, ::1] Z,
-                       floating[:, ::1] tmp, floating[:, :, :, ::1] dweight, floating[::1] dbias,
-                       double[::1] gemm_seconds, int ph, int pw, int group, int num_threads):
-    """dweight, dbias of a 3x3 stride-1 conv by Winograd F(4x4, 3x3): per tile,
-    dL/dV[xi] = (A dy A^T)[xi] * (B^T d B)[xi]; summed over the tiles of a group of images by 36
-    GEMMs dV[xi]^T (C, F) += U[xi] (C, Tg) @ Y[xi] (Tg, F) (Y channel-minor, see
-    CYBN_WINO4_DY); dweight = G^T dV G.
-
-    Fixed blocks of images (nblocks = dv_part.shape[0]) each own a partial dV^T (36*C*F) and db,
-    combined in block order in double (dv_acc: 36*C*F): deterministic for any thread count.
-    Within a block, images go in groups of ``group``. Scratch per thread (rows at least):
-    U (36*(C*Tg+16)), Y (36*(F*Tg+16)), Z (>= W zeros), tmp (6*(4*TW+2)); Tg = group*TH*TW.
-    One parallel region: the blocks, then (after the loop's barrier) their combination.
-    """
-    cdef int N = x.shape[0], nblocks = dv_part.shape[0], t, blk, c
-    with nogil, parallel(num_threads=num_threads):
-        for blk in prange(nblocks, schedule="dynamic", chunksize=1):
-            t = threadid()
-            _wino_dw_block(&dy[0, 0, 0, 0], dy.shape[1], dy.shape[2], dy.shape[3], &x[0, 0, 0, 0],
-                           x.shape[1], x.shape[2], x.shape[3], &dv_part[blk, 0], &db_part[blk, 0],
-                           &U[t, 0], &Y[t, 0], &Z[t, 0], &tmp[t, 0], &gemm_seconds[t], ph, pw,
-                           group, _block_start(N, blk, nblocks), _block_start(N, blk + 1, nblocks))
-        for c in prange(x.shape[1], schedule="static"):
-            _wino_dw_combine(&dv_part[0, 0], nblocks, &dv_acc[0], &dweight[0, 0, 0, 0],
-                             dy.shape[1], x.shape[1], c)
-    _db_combine(db_part, dbias)
-
-
 def conv2d_winograd_backward(const floating[:, :, :, ::1] dy, const floating[:, :, :, ::1] x,
-                             const floating[:, :, :, ::1] w, floating[:, :, ::1] V,
+                             const floating[:, :, :, ::1] w, bint with_dx, floating[:, :, ::1] V,
                              floating[:, :, :, ::1] dx, floating[:, ::1] dv_part,
                              double[::1] dv_acc, double[:, ::1] db_part, floating[:, ::1] U,
                              floating[:, ::1] M, floating[:, ::1] Z, floating[:, ::1] tmp,
                              floating[:, ::1] O, floating[:, :, :, ::1] dweight,
                              floating[::1] dbias, double[::1] gemm_seconds, int ph, int pw,
                              int dx_group, int dw_group, int num_threads):
-    """dx, dweight, dbias of a 3x3 stride-1 conv by F(4x4, 3x3) in one parallel region: the
-    flipped weight transform into V (36, C, F), dx as ``conv2d_winograd`` of dy with it
-    (padding 2 - ph, 2 - pw; groups of ``dx_group``), then ``conv2d_winograd_dw``'s blocks and
-    their combination; the same calls in the same order as the two kernels, so the same bits,
-    with one team wake-up and no return to Python between dx and dW. The scratch rows serve
-    both (size them for the larger)."""
+    """dweight, dbias (and with ``with_dx`` dx) of a 3x3 stride-1 conv by F(4x4, 3x3) in one
+    parallel region.
+
+    dx: the flipped weight transform into V (36, C, F), then ``conv2d_winograd``'s groups on dy
+    with it (padding 2 - ph, 2 - pw; groups of ``dx_group``); without ``with_dx`` those loops
+    are empty and V, dx, O are not touched.
+    dW: per tile, dL/dV[xi] = (A dy A^T)[xi] * (B^T d B)[xi]; summed over the tiles of a group
+    of images by 36 GEMMs dV[xi]^T (C, F) += U[xi] (C, Tg) @ M[xi] (Tg, F) (dy's transform
+    channel-minor, see CYBN_WINO4_DY); dweight = G^T dV G. Fixed blocks of images
+    (nblocks = dv_part.shape[0]) each own a partial dV^T (36*C*F) and db, combined in block
+    order in double (dv_acc: 36*C*F) after the blocks' barrier: deterministic for any thread
+    count. Within a block, images go in groups of ``dw_group``.
+    Scratch per thread, rows at least the larger of the two passes' needs: U (36*(C*Tg+16)),
+    M (36*(F*Tg+16)), Z (>= W zeros), tmp (6*(4*TW+2)); Tg = group*TH*TW; O (16*Tg of dx).
+    """
     cdef int N = x.shape[0], C = x.shape[1], F = dy.shape[1], nblocks = dv_part.shape[0]
     cdef int t, g0, gi, o, blk, c
     if N == 0:
         return
     with nogil, parallel(num_threads=num_threads):
-        for o in prange(C, schedule="static"):
+        for o in prange(C if with_dx else 0, schedule="static"):
             _weight_rows(w, V, True, o)
-        for gi in prange((N + dx_group - 1) // dx_group, schedule="dynamic", chunksize=1):
+        for gi in prange((N + dx_group - 1) // dx_group if with_dx else 0, schedule="dynamic",
+                         chunksize=1):
             t = threadid()
             g0 = gi * dx_group
             _wino_group(&dy[0, 0, 0, 0], F, dy.shape[2], dy.shape[3], &V[0, 0, 0], C,

@@ -79,6 +79,10 @@ def _threads_for(N, F, C, kh, kw, Ho, Wo, products=1):
 # the 64->128 @8x8 forward 1.52-1.65x -> 1.84x (wall, 1 vs 2 threads).
 _ROW_GAP = 4096
 
+# The dx and V arguments of a backward kernel call without dx (never touched).
+_NO_DX = {np.dtype(t): (np.empty((0, 0, 0, 0), t), np.empty((0, 0, 0), t))
+          for t in (np.float32, np.float64)}
+
 
 def _buffer(name, shape, dtype, rows_apart=False):
     """Scratch array of ``shape`` from the cache. ``rows_apart`` (2-D shapes): the rows are
@@ -141,7 +145,8 @@ def _wino_conv_shape(N, C, F, W, Ho, Wo, m):
 
 def _wino_dw_shape(N, C, F, W, Ho, Wo):
     """(blocks, group, per-thread scratch sizes U, Y, Z, tmp) of the F(4x4) dW of N images with
-    C input channels of width W and F output channels of Ho x Wo (see ``conv2d_winograd_dw``)."""
+    C input channels of width W and F output channels of Ho x Wo (see
+    ``conv2d_winograd_backward``)."""
     TH, TW = -(-Ho // 4), -(-Wo // 4)
     T = TH * TW
     # fixed image blocks, each with its own 36*F*C partial dV: with few tiles per image (8x8
@@ -187,41 +192,29 @@ def _winograd(x, weight, bias, ph, pw, Ho, Wo, key, flipped=False):
     return y
 
 
-def _winograd_dw(dy, x, ph, pw, dweight, dbias, key):
-    """dweight, dbias (filled in) of a 3x3 stride-1 conv by Winograd F(4x4, 3x3); see the
-    kernel."""
+def _winograd_backward(dy, x, weight, ph, pw, dweight, dbias, with_dx):
+    """dweight, dbias (filled in) of a 3x3 stride-1 conv by F(4x4, 3x3), and with ``with_dx``
+    dx (returned, else None), in one kernel call (``conv2d_winograd_backward``): dx is the conv
+    of ``_winograd(flipped=True)`` at F(4x4); the scratch rows are sized for the larger pass."""
     N, C, H, W = x.shape
     _, F, Ho, Wo = dy.shape
-    nt = _threads_for(N, F, C, 3, 3, Ho, Wo)
-    nblocks, group, sizes = _wino_dw_shape(N, C, F, W, Ho, Wo)
-    U, Y, Z, tmp = _scratch_rows(nt, sizes, x.dtype)
-    dv_part, dv_acc, db_part = _dw_partials(nblocks, F, C, x.dtype)
-    gemm_seconds = _gemm_seconds[key] = np.zeros(nt)
-    with _single_threaded_blas:
-        _k.conv2d_winograd_dw(dy, x, dv_part, dv_acc, db_part, U, Y, Z, tmp, dweight, dbias,
-                              gemm_seconds, ph, pw, group, nt)
-
-
-def _winograd_backward(dy, x, weight, ph, pw, dweight, dbias):
-    """dx (returned), dweight, dbias (filled in) of a 3x3 stride-1 conv by F(4x4, 3x3) in one
-    kernel call (``conv2d_winograd_backward``): the dx conv of ``_winograd(flipped=True)`` and
-    ``_winograd_dw``'s dW, the same splits and bits, the scratch rows sized for the larger."""
-    N, C, H, W = x.shape
-    _, F, Ho, Wo = dy.shape
-    nt = _threads_for(N, F, C, 3, 3, Ho, Wo, products=2)
-    dx_group, dx_sizes = _wino_conv_shape(N, F, C, Wo, H, W, 4)
-    nblocks, dw_group, dw_sizes = _wino_dw_shape(N, C, F, W, Ho, Wo)
-    sizes = [max(a, b) for a, b in zip(dx_sizes, dw_sizes + (0,))]
+    nt = _threads_for(N, F, C, 3, 3, Ho, Wo, products=2 if with_dx else 1)
+    nblocks, dw_group, sizes = _wino_dw_shape(N, C, F, W, Ho, Wo)
+    dx, V = _NO_DX[x.dtype]
+    dx_group, sizes = 1, sizes + (1,)  # a 1-element O row: only the dx pass uses O
+    if with_dx:
+        dx_group, dx_sizes = _wino_conv_shape(N, F, C, Wo, H, W, 4)
+        sizes = [max(a, b) for a, b in zip(dx_sizes, sizes)]
+        V = _memory.empty((36, C, F), x.dtype)
+        dx = _memory.empty_like(x)
     U, M, Z, tmp, O = _scratch_rows(nt, sizes, x.dtype)
     dv_part, dv_acc, db_part = _dw_partials(nblocks, F, C, x.dtype)
-    V = _memory.empty((36, C, F), x.dtype)
-    dx = _memory.empty_like(x)
     gemm_seconds = _gemm_seconds["backward"] = np.zeros(nt)
     with _single_threaded_blas:
-        _k.conv2d_winograd_backward(dy, x, weight, V, dx, dv_part, dv_acc, db_part, U, M, Z, tmp,
-                                    O, dweight, dbias, gemm_seconds, ph, pw, dx_group, dw_group,
-                                    nt)
-    return dx
+        _k.conv2d_winograd_backward(dy, x, weight, with_dx, V, dx, dv_part, dv_acc, db_part, U,
+                                    M, Z, tmp, O, dweight, dbias, gemm_seconds, ph, pw, dx_group,
+                                    dw_group, nt)
+    return dx if with_dx else None
 
 
 def _rows_per_chunk(K, Ho, Wo, itemsize):
@@ -312,18 +305,17 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, compute_dx=True):
     _gemm_seconds["backward_dx"] = np.zeros(1)
     wino_dx = compute_dx and _use_winograd(kh, kw, sh, sw, C, F, N * H * W) and ph <= 2 and pw <= 2
     wino_dw = _WINO_DW and _use_winograd(kh, kw, sh, sw, C, F, N * Ho * Wo)
-    if wino_dx and wino_dw and _WINO_M == 4:  # both in one kernel call
-        return _winograd_backward(dy, x, weight, ph, pw, dweight, dbias), dweight, dbias
-    if wino_dx:
+    fused_dx = wino_dx and wino_dw and _WINO_M == 4  # dx and dW in one kernel call
+    if wino_dx and not fused_dx:
         # dx = 'full' correlation of dy with the flipped, transposed kernel: the same Winograd
-        # forward conv with padding (2 - ph, 2 - pw); the kernel below then only does dW, db.
+        # forward conv with padding (2 - ph, 2 - pw); the kernels below then only do dW, db.
         dx = _winograd(dy, weight, None, 2 - ph, 2 - pw, H, W, "backward_dx", flipped=True)
         compute_dx = False
-    elif compute_dx:
+    elif compute_dx and not fused_dx:
         dx = _memory.empty_like(x)
-    if wino_dw and not compute_dx:
-        _winograd_dw(dy, x, ph, pw, dweight, dbias, "backward")
-        return dx, dweight, dbias
+    if wino_dw and (fused_dx or not compute_dx):
+        dx_fused = _winograd_backward(dy, x, weight, ph, pw, dweight, dbias, fused_dx)
+        return (dx_fused if fused_dx else dx), dweight, dbias
     nt = _threads_for(N, F, C, kh, kw, Ho, Wo, 2 if compute_dx else 1)
     K = C * kh * kw
     rows = _rows_per_chunk(K, Ho, Wo, x.itemsize)
