@@ -22,7 +22,8 @@
 
    Fixed-order double sums (the same bits on every ISA and build):
    - CYBN_HAVE_VECTOR_EXT   defined when GCC/clang vector extensions are available
-                            (cybn_d4 = 4 doubles, cybn_f4 = 4 floats, CYBN_LOAD4_float/double
+                            (cybn_d4 = 4 doubles, cybn_f4 = 4 floats, cybn_d8 / cybn_f8 / cybn_l8 /
+                            cybn_i8 = 8 doubles / floats / int64 / int32, CYBN_LOAD4_float/double
                             load 4 values of that type into a cybn_d4);
    - CYBN_SUM_4_4(a, b)     lanes a[0..3], b[0..3] combined by a fixed tree;
    - CYBN_SUM8(a)           the same tree over an array of 8 lanes (the scalar fallback);
@@ -87,6 +88,7 @@ typedef float cybn_f4 __attribute__((vector_size(16)));
 typedef double cybn_d8 __attribute__((vector_size(64)));
 typedef float cybn_f8 __attribute__((vector_size(32)));
 typedef long long cybn_l8 __attribute__((vector_size(64)));
+typedef int32_t cybn_i8 __attribute__((vector_size(32)));
 #  define CYBN_LOAD8_float(dst, p) do { cybn_f8 f8_; memcpy(&f8_, (p), sizeof f8_); \
                                         (dst) = __builtin_convertvector(f8_, cybn_d8); } while (0)
 #  define CYBN_LOAD8_double(dst, p) memcpy(&(dst), (p), sizeof(cybn_d8))

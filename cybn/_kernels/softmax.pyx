@@ -1,9 +1,9 @@
 """Row-wise softmax, log-softmax and fused softmax cross-entropy kernels.
 
 Every row is reduced by exactly one thread (prange over rows, static schedule), so the result
-does not depend on the thread count. Per row: max, exp(x - max) written straight into the
-output (the row stays in L1 for the following passes), sum of the exps in double with four
-fixed accumulators, then one scaling pass. Cross-entropy keeps the per-row losses in a double
+does not depend on the thread count. Per row: max (vectorised; it also prefetches the next
+row), exp(x - max) written straight into the output (the row stays in L1 for the following
+passes) and summed in double with four fixed accumulators, then one scaling pass. Cross-entropy keeps the per-row losses in a double
 buffer and sums them serially in row order (deterministic mean).
 
 exp is a branch-free inline C function (Cody-Waite range reduction + polynomial, ~1-2 ulp,
@@ -78,30 +78,68 @@ cdef extern from *:
         return x < -708.0 ? 0.0 : y;
     }
 
+    /* The row max. Its order does not matter: the value is unique up to the sign of a zero,
+       which changes no exp(x - m), and a NaN or inf makes the whole row NaN either way (NaN
+       lanes never win a compare). So it runs in 8-lane vectors, four at a time. */
+    #ifdef CYBN_HAVE_VECTOR_EXT
+    #define CYBN_VMAX(VI, a, b) (__typeof__(a))((((a) > (b)) & (VI)(a)) | (~((a) > (b)) & (VI)(b)))
+    #define CYBN_ROWMAX(T, S, VT, VI)                                                         \
+    static CYBN_CLONES_FMA CYBN_NO_TRAPPING_MATH T cybn_rowmax_##S(const T *x, Py_ssize_t c) { \
+        VT m = (VT){0} + x[0], v0, v1, v2, v3;                                              \
+        Py_ssize_t j = 0, k;                                                                \
+        for (; j + 32 <= c; j += 32) {                                                      \
+            for (k = 0; k < 32 * (Py_ssize_t)sizeof(T); k += 64)  /* the next row, ahead */  \
+                CYBN_PREFETCH_AHEAD(x + j + c, k);                                          \
+            memcpy(&v0, x + j, sizeof v0); memcpy(&v1, x + j + 8, sizeof v1);               \
+            memcpy(&v2, x + j + 16, sizeof v2); memcpy(&v3, x + j + 24, sizeof v3);         \
+            v0 = CYBN_VMAX(VI, v0, v1); v2 = CYBN_VMAX(VI, v2, v3);                         \
+            m = CYBN_VMAX(VI, m, CYBN_VMAX(VI, v0, v2));                                    \
+        }                                                                                   \
+        for (; j + 8 <= c; j += 8) { memcpy(&v0, x + j, sizeof v0); m = CYBN_VMAX(VI, m, v0); } \
+        T r = m[0];                                                                         \
+        for (k = 1; k < 8; k++) r = m[k] > r ? m[k] : r;                                    \
+        for (; j < c; j++) r = x[j] > r ? x[j] : r;                                         \
+        return r;                                                                           \
+    }
+    CYBN_ROWMAX(float, f, cybn_f8, cybn_i8)
+    CYBN_ROWMAX(double, d, cybn_d8, cybn_l8)
+    #else
+    #define CYBN_ROWMAX(T, S)                                                                 \
+    static T cybn_rowmax_##S(const T *x, Py_ssize_t c) {                                      \
+        T r = x[0];                                                                         \
+        for (Py_ssize_t j = 1; j < c; j++) r = x[j] > r ? x[j] : r;                         \
+        return r;                                                                           \
+    }
+    CYBN_ROWMAX(float, f)
+    CYBN_ROWMAX(double, d)
+    #endif
+
+    /* Four double accumulators, lane k taking elements 4i + k: one 4-wide vector where the
+       compiler has vector extensions (GCC's own choice is two 2-wide ones). */
+    #ifdef CYBN_HAVE_VECTOR_EXT
+    typedef cybn_d4 cybn_lanes4;
+    #define CYBN_LANES4_ADD(T, a, p) do { cybn_d4 v_; CYBN_LOAD4_##T(v_, p); (a) += v_; } while (0)
+    #else
+    typedef double cybn_lanes4[4];
+    #define CYBN_LANES4_ADD(T, a, p) do { for (int k_ = 0; k_ < 4; k_++) (a)[k_] += (p)[k_]; } while (0)
+    #endif
+
     /* Row primitives, one copy per dtype. Four fixed accumulators (combined in a fixed
        order) let the reductions vectorise without reassociating anything. */
     #define CYBN_ROW_KERNELS(T, S, EXP)                                                      \
-    static CYBN_CLONES_FMA CYBN_NO_TRAPPING_MATH T cybn_rowmax_##S(const T *x, Py_ssize_t c) {               \
-        T m[8];                                                                             \
-        Py_ssize_t j = 0, k;                                                                \
-        for (k = 0; k < 8; k++) m[k] = x[0];                                                \
-        for (; j + 8 <= c; j += 8)  /* 8 lanes: becomes packed max */                       \
-            for (k = 0; k < 8; k++) m[k] = x[j + k] > m[k] ? x[j + k] : m[k];               \
-        for (; j < c; j++) m[0] = x[j] > m[0] ? x[j] : m[0];                                \
-        for (k = 1; k < 8; k++) m[0] = m[k] > m[0] ? m[k] : m[0];                           \
-        return m[0];                                                                        \
-    }                                                                                       \
-    /* e[j] = exp(x[j] - m); returns the sum of e in double */                              \
+    /* Exps and their sum 256 at a time: the sum's dependency chain then overlaps the next     \
+       block's exps (the same lanes in the same order as one sum after all the exps). */       \
     static CYBN_CLONES_FMA CYBN_NO_TRAPPING_MATH double cybn_expsum_##S(const T *CYBN_RESTRICT x, T *CYBN_RESTRICT e, T m,         \
                                            Py_ssize_t c) {                                  \
-        Py_ssize_t j;                                                                       \
-        for (j = 0; j < c; j++) e[j] = EXP(x[j] - m);                                       \
-        double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;                                      \
-        for (j = 0; j + 4 <= c; j += 4) {                                                   \
-            a0 += e[j]; a1 += e[j + 1]; a2 += e[j + 2]; a3 += e[j + 3];                     \
+        cybn_lanes4 a = {0};                                                                \
+        Py_ssize_t j0, j, c4 = c & ~(Py_ssize_t)3, end;                                    \
+        for (j0 = 0; j0 < c4; j0 = end) {                                                   \
+            end = j0 + 256 < c4 ? j0 + 256 : c4;                                            \
+            for (j = j0; j < end; j++) e[j] = EXP(x[j] - m);                                \
+            for (j = j0; j < end; j += 4) CYBN_LANES4_ADD(T, a, e + j);                     \
         }                                                                                   \
-        for (; j < c; j++) a0 += e[j];                                                      \
-        return CYBN_SUM4(a0, a1, a2, a3);                                                   \
+        for (j = c4; j < c; j++) { e[j] = EXP(x[j] - m); a[0] += e[j]; }                    \
+        return CYBN_SUM4(a[0], a[1], a[2], a[3]);                                           \
     }                                                                                       \
     /* y[j] = x[j] * a (product in double) */                                               \
     static CYBN_CLONES_FMA CYBN_NO_TRAPPING_MATH void cybn_scale_##S(const T *CYBN_RESTRICT x, T *CYBN_RESTRICT y, double a,       \
