@@ -229,6 +229,35 @@ def in_place(a, name):
     return a
 
 
+def weight_grad_out(out, weight, inputs):
+    """The ``out=(dweight, dbias)`` of a backward op as (dweight, dbias), each None where not
+    given (``out=None``, or ``dbias`` None): arrays the kernel writes the gradients into, so
+    they must be plain ndarrays of weight's dtype (TypeError), of weight's shape and
+    (weight.shape[0],), C-contiguous, writeable, and share no memory with each other or the
+    ``inputs`` (a dict name -> array) the kernel reads while it writes (ValueError)."""
+    if out is None:
+        return None, None
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise TypeError(f"out must be a (dweight, dbias) tuple of arrays (dbias may be None), "
+                        f"got {type(out).__name__}")
+    shapes = {"dweight": weight.shape, "dbias": weight.shape[:1]}
+    for name, a in zip(shapes, out):
+        if a is None and name == "dbias":
+            continue
+        plain_array(a, f"out's {name}")
+        if a.dtype != weight.dtype:
+            raise TypeError(f"out's {name} must have weight's dtype {weight.dtype}, got {a.dtype}")
+        if a.shape != shapes[name]:
+            raise ValueError(f"out's {name} must have shape {shapes[name]}, got {a.shape}")
+        in_place(a, f"out's {name}")
+        for other, b in inputs.items():
+            if np.may_share_memory(a, b):
+                raise ValueError(f"out's {name} must not share memory with {other}")
+    if out[1] is not None and np.may_share_memory(*out):
+        raise ValueError("out's dweight and dbias must not share memory")
+    return out
+
+
 def float_array(x, name, ndim=None, dtype=None):
     """``check_float_array``, then ``x`` as a C-contiguous array (copied only if it is not)."""
     return np.ascontiguousarray(check_float_array(x, name, ndim, dtype))

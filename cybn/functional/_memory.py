@@ -22,7 +22,7 @@ import threading
 
 import numpy as np
 
-from .._validation import nonnegative_int
+from .._validation import nonnegative_int, weight_grad_out
 
 __all__ = ["empty", "empty_like", "unpooled", "release", "set_limit", "limit", "pooled_bytes"]
 
@@ -100,6 +100,14 @@ def empty(shape, dtype):
 def empty_like(a):
     """``empty(a.shape, a.dtype)``."""
     return empty(a.shape, a.dtype)
+
+
+def weight_grads(out, weight, inputs):
+    """(dweight, dbias) of a backward op: the arrays of its ``out`` (``weight_grad_out``), new
+    ones where it gives none."""
+    dweight, dbias = weight_grad_out(out, weight, inputs)
+    return (empty_like(weight) if dweight is None else dweight,
+            np.empty(weight.shape[:1], weight.dtype) if dbias is None else dbias)
 
 
 @contextlib.contextmanager

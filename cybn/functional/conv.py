@@ -282,10 +282,12 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     return y
 
 
-def conv2d_backward(dy, x, weight, stride=1, padding=0, compute_dx=True):
+def conv2d_backward(dy, x, weight, stride=1, padding=0, compute_dx=True, *, out=None):
     """(dx, dweight, dbias) of ``conv2d``; dx is None when ``compute_dx`` is False.
 
     dy must have the forward output shape (N, F, Ho, Wo). dbias = dy.sum((0, 2, 3)).
+    ``out=(dweight, dbias)``: arrays (dbias may be None) the gradients are written into and
+    returned, e.g. a layer's own gradient arrays (no copy afterwards).
     """
     x, weight, (sh, sw), (ph, pw), (Ho, Wo) = _check(x, weight, stride, padding)
     dy = float_array(dy, "dy", 4, x.dtype)
@@ -295,8 +297,7 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, compute_dx=True):
         raise ValueError(f"dy must have the forward output shape {(N, F, Ho, Wo)} of x {x.shape} "
                          f"and weight {weight.shape}, got {dy.shape}")
     compute_dx = flag(compute_dx, "compute_dx")
-    dweight = _memory.empty_like(weight)
-    dbias = np.empty(F, dtype=x.dtype)
+    dweight, dbias = _memory.weight_grads(out, weight, {"dy": dy, "x": x, "weight": weight})
     if N == 0:
         dweight.fill(0)
         dbias.fill(0)

@@ -74,19 +74,20 @@ def linear(x, weight, bias=None):
     return y
 
 
-def linear_backward(dy, x, weight):
+def linear_backward(dy, x, weight, *, out=None):
     """Gradients of linear given dy (N, out): (dx = dy W, dweight = dy^T x, dbias = sum_n dy).
 
     dbias is accumulated in float64 and returned in the input dtype, so a float32 bias
-    gradient over a large batch does not lose low-order bits.
+    gradient over a large batch does not lose low-order bits. ``out=(dweight, dbias)``: arrays
+    (dbias may be None) the gradients are written into and returned, e.g. a layer's own
+    gradient arrays (no copy afterwards).
     """
     x, weight = _check_x_weight(x, weight)
     dy = float_array(dy, "dy", ndim=2, dtype=x.dtype)
     shape_is(dy, (x.shape[0], weight.shape[0]), "dy (N of x, out_features of weight)")
     _check_blas_sizes(x, weight)
+    dweight, dbias = _memory.weight_grads(out, weight, {"dy": dy, "x": x, "weight": weight})
     dx = _memory.empty_like(x)
-    dweight = _memory.empty_like(weight)
-    dbias = np.empty(weight.shape[0], dtype=x.dtype)
     (N, K), F = x.shape, weight.shape[0]
     dx_tile, dw_tile = _tiles(N, K), _tiles(F, K)
     with single_threaded_blas:

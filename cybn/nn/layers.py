@@ -45,10 +45,9 @@ class _Affine(Module):
                 initializer.bias((shape[0],), fan_in, rng, self.dtype), dtype=self.dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
 
-    def _store_grads(self, dw, db):
-        np.copyto(self.grads["weight"], dw)
-        if "bias" in self.params:
-            np.copyto(self.grads["bias"], db)
+    def _grads_out(self):
+        """The backward op's ``out``: it writes straight into this layer's gradient arrays."""
+        return self.grads["weight"], self.grads.get("bias")
 
 
 class Conv2D(_Affine):
@@ -79,10 +78,8 @@ class Conv2D(_Affine):
 
     def backward(self, dy):
         x = self._pop_cache(dy)
-        dx, dw, db = F.conv2d_backward(dy, x, self.params["weight"], self.stride, self.padding,
-                                       compute_dx=self.needs_input_grad)
-        self._store_grads(dw, db)
-        return dx
+        return F.conv2d_backward(dy, x, self.params["weight"], self.stride, self.padding,
+                                 compute_dx=self.needs_input_grad, out=self._grads_out())[0]
 
     def output_shape(self, input_shape):
         n, _, h, w = input_shape
@@ -118,9 +115,7 @@ class Linear(_Affine):
 
     def backward(self, dy):
         x = self._pop_cache(dy)
-        dx, dw, db = F.linear_backward(dy, x, self.params["weight"])
-        self._store_grads(dw, db)
-        return dx
+        return F.linear_backward(dy, x, self.params["weight"], out=self._grads_out())[0]
 
     def output_shape(self, input_shape):
         return (input_shape[0], self.out_features)
