@@ -506,12 +506,15 @@ def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
     cdef uint8_t* pc = &code[0, 0, 0] if pool else NULL
     if N * C * S == 0:
         return
+    # Guided: a woken thread joins a region ~45 us after the caller starts it (measured), so the
+    # caller takes more of each phase and neither waits long at the barriers (~-45 us per call
+    # in a cnn7 step). Every chunk and channel writes only its own results: the same bits.
     with nogil, parallel(num_threads=num_threads):
-        for t in prange(ntask, schedule='static'):
+        for t in prange(ntask, schedule='guided'):
             _stats_chunk(px, C, S, _chunk_start(t, N, ntask), _chunk_start(t + 1, N, ntask),
                          &part[t, 0, 0], &part[t, 1, 0], &part[t, 2, 0], &part[t, 3, 0],
                          &part[t, 4, 0])
-        for c in prange(C, schedule='static'):
+        for c in prange(C, schedule='guided'):
             _merge_channel(part, c, N, S, &mean[c], &var[c])
             _affine_channel(coef, c, mean[c], var[c], eps, weight[c], bias[c])
             if track:
@@ -520,16 +523,16 @@ def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
                 running_var[c] = <floating>((1.0 - momentum) * <double>running_var[c]
                                             + momentum * (var[c] * unbias))
         if S == 1:
-            for t in prange(N, schedule='static'):
+            for t in prange(N, schedule='guided'):
                 _normalize_row(px + t * C, py + t * C, &coef[0, 0], &coef[1, 0], &coef[2, 0],
                                &coef[3, 0], C, relu)
         elif pool:
-            for t in prange(N * C, schedule='static'):
+            for t in prange(N * C, schedule='guided'):
                 c = t % C
                 _bn_relu_pool_plane(px + t * S, H, W, coef[0, c], coef[1, c], coef[2, c],
                                     coef[3, c], py + t * L, pc + t * L)
         else:
-            for t in prange(N * C, schedule='static'):
+            for t in prange(N * C, schedule='guided'):
                 c = t % C
                 _normalize_plane(px + t * S, py + t * S, S, coef[0, c], coef[1, c], coef[2, c],
                                  coef[3, c], relu)
