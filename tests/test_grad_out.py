@@ -94,3 +94,27 @@ def test_bad_out(case):
             op(out=out)
     # the zero-filled arrays of the bad outs were not written
     assert not good_b.any() and not both.any()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_layers_write_their_own_grad_arrays(bias):
+    """Conv2D and Linear backward write into the grads arrays allocated at construction (an
+    optimizer's references stay live), with the op's values."""
+    from cybn import nn
+    for layer, x in ((nn.Conv2D(16, 16, 3, padding=1, bias=bias, rng=1),
+                      rng.standard_normal((2, 16, 8, 8)).astype(np.float32)),
+                     (nn.Linear(7, 4, bias=bias, rng=1),
+                      rng.standard_normal((5, 7)).astype(np.float32))):
+        refs = dict(layer.grads)
+        for _ in range(2):
+            y = layer.forward(x)
+            dy = rng.standard_normal(y.shape).astype(np.float32)
+            layer.backward(dy)
+            assert all(layer.grads[k] is refs[k] for k in refs) and set(refs) == set(layer.grads)
+            if isinstance(layer, nn.Conv2D):
+                _, dw, db = F.conv2d_backward(dy, x, layer.params["weight"], 1, 1)
+            else:
+                _, dw, db = F.linear_backward(dy, x, layer.params["weight"])
+            np.testing.assert_array_equal(refs["weight"], dw)
+            if bias:
+                np.testing.assert_array_equal(refs["bias"], db)

@@ -5,7 +5,8 @@ Conventions (the same for all layers):
 - ``params`` / ``grads``: dicts name -> ndarray with PyTorch's names (``weight``, ``bias``).
   ``grads[k]`` always has ``params[k]``'s shape and dtype and is allocated once, at construction.
 - **Gradients are overwritten, not accumulated**: ``backward(dy)`` writes the gradient of the
-  current batch into ``grads`` *in place* (``np.copyto``), so one forward/backward per step needs no
+  current batch into ``grads`` *in place* (Conv2D's and Linear's kernels write straight into them
+  through the ops' ``out=``; others copy), so one forward/backward per step needs no
   ``zero_grad()``; call ``zero_grad()`` only if you want zeros. PyTorch accumulates instead; we do
   not, because SGD consumes one batch per step and accumulating would cost a pass over every grad.
   Because params and grads are only ever updated in place, an optimizer can keep references to them
