@@ -718,10 +718,12 @@ def backward_dx(const floating[:, :, ::1] dy, const floating[:, :, ::1] x,
                     _dx_plane(gp, xp, op, S, h, l, ca, cb, cd)
 
 
-cdef object _backward_constants(const double[::1] mean, const double[::1] var, double eps,
-                                const floating[::1] weight, const floating[::1] bias):
-    """(coef (7, C) in x's type with rows 0-3 the forward's (hi, lo, scale, shift), invstd (C,)):
-    C values, computed serially before a backward's parallel region (no barrier needed)."""
+cdef object _backward_work(Py_ssize_t ntask, const double[::1] mean, const double[::1] var,
+                           double eps, const floating[::1] weight, const floating[::1] bias):
+    """The work arrays of a training backward: (part, the zeroed (ntask, 2, C) chunk partials of
+    the sums; coef (7, C) in x's type with rows 0-3 the forward's (hi, lo, scale, shift);
+    invstd (C,)). The C constants are computed serially before the parallel region (no barrier
+    needed)."""
     cdef Py_ssize_t C = mean.shape[0], c
     coef_arr = np.empty((7, C), dtype=np.float32 if floating is float else np.float64)
     invstd_arr = np.empty(C, dtype=np.float64)
@@ -730,7 +732,7 @@ cdef object _backward_constants(const double[::1] mean, const double[::1] var, d
     with nogil:
         for c in range(C):
             invstd[c] = _affine_channel(coef, c, mean[c], var[c], eps, weight[c], bias[c])
-    return coef_arr, invstd_arr
+    return np.zeros((ntask, 2, C), dtype=np.float64), coef_arr, invstd_arr
 
 
 cdef inline void _grads_channel(const double[:, :, ::1] part, Py_ssize_t c, floating[:, ::1] coef,
@@ -756,10 +758,10 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
     bits, without returning to Python between them."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
     cdef Py_ssize_t ntask = _ntasks(N, S), t, c
-    cdef double[:, :, ::1] part = np.zeros((ntask, 2, C), dtype=np.float64)
+    cdef double[:, :, ::1] part
     cdef floating[:, ::1] coef
     cdef double[::1] invstd
-    coef, invstd = _backward_constants(mean, var, eps, weight, bias)
+    part, coef, invstd = _backward_work(ntask, mean, var, eps, weight, bias)
     cdef const floating* pdy = &dy[0, 0, 0]
     cdef const floating* px = &x[0, 0, 0]
     cdef floating* pdx = &dx[0, 0, 0]
@@ -884,10 +886,10 @@ def pool2_backward(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = dp.shape[2]
     cdef Py_ssize_t Wo = W // 2, Ho = L // Wo
     cdef Py_ssize_t ntask = _ntasks(N, S), t, c, n, q
-    cdef double[:, :, ::1] part = np.zeros((ntask, 2, C), dtype=np.float64)
+    cdef double[:, :, ::1] part
     cdef floating[:, ::1] coef
     cdef double[::1] invstd
-    coef, invstd = _backward_constants(mean, var, eps, weight, bias)
+    part, coef, invstd = _backward_work(ntask, mean, var, eps, weight, bias)
     cdef const floating* pdp = &dp[0, 0, 0]
     cdef const uint8_t* pc = &code[0, 0, 0]
     cdef const floating* px = &x[0, 0, 0]
