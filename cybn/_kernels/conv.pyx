@@ -1048,8 +1048,9 @@ def conv2d_winograd_backward(const floating[:, :, :, ::1] dy, const floating[:, 
     parallel region.
 
     dx: the flipped weight transform into V (36, C, F), then ``conv2d_winograd``'s groups on dy
-    with it (padding 2 - ph, 2 - pw; groups of ``dx_group``); without ``with_dx`` those loops
-    are empty and V, dx, O are not touched.
+    with it (padding 2 - ph, 2 - pw; groups of ``dx_group``); without ``with_dx`` there are no
+    groups and V, dx, O are not touched. The dx groups and the dW blocks are the tasks of one
+    dynamic loop (groups first), so no thread waits for the other between the two.
     dW: per tile, dL/dV[xi] = (A dy A^T)[xi] * (B^T d B)[xi]; summed over the tiles of a group
     of images by 36 GEMMs dV[xi]^T (C, F) += U[xi] (C, Tg) @ M[xi] (Tg, F) (dy's transform
     channel-minor, see CYBN_WINO4_DY); dweight = G^T dV G. Fixed blocks of images
@@ -1060,26 +1061,32 @@ def conv2d_winograd_backward(const floating[:, :, :, ::1] dy, const floating[:, 
     M (36*(F*Tg+16)), Z (>= W zeros), tmp (6*(4*TW+2)); Tg = group*TH*TW; O (16*Tg of dx).
     """
     cdef int N = x.shape[0], C = x.shape[1], F = dy.shape[1], nblocks = dv_part.shape[0]
-    cdef int t, g0, gi, o, blk, c
+    cdef int ndx = (N + dx_group - 1) // dx_group if with_dx else 0
+    cdef int t, g0, task, blk, o, c
     if N == 0:
         return
     with nogil, parallel(num_threads=num_threads):
         for o in prange(C if with_dx else 0, schedule="static"):
             _weight_rows(w, V, True, o)
-        for gi in prange((N + dx_group - 1) // dx_group if with_dx else 0, schedule="dynamic",
-                         chunksize=1):
+        # dx groups and dW blocks in one dynamic loop: a thread that finishes its share of
+        # the groups takes blocks instead of waiting at a barrier between the two (they are
+        # independent; each task writes only its own output)
+        for task in prange(ndx + nblocks, schedule="dynamic", chunksize=1):
             t = threadid()
-            g0 = gi * dx_group
-            _wino_group(&dy[0, 0, 0, 0], F, dy.shape[2], dy.shape[3], &V[0, 0, 0], C,
-                        <floating*>NULL, False, &dx[0, 0, 0, 0], x.shape[2], x.shape[3], &U[t, 0],
-                        &M[t, 0], &Z[t, 0], &tmp[t, 0], &O[t, 0], &gemm_seconds[t], 2 - ph,
-                        2 - pw, 4, g0, g0 + dx_group if g0 + dx_group < N else N)
-        for blk in prange(nblocks, schedule="dynamic", chunksize=1):
-            t = threadid()
-            _wino_dw_block(&dy[0, 0, 0, 0], F, dy.shape[2], dy.shape[3], &x[0, 0, 0, 0], C,
-                           x.shape[2], x.shape[3], &dv_part[blk, 0], &db_part[blk, 0], &U[t, 0],
-                           &M[t, 0], &Z[t, 0], &tmp[t, 0], &gemm_seconds[t], ph, pw, dw_group,
-                           _block_start(N, blk, nblocks), _block_start(N, blk + 1, nblocks))
+            if task < ndx:
+                g0 = task * dx_group
+                _wino_group(&dy[0, 0, 0, 0], F, dy.shape[2], dy.shape[3], &V[0, 0, 0], C,
+                            <floating*>NULL, False, &dx[0, 0, 0, 0], x.shape[2], x.shape[3],
+                            &U[t, 0], &M[t, 0], &Z[t, 0], &tmp[t, 0], &O[t, 0],
+                            &gemm_seconds[t], 2 - ph, 2 - pw, 4, g0,
+                            g0 + dx_group if g0 + dx_group < N else N)
+            else:
+                blk = task - ndx
+                _wino_dw_block(&dy[0, 0, 0, 0], F, dy.shape[2], dy.shape[3], &x[0, 0, 0, 0], C,
+                               x.shape[2], x.shape[3], &dv_part[blk, 0], &db_part[blk, 0],
+                               &U[t, 0], &M[t, 0], &Z[t, 0], &tmp[t, 0], &gemm_seconds[t], ph,
+                               pw, dw_group, _block_start(N, blk, nblocks),
+                               _block_start(N, blk + 1, nblocks))
         for c in prange(C, schedule="static"):
             _wino_dw_combine(&dv_part[0, 0], nblocks, &dv_acc[0], &dweight[0, 0, 0, 0], F, C, c)
     _db_combine(db_part, dbias)
