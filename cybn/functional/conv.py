@@ -105,11 +105,15 @@ def _buffer(name, shape, dtype, rows_apart=False):
 # (2: F(2x2, 3x3), 4: F(4x4, 3x3)); _WINOGRAD = False: im2col only. Switchable so the benchmark
 # can time the algorithms against each other. _WINO_TILES: tiles per GEMM group for each tile
 # size (how many images one thread transforms before its GEMMs: enough columns for efficient
-# GEMMs, few enough for the transformed block to stay in cache).
+# GEMMs, few enough for the transformed block to stay in cache). _WINO_MIN_GROUPS: groups per
+# conv at least, so the threads' shares even out when one runs slower. Only cnn7's 8x8 layer is
+# below it at batch 128 (16 images of 4 tiles per group at 8, 8 images at 16): measured in a
+# 2-thread step (medians of 8 runs) its forward 3156 -> 2875 us and its backward (dx groups)
+# 7566 -> 7130 us at 16; at 1 thread 5100 -> 5230 and 13288 -> 12763 us.
 _WINOGRAD = True
 _WINO_M = 4
 _WINO_TILES = {2: 256, 4: 64}
-_WINO_MIN_GROUPS = 8
+_WINO_MIN_GROUPS = 16
 # dW by Winograd F(4x4, 3x3) (36 GEMMs over the tiles, 4x fewer flops than im2col) where the
 # layer takes the Winograd path; False: im2col dW. _WINO_DW_TILES: tiles per GEMM group.
 _WINO_DW = True
