@@ -115,19 +115,24 @@ def _interval(minimum, maximum, exclusive_minimum, exclusive_maximum):
 
 def real(v, name, minimum=None, maximum=None, exclusive_minimum=False, exclusive_maximum=False):
     """A finite real number as a Python float, within the given bounds (None: unbounded)."""
-    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
+    # a Python float (the common case: every optimizer step passes several) skips the ABC check
+    if type(v) is not float and (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)):
         raise TypeError(f"{name} must be a real number, got {_found(v)}")
-    want = " ".join(filter(None, ("a finite number",
-                                  _interval(minimum, maximum, exclusive_minimum, exclusive_maximum))))
     try:
         f = float(v)
     except OverflowError:  # a Python int beyond the float range (10**400)
-        raise ValueError(f"{name} must be {want}, got an integer too large for a float "
-                         f"({len(str(abs(v)))} digits)") from None
+        raise ValueError(f"{name} must be {_wanted(minimum, maximum, exclusive_minimum, exclusive_maximum)}, "
+                         f"got an integer too large for a float ({len(str(abs(v)))} digits)") from None
     if not math.isfinite(f) or (minimum is not None and (f <= minimum if exclusive_minimum else f < minimum)) \
             or (maximum is not None and (f >= maximum if exclusive_maximum else f > maximum)):
-        raise ValueError(f"{name} must be {want}, got {f!r}")
+        raise ValueError(f"{name} must be {_wanted(minimum, maximum, exclusive_minimum, exclusive_maximum)}, "
+                         f"got {f!r}")
     return f
+
+
+def _wanted(*bounds):
+    """What ``real`` asks for, in words (built only for the error message)."""
+    return " ".join(filter(None, ("a finite number", _interval(*bounds))))
 
 
 def finite_float(v, name):

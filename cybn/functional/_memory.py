@@ -99,6 +99,8 @@ def empty(shape, dtype):
 
 def empty_like(a):
     """``empty(a.shape, a.dtype)``."""
+    if a.nbytes < MIN_BYTES:  # never pooled: plain numpy, without empty's shape arithmetic
+        return np.empty(a.shape, a.dtype)
     return empty(a.shape, a.dtype)
 
 
