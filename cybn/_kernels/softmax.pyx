@@ -3,8 +3,9 @@
 Every row is reduced by exactly one thread (prange over rows, static schedule), so the result
 does not depend on the thread count. Per row: max (vectorised; it also prefetches the next
 row), exp(x - max) written straight into the output (the row stays in L1 for the following
-passes) and summed in double with four fixed accumulators, then one scaling pass. Cross-entropy keeps the per-row losses in a double
-buffer and sums them serially in row order (deterministic mean).
+passes) and summed in double with four fixed accumulators, then one scaling pass.
+Cross-entropy keeps the per-row losses in a double buffer and sums them serially in row order
+(deterministic mean).
 
 exp is a branch-free inline C function (Cody-Waite range reduction + polynomial, ~1-2 ulp,
 no -ffast-math) so GCC can vectorise the exp loop; libm's exp is a scalar call and was the

@@ -310,17 +310,18 @@ def conv2d_backward(dy, x, weight, stride=1, padding=0, compute_dx=True, *, out=
     _gemm_seconds["backward_dx"] = np.zeros(1)
     wino_dx = compute_dx and _use_winograd(kh, kw, sh, sw, C, F, N * H * W) and ph <= 2 and pw <= 2
     wino_dw = _WINO_DW and _use_winograd(kh, kw, sh, sw, C, F, N * Ho * Wo)
-    fused_dx = wino_dx and wino_dw and _WINO_M == 4  # dx and dW in one kernel call
-    if wino_dx and not fused_dx:
+    if wino_dx and wino_dw and _WINO_M == 4:  # dx and dW in one kernel call
+        return _winograd_backward(dy, x, weight, ph, pw, dweight, dbias, True), dweight, dbias
+    if wino_dx:
         # dx = 'full' correlation of dy with the flipped, transposed kernel: the same Winograd
         # forward conv with padding (2 - ph, 2 - pw); the kernels below then only do dW, db.
         dx = _winograd(dy, weight, None, 2 - ph, 2 - pw, H, W, "backward_dx", flipped=True)
         compute_dx = False
-    elif compute_dx and not fused_dx:
+    elif compute_dx:
         dx = _memory.empty_like(x)
-    if wino_dw and (fused_dx or not compute_dx):
-        dx_fused = _winograd_backward(dy, x, weight, ph, pw, dweight, dbias, fused_dx)
-        return (dx_fused if fused_dx else dx), dweight, dbias
+    if wino_dw and not compute_dx:
+        _winograd_backward(dy, x, weight, ph, pw, dweight, dbias, False)
+        return dx, dweight, dbias
     nt = _threads_for(N, F, C, kh, kw, Ho, Wo, 2 if compute_dx else 1)
     K = C * kh * kw
     rows = _rows_per_chunk(K, Ho, Wo, x.itemsize)
