@@ -8,9 +8,10 @@
                             whether FP exception flags count as side effects.
    - CYBN_CLONES_EXACT      also compile the function for AVX2 (no FMA) and pick the clone at
                             load time (ifunc, x86-64 Linux GCC): both clones give identical bits.
-   - CYBN_CLONES_FMA        the same for x86-64-v3 (AVX2 + FMA): faster, but FMA contraction may
-                            change the last bit between machines (each machine always takes the
-                            same clone, so results stay deterministic on it).
+   - CYBN_CLONES_FMA        the same for x86-64-v4 (AVX-512) and x86-64-v3 (AVX2 + FMA): faster,
+                            but FMA contraction may change the last bit between machines (each
+                            machine always takes the same clone, so results stay deterministic
+                            on it).
    Build with CFLAGS=-DCYBN_NO_CLONES to get the baseline code only.
 
    OpenMP:
@@ -63,7 +64,7 @@
 #  define CYBN_CLONES_EXACT_WIDE __attribute__((target_clones("avx512f", "avx2", "default"), \
                                                 optimize("fp-contract=off")))
 #  if __GNUC__ >= 11
-#    define CYBN_CLONES_FMA __attribute__((target_clones("arch=x86-64-v3", "default")))
+#    define CYBN_CLONES_FMA __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #  else
 #    define CYBN_CLONES_FMA
 #  endif
