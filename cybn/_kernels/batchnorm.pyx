@@ -161,6 +161,62 @@ cdef extern from *:
     CYBN_BWD_RELU(float)
     CYBN_BWD_RELU(double)
 
+    /* The backward sums of (N, C) rows n0..n1 (S == 1): sdy[c] += sum(g), sdyx[c] += sum(g * (x
+       - mean[c])), four rows at a time in a fixed tree, then the rest row by row; g = dy, or
+       with sc != NULL dy masked by the fused ReLU's recomputed pre-activation (as
+       CYBN_BWD_RELU). In C so the loop over c vectorises with a branch-free mask: written in
+       Cython it was scalar with a branch per element that the ReLU's zeros make unpredictable
+       (218 us for (128, 256), more than the rest of the layer's step). */
+    /* g of row element k (0..3) at channel c: the mask is a macro so it inlines into the
+       clones (an inline function of the default target stays a call there, and unvectorised). */
+    #define CYBN_ROW_G(k) (sc ? (((p[c + (k) * C] - mhi[c]) - mlo[c]) * sc[c] + sh[c] > 0 \
+                                 ? d[c + (k) * C] : 0) : d[c + (k) * C])
+    #define CYBN_BWD_ROWS_LOOP(T, n, n1) \
+        for (; n + 4 <= n1; n += 4) { \
+            const T *d = dy + n * C, *p = x + n * C; \
+            for (c = 0; c < C; c++) { \
+                double g0 = CYBN_ROW_G(0), g1 = CYBN_ROW_G(1), g2 = CYBN_ROW_G(2), \
+                       g3 = CYBN_ROW_G(3), m = mean[c]; \
+                sdy[c] = sdy[c] + ((g0 + g1) + (g2 + g3)); \
+                sdyx[c] = sdyx[c] + ((g0 * (p[c] - m) + g1 * (p[c + C] - m)) \
+                                     + (g2 * (p[c + 2 * C] - m) + g3 * (p[c + 3 * C] - m))); \
+            } \
+        } \
+        for (; n < n1; n++) { \
+            const T *d = dy + n * C, *p = x + n * C; \
+            for (c = 0; c < C; c++) { \
+                double g0 = CYBN_ROW_G(0); \
+                sdy[c] = sdy[c] + g0; \
+                sdyx[c] = sdyx[c] + g0 * (p[c] - mean[c]); \
+            } \
+        }
+    #define CYBN_BWD_ROWS(T) \
+    CYBN_CLONES_EXACT_WIDE CYBN_NO_TRAPPING_MATH static void cybn_bwd_rows_##T( \
+            const T *CYBN_RESTRICT dy, const T *CYBN_RESTRICT x, const double *CYBN_RESTRICT mean, \
+            Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1, double *CYBN_RESTRICT sdy, \
+            double *CYBN_RESTRICT sdyx, const T *CYBN_RESTRICT mhi, const T *CYBN_RESTRICT mlo, \
+            const T *CYBN_RESTRICT sc, const T *CYBN_RESTRICT sh) { \
+        Py_ssize_t n = n0, c; \
+        if (sc) { CYBN_BWD_ROWS_LOOP(T, n, n1) } \
+        else { CYBN_BWD_ROWS_LOOP(T, n, n1) }  /* the same loop, its mask test hoisted */ \
+    }
+    CYBN_BWD_ROWS(float)
+    CYBN_BWD_ROWS(double)
+    /* dx of one (C,) row: a * g + (b * ((x - mhi) - mlo) + d), g as in CYBN_BWD_ROWS. */
+    #define CYBN_DX_ROW_LOOP for (c = 0; c < C; c++) \
+        dx[c] = a[c] * CYBN_ROW_G(0) + (b[c] * ((p[c] - mhi[c]) - mlo[c]) + dd[c]);
+    #define CYBN_DX_ROW(T) \
+    CYBN_CLONES_EXACT_WIDE CYBN_NO_TRAPPING_MATH static void cybn_dx_row_##T( \
+            const T *CYBN_RESTRICT d, const T *CYBN_RESTRICT p, T *CYBN_RESTRICT dx, \
+            const T *CYBN_RESTRICT mhi, const T *CYBN_RESTRICT mlo, const T *CYBN_RESTRICT a, \
+            const T *CYBN_RESTRICT b, const T *CYBN_RESTRICT dd, const T *CYBN_RESTRICT sc, \
+            const T *CYBN_RESTRICT sh, Py_ssize_t C) { \
+        Py_ssize_t c; \
+        if (sc) { CYBN_DX_ROW_LOOP } else { CYBN_DX_ROW_LOOP } \
+    }
+    CYBN_DX_ROW(float)
+    CYBN_DX_ROW(double)
+
     /* BN -> ReLU -> 2x2/stride-2 max-pool over one (H, W) plane (H, W even): the pre-activations
        as affine_normalize computes them, ReLU'd as it does, pooled by max_pool2d's rule
        (row-major scan, move on a strictly larger value or the window's first NaN); code[q]: the
@@ -264,6 +320,21 @@ cdef extern from *:
     void cybn_bn_relu_pool_plane_double(const double* x, Py_ssize_t H, Py_ssize_t W, double h,
                                         double l, double s, double b, double* y,
                                         uint8_t* co) noexcept nogil
+    void cybn_bwd_rows_float(const float* dy, const float* x, const double* mean, Py_ssize_t C,
+                             Py_ssize_t n0, Py_ssize_t n1, double* sdy, double* sdyx,
+                             const float* mhi, const float* mlo, const float* sc,
+                             const float* sh) noexcept nogil
+    void cybn_bwd_rows_double(const double* dy, const double* x, const double* mean,
+                              Py_ssize_t C, Py_ssize_t n0, Py_ssize_t n1, double* sdy,
+                              double* sdyx, const double* mhi, const double* mlo,
+                              const double* sc, const double* sh) noexcept nogil
+    void cybn_dx_row_float(const float* dy, const float* x, float* dx, const float* mhi,
+                           const float* mlo, const float* a, const float* b, const float* d,
+                           const float* sc, const float* sh, Py_ssize_t C) noexcept nogil
+    void cybn_dx_row_double(const double* dy, const double* x, double* dx, const double* mhi,
+                            const double* mlo, const double* a, const double* b,
+                            const double* d, const double* sc, const double* sh,
+                            Py_ssize_t C) noexcept nogil
     int cybn_pool2_expand_float(const float* dp, const uint8_t* co, Py_ssize_t Ho, Py_ssize_t Wo,
                                 float* g) noexcept nogil
     int cybn_pool2_expand_double(const double* dp, const uint8_t* co, Py_ssize_t Ho,
@@ -300,16 +371,6 @@ cdef inline floating _relu_if(floating v, bint relu) noexcept nogil:
     if relu and v <= 0:
         return 0
     return v
-
-
-cdef inline floating _masked(floating g, floating x, Py_ssize_t c, const floating* mhi,
-                             const floating* mlo, const floating* sc,
-                             const floating* sh) noexcept nogil:
-    """g where the fused forward's pre-activation ((x - mhi) - mlo) * sc + sh is > 0, else 0;
-    g itself when not fused (sc == NULL)."""
-    if sc != NULL and not (((x - mhi[c]) - mlo[c]) * sc[c] + sh[c] > 0):
-        return 0
-    return g
 
 
 cdef inline void _merge(double* mean_a, double* m2_a, double na,
@@ -581,33 +642,13 @@ cdef void _bwd_chunk(const floating* dy, const floating* x, const double* mean,
                      double* sdy, double* sdyx, const floating* mhi, const floating* mlo,
                      const floating* sc, const floating* sh) noexcept nogil:
     """sdy[c] += sum(g), sdyx[c] += sum(g * (x - mean[c])) over rows [n0, n1), in double, with
-    g = dy, or (sc != NULL) dy masked by the fused ReLU (see ``_masked``)."""
+    g = dy, or (sc != NULL) dy masked by the fused ReLU (rows: ``cybn_bwd_rows_T``)."""
     cdef Py_ssize_t n, c
-    cdef const floating* d
-    cdef const floating* p
-    cdef double g0, g1, g2, g3
     if S == 1:
-        n = n0
-        while n + 4 <= n1:  # 4 rows at a time, vectorised over c
-            d = dy + n * C
-            p = x + n * C
-            for c in range(C):
-                g0 = _masked(d[c], p[c], c, mhi, mlo, sc, sh)
-                g1 = _masked(d[c + C], p[c + C], c, mhi, mlo, sc, sh)
-                g2 = _masked(d[c + 2 * C], p[c + 2 * C], c, mhi, mlo, sc, sh)
-                g3 = _masked(d[c + 3 * C], p[c + 3 * C], c, mhi, mlo, sc, sh)
-                sdy[c] = sdy[c] + ((g0 + g1) + (g2 + g3))
-                sdyx[c] = sdyx[c] + ((g0 * (p[c] - mean[c]) + g1 * (p[c + C] - mean[c]))
-                                     + (g2 * (p[c + 2 * C] - mean[c]) + g3 * (p[c + 3 * C] - mean[c])))
-            n = n + 4
-        while n < n1:
-            d = dy + n * C
-            p = x + n * C
-            for c in range(C):
-                g0 = _masked(d[c], p[c], c, mhi, mlo, sc, sh)
-                sdy[c] = sdy[c] + g0
-                sdyx[c] = sdyx[c] + g0 * (p[c] - mean[c])
-            n = n + 1
+        if floating is float:
+            cybn_bwd_rows_float(dy, x, mean, C, n0, n1, sdy, sdyx, mhi, mlo, sc, sh)
+        else:
+            cybn_bwd_rows_double(dy, x, mean, C, n0, n1, sdy, sdyx, mhi, mlo, sc, sh)
         return
     for n in range(n0, n1):
         for c in range(C):
@@ -821,10 +862,10 @@ cdef inline void _dx_row(const floating* dy, const floating* x, floating* dx,
                          const floating* mhi, const floating* mlo, const floating* a,
                          const floating* b, const floating* d, const floating* sc,
                          const floating* sh, Py_ssize_t C) noexcept nogil:
-    cdef Py_ssize_t c
-    for c in range(C):
-        dx[c] = (a[c] * _masked(dy[c], x[c], c, mhi, mlo, sc, sh)
-                 + (b[c] * ((x[c] - mhi[c]) - mlo[c]) + d[c]))
+    if floating is float:
+        cybn_dx_row_float(dy, x, dx, mhi, mlo, a, b, d, sc, sh, C)
+    else:
+        cybn_dx_row_double(dy, x, dx, mhi, mlo, a, b, d, sc, sh, C)
 
 
 
