@@ -811,19 +811,19 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
     cdef double m = <double>(N * S)
     if N * C * S == 0:
         return
-    with nogil, parallel(num_threads=num_threads):
-        for t in prange(ntask, schedule='static'):
+    with nogil, parallel(num_threads=num_threads):  # guided: see batch_norm_forward
+        for t in prange(ntask, schedule='guided'):
             _bwd_chunk(pdy, px, &mean[0], C, S, _chunk_start(t, N, ntask),
                        _chunk_start(t + 1, N, ntask), &part[t, 0, 0], &part[t, 1, 0],
                        &coef[0, 0], &coef[1, 0], psc, psh)
-        for c in prange(C, schedule='static'):
+        for c in prange(C, schedule='guided'):
             _grads_channel(part, c, coef, invstd, weight[c], m, dweight, dbias)
         if S == 1:
-            for t in prange(N, schedule='static'):
+            for t in prange(N, schedule='guided'):
                 _dx_row(pdy + t * C, px + t * C, pdx + t * C, &coef[0, 0], &coef[1, 0],
                         &coef[4, 0], &coef[5, 0], &coef[6, 0], psc, psh, C)
         else:
-            for t in prange(N * C, schedule='static'):
+            for t in prange(N * C, schedule='guided'):
                 c = t % C
                 if relu:
                     _dx_relu_plane(pdy + t * S, px + t * S, pdx + t * S, S, coef[0, c],
@@ -940,17 +940,17 @@ def pool2_backward(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
     cdef int bad = 0
     if N * C * S == 0:
         return False
-    with nogil, parallel(num_threads=num_threads):
+    with nogil, parallel(num_threads=num_threads):  # guided: see batch_norm_forward
         g = &scratch[threadid(), 0]
-        for t in prange(ntask, schedule='static'):
+        for t in prange(ntask, schedule='guided'):
             for n in range(_chunk_start(t, N, ntask), _chunk_start(t + 1, N, ntask)):
                 for c in range(C):
                     q = n * C + c
                     bad |= _pool2_expand(pdp + q * L, pc + q * L, Ho, Wo, g)
                     _bwd_plane(g, px + q * S, S, mean[c], &part[t, 0, c], &part[t, 1, c])
-        for c in prange(C, schedule='static'):
+        for c in prange(C, schedule='guided'):
             _grads_channel(part, c, coef, invstd, weight[c], m, dweight, dbias)
-        for t in prange(N * C, schedule='static'):
+        for t in prange(N * C, schedule='guided'):
             _pool2_expand(pdp + t * L, pc + t * L, Ho, Wo, g)
             c = t % C
             _dx_plane(g, px + t * S, pdx + t * S, S, coef[0, c], coef[1, c], coef[4, c],

@@ -930,8 +930,10 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     cdef int t, g0, gi, o
     if N == 0:
         return
+    # guided weight rows: the thread woken for the region joins ~45 us late, so the caller
+    # takes more of them and is not the one left waiting at the barrier (as in batchnorm)
     with nogil, parallel(num_threads=num_threads):
-        for o in prange(F, schedule="static"):
+        for o in prange(F, schedule="guided"):
             _weight_rows(w, V, flipped, o)
         for gi in prange((N + group - 1) // group, schedule="dynamic", chunksize=1):
             t = threadid()
@@ -1065,8 +1067,8 @@ def conv2d_winograd_backward(const floating[:, :, :, ::1] dy, const floating[:, 
     cdef int t, g0, task, blk, o, c
     if N == 0:
         return
-    with nogil, parallel(num_threads=num_threads):
-        for o in prange(C if with_dx else 0, schedule="static"):
+    with nogil, parallel(num_threads=num_threads):  # guided phases: see conv2d_winograd
+        for o in prange(C if with_dx else 0, schedule="guided"):
             _weight_rows(w, V, True, o)
         # dx groups and dW blocks in one dynamic loop: a thread that finishes its share of
         # the groups takes blocks instead of waiting at a barrier between the two (they are
@@ -1087,6 +1089,6 @@ def conv2d_winograd_backward(const floating[:, :, :, ::1] dy, const floating[:, 
                                &U[t, 0], &M[t, 0], &Z[t, 0], &tmp[t, 0], &gemm_seconds[t], ph,
                                pw, dw_group, _block_start(N, blk, nblocks),
                                _block_start(N, blk + 1, nblocks))
-        for c in prange(C, schedule="static"):
+        for c in prange(C, schedule="guided"):
             _wino_dw_combine(&dv_part[0, 0], nblocks, &dv_acc[0], &dweight[0, 0, 0, 0], F, C, c)
     _db_combine(db_part, dbias)
