@@ -35,7 +35,8 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.math cimport sqrt
 from libc.stdint cimport uint8_t
 
-from cybn._kernels._common cimport floating
+from cybn._kernels._common cimport (floating, cybn_team, cybn_team_init, cybn_claim,
+                                    cybn_team_flag, cybn_team_barrier, cybn_team_end)
 
 cdef enum:
     # Values per channel and statistics block: bounds the shifted-sum error to BLOCK * 2^-53.
@@ -558,7 +559,8 @@ def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
     per channel as ``update_running_stats`` computes it (r = (1 - momentum) * r + momentum *
     batch in double, var * unbias for the variance, rounded once to their type)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = (H // 2) * (W // 2)
-    cdef Py_ssize_t ntask = _ntasks(N, S), t, c
+    cdef Py_ssize_t ntask = _ntasks(N, S), t = 0, c = 0, lo = 0, hi = 0  # firstprivate
+    cdef cybn_team team
     cdef double[:, :, ::1] part = np.zeros((ntask, 5, C), dtype=np.float64)
     coef_arr = np.empty((4, C), dtype=np.float32 if floating is float else np.float64)
     cdef floating[:, ::1] coef = coef_arr
@@ -567,36 +569,42 @@ def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
     cdef uint8_t* pc = &code[0, 0, 0] if pool else NULL
     if N * C * S == 0:
         return
-    # Guided: a woken thread joins a region ~45 us after the caller starts it (measured), so the
-    # caller takes more of each phase and neither waits long at the barriers (~-45 us per call
-    # in a cnn7 step). Every chunk and channel writes only its own results: the same bits.
+    # The phases share work through a cybn_team (see _common.h): the thread woken for the
+    # region joins ~45 us after the caller, so guided pieces let the caller take more, and no
+    # thread sleeps at a barrier between them. Every chunk and channel writes only its own
+    # results: the same bits.
+    cybn_team_init(&team)
     with nogil, parallel(num_threads=num_threads):
-        for t in prange(ntask, schedule='guided'):
-            _stats_chunk(px, C, S, _chunk_start(t, N, ntask), _chunk_start(t + 1, N, ntask),
-                         &part[t, 0, 0], &part[t, 1, 0], &part[t, 2, 0], &part[t, 3, 0],
-                         &part[t, 4, 0])
-        for c in prange(C, schedule='guided'):
-            _merge_channel(part, c, N, S, &mean[c], &var[c])
-            _affine_channel(coef, c, mean[c], var[c], eps, weight[c], bias[c])
-            if track:
-                running_mean[c] = <floating>((1.0 - momentum) * <double>running_mean[c]
-                                             + momentum * mean[c])
-                running_var[c] = <floating>((1.0 - momentum) * <double>running_var[c]
-                                            + momentum * (var[c] * unbias))
-        if S == 1:
-            for t in prange(N, schedule='guided'):
-                _normalize_row(px + t * C, py + t * C, &coef[0, 0], &coef[1, 0], &coef[2, 0],
-                               &coef[3, 0], C, relu)
-        elif pool:
-            for t in prange(N * C, schedule='guided'):
+        lo = hi = 0  # assigned in the block, so Cython makes them thread-private
+        while cybn_claim(&team, 0, ntask, &lo, &hi):
+            for t in range(lo, hi):
+                _stats_chunk(px, C, S, _chunk_start(t, N, ntask),
+                             _chunk_start(t + 1, N, ntask), &part[t, 0, 0], &part[t, 1, 0],
+                             &part[t, 2, 0], &part[t, 3, 0], &part[t, 4, 0])
+        cybn_team_barrier(&team)
+        while cybn_claim(&team, 1, C, &lo, &hi):
+            for c in range(lo, hi):
+                _merge_channel(part, c, N, S, &mean[c], &var[c])
+                _affine_channel(coef, c, mean[c], var[c], eps, weight[c], bias[c])
+                if track:
+                    running_mean[c] = <floating>((1.0 - momentum) * <double>running_mean[c]
+                                                 + momentum * mean[c])
+                    running_var[c] = <floating>((1.0 - momentum) * <double>running_var[c]
+                                                + momentum * (var[c] * unbias))
+        cybn_team_barrier(&team)
+        while cybn_claim(&team, 2, N if S == 1 else N * C, &lo, &hi):
+            for t in range(lo, hi):
                 c = t % C
-                _bn_relu_pool_plane(px + t * S, H, W, coef[0, c], coef[1, c], coef[2, c],
-                                    coef[3, c], py + t * L, pc + t * L)
-        else:
-            for t in prange(N * C, schedule='guided'):
-                c = t % C
-                _normalize_plane(px + t * S, py + t * S, S, coef[0, c], coef[1, c], coef[2, c],
-                                 coef[3, c], relu)
+                if S == 1:
+                    _normalize_row(px + t * C, py + t * C, &coef[0, 0], &coef[1, 0],
+                                   &coef[2, 0], &coef[3, 0], C, relu)
+                elif pool:
+                    _bn_relu_pool_plane(px + t * S, H, W, coef[0, c], coef[1, c], coef[2, c],
+                                        coef[3, c], py + t * L, pc + t * L)
+                else:
+                    _normalize_plane(px + t * S, py + t * S, S, coef[0, c], coef[1, c],
+                                     coef[2, c], coef[3, c], relu)
+        cybn_team_end(&team)
 
 
 def affine_normalize(const floating[:, :, ::1] x, const floating[::1] mhi,
@@ -798,7 +806,8 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
     same operations as those kernels and ``cybn.functional.batchnorm``'s NumPy, so the same
     bits, without returning to Python between them."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t ntask = _ntasks(N, S), t, c
+    cdef Py_ssize_t ntask = _ntasks(N, S), t = 0, c = 0, lo = 0, hi = 0  # firstprivate
+    cdef cybn_team team
     cdef double[:, :, ::1] part
     cdef floating[:, ::1] coef
     cdef double[::1] invstd
@@ -811,27 +820,33 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
     cdef double m = <double>(N * S)
     if N * C * S == 0:
         return
-    with nogil, parallel(num_threads=num_threads):  # guided: see batch_norm_forward
-        for t in prange(ntask, schedule='guided'):
-            _bwd_chunk(pdy, px, &mean[0], C, S, _chunk_start(t, N, ntask),
-                       _chunk_start(t + 1, N, ntask), &part[t, 0, 0], &part[t, 1, 0],
-                       &coef[0, 0], &coef[1, 0], psc, psh)
-        for c in prange(C, schedule='guided'):
-            _grads_channel(part, c, coef, invstd, weight[c], m, dweight, dbias)
-        if S == 1:
-            for t in prange(N, schedule='guided'):
-                _dx_row(pdy + t * C, px + t * C, pdx + t * C, &coef[0, 0], &coef[1, 0],
-                        &coef[4, 0], &coef[5, 0], &coef[6, 0], psc, psh, C)
-        else:
-            for t in prange(N * C, schedule='guided'):
+    cybn_team_init(&team)
+    with nogil, parallel(num_threads=num_threads):  # a cybn_team: see batch_norm_forward
+        lo = hi = 0
+        while cybn_claim(&team, 0, ntask, &lo, &hi):
+            for t in range(lo, hi):
+                _bwd_chunk(pdy, px, &mean[0], C, S, _chunk_start(t, N, ntask),
+                           _chunk_start(t + 1, N, ntask), &part[t, 0, 0], &part[t, 1, 0],
+                           &coef[0, 0], &coef[1, 0], psc, psh)
+        cybn_team_barrier(&team)
+        while cybn_claim(&team, 1, C, &lo, &hi):
+            for c in range(lo, hi):
+                _grads_channel(part, c, coef, invstd, weight[c], m, dweight, dbias)
+        cybn_team_barrier(&team)
+        while cybn_claim(&team, 2, N if S == 1 else N * C, &lo, &hi):
+            for t in range(lo, hi):
                 c = t % C
-                if relu:
+                if S == 1:
+                    _dx_row(pdy + t * C, px + t * C, pdx + t * C, &coef[0, 0], &coef[1, 0],
+                            &coef[4, 0], &coef[5, 0], &coef[6, 0], psc, psh, C)
+                elif relu:
                     _dx_relu_plane(pdy + t * S, px + t * S, pdx + t * S, S, coef[0, c],
                                    coef[1, c], coef[4, c], coef[5, c], coef[6, c], psc[c],
                                    psh[c])
                 else:
                     _dx_plane(pdy + t * S, px + t * S, pdx + t * S, S, coef[0, c], coef[1, c],
                               coef[4, c], coef[5, c], coef[6, c])
+        cybn_team_end(&team)
 
 
 cdef inline void _dx_relu_plane(const floating* gp, const floating* xp, floating* op,
@@ -926,7 +941,8 @@ def pool2_backward(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
     True when a code is above 4 (then the outputs are meaningless: the caller raises)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = dp.shape[2]
     cdef Py_ssize_t Wo = W // 2, Ho = L // Wo
-    cdef Py_ssize_t ntask = _ntasks(N, S), t, c, n, q
+    cdef Py_ssize_t ntask = _ntasks(N, S), t = 0, c = 0, n = 0, q = 0, lo = 0, hi = 0
+    cdef cybn_team team
     cdef double[:, :, ::1] part
     cdef floating[:, ::1] coef
     cdef double[::1] invstd
@@ -935,24 +951,32 @@ def pool2_backward(const floating[:, :, ::1] dp, const uint8_t[:, :, ::1] code,
     cdef const uint8_t* pc = &code[0, 0, 0]
     cdef const floating* px = &x[0, 0, 0]
     cdef floating* pdx = &dx[0, 0, 0]
-    cdef floating* g
+    cdef floating* g = NULL
     cdef double m = <double>(N * S)
-    cdef int bad = 0
     if N * C * S == 0:
         return False
-    with nogil, parallel(num_threads=num_threads):  # guided: see batch_norm_forward
+    cybn_team_init(&team)
+    with nogil, parallel(num_threads=num_threads):  # a cybn_team: see batch_norm_forward
+        lo = hi = 0
         g = &scratch[threadid(), 0]
-        for t in prange(ntask, schedule='guided'):
-            for n in range(_chunk_start(t, N, ntask), _chunk_start(t + 1, N, ntask)):
-                for c in range(C):
-                    q = n * C + c
-                    bad |= _pool2_expand(pdp + q * L, pc + q * L, Ho, Wo, g)
-                    _bwd_plane(g, px + q * S, S, mean[c], &part[t, 0, c], &part[t, 1, c])
-        for c in prange(C, schedule='guided'):
-            _grads_channel(part, c, coef, invstd, weight[c], m, dweight, dbias)
-        for t in prange(N * C, schedule='guided'):
-            _pool2_expand(pdp + t * L, pc + t * L, Ho, Wo, g)
-            c = t % C
-            _dx_plane(g, px + t * S, pdx + t * S, S, coef[0, c], coef[1, c], coef[4, c],
-                      coef[5, c], coef[6, c])
-    return bad != 0
+        while cybn_claim(&team, 0, ntask, &lo, &hi):
+            for t in range(lo, hi):
+                for n in range(_chunk_start(t, N, ntask), _chunk_start(t + 1, N, ntask)):
+                    for c in range(C):
+                        q = n * C + c
+                        if _pool2_expand(pdp + q * L, pc + q * L, Ho, Wo, g):
+                            cybn_team_flag(&team)
+                        _bwd_plane(g, px + q * S, S, mean[c], &part[t, 0, c], &part[t, 1, c])
+        cybn_team_barrier(&team)
+        while cybn_claim(&team, 1, C, &lo, &hi):
+            for c in range(lo, hi):
+                _grads_channel(part, c, coef, invstd, weight[c], m, dweight, dbias)
+        cybn_team_barrier(&team)
+        while cybn_claim(&team, 2, N * C, &lo, &hi):
+            for t in range(lo, hi):
+                _pool2_expand(pdp + t * L, pc + t * L, Ho, Wo, g)
+                c = t % C
+                _dx_plane(g, px + t * S, pdx + t * S, S, coef[0, c], coef[1, c], coef[4, c],
+                          coef[5, c], coef[6, c])
+        cybn_team_end(&team)
+    return team.flag != 0

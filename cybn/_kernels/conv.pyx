@@ -29,7 +29,8 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memset, memcpy
 
 from cybn._kernels._blas cimport gemm_rm
-from cybn._kernels._common cimport floating, CYBN_WTIME
+from cybn._kernels._common cimport (floating, CYBN_WTIME, cybn_team, cybn_team_init,
+                                    cybn_claim, cybn_claim1, cybn_team_barrier, cybn_team_end)
 
 
 cdef inline void _valid_cols(int W, int kw_j, int sw, int pw, int Wo, int* ow0, int* ow1) noexcept nogil:
@@ -927,21 +928,31 @@ def conv2d_winograd(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1]
     for m = 4; unused for m = 2).
     """
     cdef int N = x.shape[0], F = V.shape[1]
-    cdef int t, g0, gi, o
+    cdef int t = 0, g0 = 0
+    cdef Py_ssize_t o = 0, lo = 0, hi = 0, gi = 0  # initialised: Cython makes them firstprivate
+    cdef cybn_team team
     if N == 0:
         return
-    # guided weight rows: the thread woken for the region joins ~45 us late, so the caller
-    # takes more of them and is not the one left waiting at the barrier (as in batchnorm)
+    # The weight rows, then the groups one at a time, shared through a cybn_team (see
+    # _common.h): the thread woken for the region joins ~45 us late, the caller takes more,
+    # and no thread sleeps at the barrier between them or the caller at the end.
+    cybn_team_init(&team)
     with nogil, parallel(num_threads=num_threads):
-        for o in prange(F, schedule="guided"):
-            _weight_rows(w, V, flipped, o)
-        for gi in prange((N + group - 1) // group, schedule="dynamic", chunksize=1):
-            t = threadid()
+        lo = hi = 0
+        t = threadid()
+        while cybn_claim(&team, 0, F, &lo, &hi):
+            for o in range(lo, hi):
+                _weight_rows(w, V, flipped, o)
+        cybn_team_barrier(&team)
+        gi = cybn_claim1(&team, 1, (N + group - 1) // group)
+        while gi >= 0:
             g0 = gi * group
             _wino_group(&x[0, 0, 0, 0], x.shape[1], x.shape[2], x.shape[3], &V[0, 0, 0], F,
                         &bias[0], has_bias, &y[0, 0, 0, 0], y.shape[2], y.shape[3], &U[t, 0],
                         &M[t, 0], &Z[t, 0], &tmp[t, 0], &O[t, 0], &gemm_seconds[t], ph, pw, m,
                         g0, g0 + group if g0 + group < N else N)
+            gi = cybn_claim1(&team, 1, (N + group - 1) // group)
+        cybn_team_end(&team)
 
 
 def winograd_weights(const floating[:, :, :, ::1] w, floating[:, :, ::1] V, bint flipped,
@@ -1064,17 +1075,24 @@ def conv2d_winograd_backward(const floating[:, :, :, ::1] dy, const floating[:, 
     """
     cdef int N = x.shape[0], C = x.shape[1], F = dy.shape[1], nblocks = dv_part.shape[0]
     cdef int ndx = (N + dx_group - 1) // dx_group if with_dx else 0
-    cdef int t, g0, task, blk, o, c
+    cdef int t = 0, g0 = 0, blk = 0
+    cdef Py_ssize_t o = 0, c = 0, lo = 0, hi = 0, task = 0  # firstprivate: initialised
+    cdef cybn_team team
     if N == 0:
         return
-    with nogil, parallel(num_threads=num_threads):  # guided phases: see conv2d_winograd
-        for o in prange(C if with_dx else 0, schedule="guided"):
-            _weight_rows(w, V, True, o)
-        # dx groups and dW blocks in one dynamic loop: a thread that finishes its share of
-        # the groups takes blocks instead of waiting at a barrier between the two (they are
-        # independent; each task writes only its own output)
-        for task in prange(ndx + nblocks, schedule="dynamic", chunksize=1):
-            t = threadid()
+    cybn_team_init(&team)
+    with nogil, parallel(num_threads=num_threads):  # a cybn_team: see conv2d_winograd
+        lo = hi = 0
+        t = threadid()
+        while cybn_claim(&team, 0, C if with_dx else 0, &lo, &hi):
+            for o in range(lo, hi):
+                _weight_rows(w, V, True, o)
+        cybn_team_barrier(&team)
+        # dx groups and dW blocks in one loop: a thread that finishes its share of the groups
+        # takes blocks instead of waiting at a barrier between the two (they are independent;
+        # each task writes only its own output)
+        task = cybn_claim1(&team, 1, ndx + nblocks)
+        while task >= 0:
             if task < ndx:
                 g0 = task * dx_group
                 _wino_group(&dy[0, 0, 0, 0], F, dy.shape[2], dy.shape[3], &V[0, 0, 0], C,
@@ -1089,6 +1107,11 @@ def conv2d_winograd_backward(const floating[:, :, :, ::1] dy, const floating[:, 
                                &U[t, 0], &M[t, 0], &Z[t, 0], &tmp[t, 0], &gemm_seconds[t], ph,
                                pw, dw_group, _block_start(N, blk, nblocks),
                                _block_start(N, blk + 1, nblocks))
-        for c in prange(C, schedule="guided"):
-            _wino_dw_combine(&dv_part[0, 0], nblocks, &dv_acc[0], &dweight[0, 0, 0, 0], F, C, c)
+            task = cybn_claim1(&team, 1, ndx + nblocks)
+        cybn_team_barrier(&team)
+        while cybn_claim(&team, 2, C, &lo, &hi):
+            for c in range(lo, hi):
+                _wino_dw_combine(&dv_part[0, 0], nblocks, &dv_acc[0], &dweight[0, 0, 0, 0], F,
+                                 C, c)
+        cybn_team_end(&team)
     _db_combine(db_part, dbias)
