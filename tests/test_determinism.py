@@ -46,7 +46,9 @@ def _team_kernel_outputs(rng_seed=1):
     drows = rng.standard_normal(rows.shape).astype(np.float32)
     w, b = rng.uniform(0.5, 1.5, 32).astype(np.float32), rng.standard_normal(32).astype(np.float32)
     w2, b2 = np.ones(256, np.float32), np.zeros(256, np.float32)
-    cw = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
+    # 64 output channels: enough work that conv2d's forward also gets 2 threads
+    cw = rng.standard_normal((64, 32, 3, 3)).astype(np.float32)
+    cdy = rng.standard_normal((16, 64, 16, 16)).astype(np.float32)
     out = []
     y, mean, var = F.batch_norm_relu_train(x, w, b)
     out += [y, mean, var, *F.batch_norm_relu_backward(dy, x, w, b, mean, var)]
@@ -54,7 +56,7 @@ def _team_kernel_outputs(rng_seed=1):
     out += [y, code, *F.batch_norm_relu_pool_backward(dp, code, x, w, b, mean, var)]
     y, mean, var = F.batch_norm_relu_train(rows, w2, b2)
     out += [y, *F.batch_norm_relu_backward(drows, rows, w2, b2, mean, var)]
-    out += [F.conv2d(x, cw, padding=1), *F.conv2d_backward(dy, x, cw, padding=1)]
+    out += [F.conv2d(x, cw, padding=1), *F.conv2d_backward(cdy, x, cw, padding=1)]
     return out
 
 

@@ -28,7 +28,10 @@
                             load 4 values of that type into a cybn_d4);
    - CYBN_SUM_4_4(a, b)     lanes a[0..3], b[0..3] combined by a fixed tree;
    - CYBN_SUM8(a)           the same tree over an array of 8 lanes (the scalar fallback);
-   - CYBN_SUM4(a0, a1, a2, a3) four scalar accumulators, fixed tree. */
+   - CYBN_SUM4(a0, a1, a2, a3) four scalar accumulators, fixed tree.
+
+   Work sharing inside a parallel region: cybn_team with cybn_claim / cybn_claim1 /
+   cybn_team_barrier / cybn_team_end (see that section). */
 #ifndef CYBN_COMMON_H
 #define CYBN_COMMON_H
 
@@ -64,7 +67,8 @@
 #  define CYBN_CLONES_EXACT_WIDE __attribute__((target_clones("avx512f", "avx2", "default"), \
                                                 optimize("fp-contract=off")))
 #  if __GNUC__ >= 11
-#    define CYBN_CLONES_FMA __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#    define CYBN_CLONES_FMA __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", \
+                                                         "default")))
 #  else
 #    define CYBN_CLONES_FMA
 #  endif

@@ -559,7 +559,8 @@ def batch_norm_forward(const floating[:, :, ::1] x, const floating[::1] weight,
     per channel as ``update_running_stats`` computes it (r = (1 - momentum) * r + momentum *
     batch in double, var * unbias for the variance, rounded once to their type)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], L = (H // 2) * (W // 2)
-    cdef Py_ssize_t ntask = _ntasks(N, S), t = 0, c = 0, lo = 0, hi = 0  # firstprivate
+    # t, c, lo, hi initialised: Cython makes them firstprivate in the parallel block
+    cdef Py_ssize_t ntask = _ntasks(N, S), t = 0, c = 0, lo = 0, hi = 0
     cdef cybn_team team
     cdef double[:, :, ::1] part = np.zeros((ntask, 5, C), dtype=np.float64)
     coef_arr = np.empty((4, C), dtype=np.float32 if floating is float else np.float64)
@@ -806,7 +807,7 @@ def backward(const floating[:, :, ::1] dy, const floating[:, :, ::1] x, const do
     same operations as those kernels and ``cybn.functional.batchnorm``'s NumPy, so the same
     bits, without returning to Python between them."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2]
-    cdef Py_ssize_t ntask = _ntasks(N, S), t = 0, c = 0, lo = 0, hi = 0  # firstprivate
+    cdef Py_ssize_t ntask = _ntasks(N, S), t = 0, c = 0, lo = 0, hi = 0  # as in the forward
     cdef cybn_team team
     cdef double[:, :, ::1] part
     cdef floating[:, ::1] coef

@@ -1076,7 +1076,7 @@ def conv2d_winograd_backward(const floating[:, :, :, ::1] dy, const floating[:, 
     cdef int N = x.shape[0], C = x.shape[1], F = dy.shape[1], nblocks = dv_part.shape[0]
     cdef int ndx = (N + dx_group - 1) // dx_group if with_dx else 0
     cdef int t = 0, g0 = 0, blk = 0
-    cdef Py_ssize_t o = 0, c = 0, lo = 0, hi = 0, task = 0  # firstprivate: initialised
+    cdef Py_ssize_t o = 0, c = 0, lo = 0, hi = 0, task = 0  # initialised: see conv2d_winograd
     cdef cybn_team team
     if N == 0:
         return

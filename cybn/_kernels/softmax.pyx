@@ -3,7 +3,8 @@
 Every row is reduced by exactly one thread (prange over rows, static schedule), so the result
 does not depend on the thread count. Per row: max (vectorised; it also prefetches the next
 row), exp(x - max) written straight into the output (the row stays in L1 for the following
-passes) and summed in double with four fixed accumulators, then one scaling pass.
+passes) and summed in double in fixed lanes (16 up to the row's last multiple of 16, then 4),
+then one scaling pass.
 Cross-entropy keeps the per-row losses in a double buffer and sums them serially in row order
 (deterministic mean).
 
@@ -128,7 +129,7 @@ cdef extern from *:
         (a)[k_] = ((q)[0][k_] + (q)[1][k_]) + ((q)[2][k_] + (q)[3][k_]); } while (0)
     #endif
 
-    /* Row primitives, one copy per dtype. Four fixed accumulators (combined in a fixed
+    /* Row primitives, one copy per dtype. Fixed accumulator lanes (combined in a fixed
        order) let the reductions vectorise without reassociating anything. */
     #define CYBN_ROW_KERNELS(T, S, EXP)                                                      \
     /* Exps and their sum 256 at a time: the sum's dependency chains then overlap the next    \
