@@ -6,7 +6,8 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from ._kernels._openmp import openmp_enabled
-from ._threads import ENV_VAR, available_cores, get_num_threads, kernel_threads
+from ._threads import (ENV_VAR, IDLE_SPIN_VAR, available_cores, get_num_threads, idle_spin_enabled,
+                       kernel_threads)
 
 
 def config():
@@ -32,6 +33,7 @@ def config():
         "cores_available": available_cores(),
         "num_threads": get_num_threads(),
         "kernel_threads": kernel_threads(),
+        "idle_spin": idle_spin_enabled(),
         "blas": blas,
         "openmp_runtimes": openmp_runtimes,
     }
@@ -49,6 +51,9 @@ def show_config(file=None):
         f"threads: {c['num_threads']} (set_num_threads / {ENV_VAR}; kernels use {c['kernel_threads']}; "
         f"{c['cores_available']} cores available)",
     ]
+    spin = ("on (SCHED_IDLE threads keep the team's cores awake between kernels)" if c["idle_spin"]
+            else "off")
+    lines.append(f"idle spinners: {spin} ({IDLE_SPIN_VAR})")
     for path in c["openmp_runtimes"]:
         lines.append(f"OpenMP runtime: {path}")
     if not c["blas"]:

@@ -14,6 +14,13 @@ so the ops inside only count: each hold and release costs 7-25 us just after a k
 Outside those calls, ``set_num_threads(n)`` also caps numpy's and
 scipy's BLAS pools at ``n`` (cybn's own ops never use them; the cap keeps user code beside
 cybn, e.g. a numpy matmul in a metric, within the same ``n`` cores the user asked for).
+
+Idle spinners: OpenMP's idle threads sleep at once (cybn's OMP_WAIT_POLICY=PASSIVE default),
+and waking them costs more than the kernel gains on a VM. So before each multi-threaded kernel
+``kernel_threads`` keeps ``n - 1`` (at most cores - 1) SCHED_IDLE threads spinning on the team's
+other cores for the next few milliseconds; they run only when nothing else wants a core, so they
+take nothing from other processes (``_kernels/_idle_spin.h`` has the measurements).
+``CYBN_IDLE_SPIN=0`` turns them off.
 """
 import contextlib
 import os
@@ -24,12 +31,14 @@ import warnings
 import scipy.linalg.cython_blas  # noqa: F401
 from threadpoolctl import ThreadpoolController, threadpool_limits
 
-from ._kernels._openmp import openmp_enabled
-from ._validation import from_text, positive_int
+from ._kernels._openmp import idle_spin_available, idle_spin_touch, openmp_enabled
+from ._validation import choice, from_text, positive_int
 
 ENV_VAR = "CYBN_NUM_THREADS"
+IDLE_SPIN_VAR = "CYBN_IDLE_SPIN"
 
 _num_threads = None  # resolved on first use
+_spinners = 0  # idle spinners a multi-threaded kernel asks for (set with the thread count)
 
 
 def available_cores():
@@ -40,17 +49,38 @@ def available_cores():
         return os.cpu_count() or 1
 
 
-def _default_num_threads():
-    value = os.environ.get(ENV_VAR, "").strip()
+class SettingError(ValueError):
+    """A cybn environment variable holds a value it cannot take (the CLI's one-line error)."""
+
+
+def _setting(var, checker, name, **kw):
+    """The environment variable ``var`` checked by ``checker``; None when unset or blank."""
+    value = os.environ.get(var, "").strip()
     if not value:
-        return available_cores()
-    return from_text(value, positive_int, f"{ENV_VAR} (number of threads)")
+        return None
+    try:
+        return from_text(value, checker, name, **kw)
+    except ValueError as e:
+        raise SettingError(str(e)) from None
+
+
+def _default_num_threads():
+    n = _setting(ENV_VAR, positive_int, f"{ENV_VAR} (number of threads)")
+    return available_cores() if n is None else n
+
+
+def idle_spin_enabled():
+    """Whether idle spinners are used: ``CYBN_IDLE_SPIN`` (1, the default, or 0) where they exist."""
+    wanted = _setting(IDLE_SPIN_VAR, choice, IDLE_SPIN_VAR, parse=str, choices=("0", "1")) != "0"
+    return wanted and idle_spin_available()
 
 
 def _apply(n):
-    global _num_threads
+    global _num_threads, _spinners
+    spinners = min(n, available_cores()) - 1 if idle_spin_enabled() else 0
     with _hold_lock:
         _num_threads = n
+        _spinners = spinners
         if _hold_users:
             # a kernel is running with BLAS held at 1: restore to n when the last one leaves,
             # and cap now only what is not held (changing a held library mid-call is unsafe)
@@ -83,6 +113,8 @@ def set_num_threads(n):
 def kernel_threads():
     """The ``num_threads`` to hand a kernel: the setting, or 1 when OpenMP is not compiled in."""
     n = get_num_threads()
+    if _spinners:
+        idle_spin_touch(_spinners)
     return n if openmp_enabled() else 1
 
 

@@ -41,11 +41,11 @@ def test_bad_thread_counts(bad, exc):
         cybn.set_num_threads(bad)
 
 
-def run_python(code, **env):
+def run_python(code, *args, **env):
     import os
     full_env = dict(os.environ, **env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
-                          cwd=TESTS_DIR)
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=full_env, cwd=TESTS_DIR)
 
 
 def test_environment_variable():
@@ -152,3 +152,66 @@ def test_concurrent_kernel_calls_restore_the_setting():
         assert blas_threads() == {2}
     finally:
         cybn.set_num_threads(before)
+
+
+IDLE_SPIN_CHECK = """
+import os, sys, time
+import cybn
+from cybn._kernels._openmp import idle_spin_active
+from cybn._threads import kernel_threads
+
+def cold_within(seconds):
+    end = time.monotonic() + seconds
+    while idle_spin_active() and time.monotonic() < end:
+        time.sleep(0.005)
+    return idle_spin_active() == 0
+
+cybn.set_num_threads(int(sys.argv[1]))
+kernel_threads()  # what every multi-threaded kernel call does first
+print(idle_spin_active(), cold_within(5.0))
+if sys.argv[2] == "fork":  # a forked child has no spinner threads: the first kernel starts one
+    pid = os.fork()
+    if pid == 0:
+        kernel_threads()
+        os._exit(0 if idle_spin_active() == 1 and cold_within(5.0) else 3)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+@pytest.mark.skipif(not cybn._threads.idle_spin_available(), reason="no idle spinners here")
+@pytest.mark.parametrize("threads,env,expected", [
+    (2, {}, "1 True"),                       # one spinner for the other core, asleep soon after
+    (1, {}, "0 True"),                       # one thread: no spinner
+    (2, {"CYBN_IDLE_SPIN": "0"}, "0 True"),  # turned off
+    (2, {"CYBN_IDLE_SPIN": "1"}, "1 True"),
+])
+def test_idle_spinners_follow_the_thread_count_and_the_switch(threads, env, expected):
+    if threads > cybn._threads.available_cores():
+        pytest.skip("needs 2 cores")
+    r = run_python(IDLE_SPIN_CHECK, str(threads), "-", **env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == expected.split()
+
+
+@pytest.mark.skipif(not cybn._threads.idle_spin_available() or cybn._threads.available_cores() < 2,
+                    reason="needs idle spinners and 2 cores")
+def test_idle_spinners_restart_in_a_forked_child():
+    r = run_python(IDLE_SPIN_CHECK, "2", "fork")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "True", "0"]
+
+
+def test_bad_idle_spin_switch_is_a_clear_error():
+    r = run_python("import cybn; cybn.get_num_threads()", CYBN_IDLE_SPIN="yes")
+    assert r.returncode != 0 and "CYBN_IDLE_SPIN must be one of ('0', '1'), got 'yes'" in r.stderr
+
+
+@pytest.mark.parametrize("var,value,message", [
+    ("CYBN_IDLE_SPIN", "yes", "CYBN_IDLE_SPIN must be one of ('0', '1'), got 'yes'"),
+    ("CYBN_NUM_THREADS", "zero", "CYBN_NUM_THREADS (number of threads) must be an integer, got 'zero'"),
+])
+def test_bad_setting_is_a_one_line_cli_error(var, value, message):
+    import os
+    r = subprocess.run([sys.executable, "-m", "cybn", "config"], capture_output=True, text=True,
+                       cwd=TESTS_DIR, env=dict(os.environ, **{var: value}))
+    assert r.returncode == 2 and r.stderr.strip() == f"cybn: error: {message}"

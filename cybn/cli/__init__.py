@@ -21,12 +21,13 @@ import sys
 
 from .. import _comm
 from .._formats import FormatError
+from .._threads import SettingError
 from ..distributed import DistributedError
 from ..checkpoint import CheckpointError
 from ..recipe import RunError
 from ..train import NonFiniteError
 
-USER_ERRORS = (OSError, RunError, CheckpointError, FormatError)
+USER_ERRORS = (OSError, RunError, CheckpointError, FormatError, SettingError)
 
 
 def commands():
