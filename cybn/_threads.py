@@ -17,9 +17,10 @@ cybn, e.g. a numpy matmul in a metric, within the same ``n`` cores the user aske
 
 Idle spinners: OpenMP's idle threads sleep at once (cybn's OMP_WAIT_POLICY=PASSIVE default),
 and waking them costs more than the kernel gains on a VM. So before each multi-threaded kernel
-``kernel_threads`` keeps ``n - 1`` (at most cores - 1) SCHED_IDLE threads spinning on the team's
-other cores for the next few milliseconds; they run only when nothing else wants a core, so they
-take nothing from other processes (``_kernels/_idle_spin.h`` has the measurements).
+``kernel_threads`` keeps ``n`` (at most one per core) SCHED_IDLE threads spinning for the next
+few milliseconds: one is there on any core a team thread leaves idle. They run only when nothing
+else wants a core and yield it every microsecond, so they take next to nothing from the team or
+from other processes (``_kernels/_idle_spin.h`` has the measurements).
 ``CYBN_IDLE_SPIN=0`` turns them off.
 """
 import contextlib
@@ -77,7 +78,7 @@ def idle_spin_enabled():
 
 def _apply(n):
     global _num_threads, _spinners
-    spinners = min(n, available_cores()) - 1 if idle_spin_enabled() else 0
+    spinners = min(n, available_cores()) if n > 1 and idle_spin_enabled() else 0
     with _hold_lock:
         _num_threads = n
         _spinners = spinners

@@ -173,17 +173,17 @@ if sys.argv[2] == "fork":  # a forked child has no spinner threads: the first ke
     pid = os.fork()
     if pid == 0:
         kernel_threads()
-        os._exit(0 if idle_spin_active() == 1 and cold_within(5.0) else 3)
+        os._exit(0 if idle_spin_active() == 2 and cold_within(5.0) else 3)
     print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 """
 
 
 @pytest.mark.skipif(not cybn._threads.idle_spin_available(), reason="no idle spinners here")
 @pytest.mark.parametrize("threads,env,expected", [
-    (2, {}, "1 True"),                       # one spinner for the other core, asleep soon after
+    (2, {}, "2 True"),                       # one spinner per team thread, asleep soon after
     (1, {}, "0 True"),                       # one thread: no spinner
     (2, {"CYBN_IDLE_SPIN": "0"}, "0 True"),  # turned off
-    (2, {"CYBN_IDLE_SPIN": "1"}, "1 True"),
+    (2, {"CYBN_IDLE_SPIN": "1"}, "2 True"),
 ])
 def test_idle_spinners_follow_the_thread_count_and_the_switch(threads, env, expected):
     if threads > cybn._threads.available_cores():
@@ -198,7 +198,7 @@ def test_idle_spinners_follow_the_thread_count_and_the_switch(threads, env, expe
 def test_idle_spinners_restart_in_a_forked_child():
     r = run_python(IDLE_SPIN_CHECK, "2", "fork")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["1", "True", "0"]
+    assert r.stdout.split() == ["2", "True", "0"]
 
 
 def test_bad_idle_spin_switch_is_a_clear_error():

@@ -1,18 +1,21 @@
 /* Idle-priority spinners that keep the cores of cybn's OpenMP team awake between kernels.
 
-   Why: under OMP_WAIT_POLICY=PASSIVE (cybn's default) the OpenMP worker sleeps as soon as a
-   region ends, and the Python between two kernels (150-250 us) is long enough for its core
-   to go idle. On the 2-vCPU VM this was measured on, waking it again costs 80-140 us per
-   region, and the work after the wake runs slower, so a 2-thread cnn7 step took 102-119 ms
-   against 86-91 ms with a SCHED_IDLE spinner on the idle core (fresh processes, alternated).
-   A spinning OpenMP runtime (OMP_WAIT_POLICY=ACTIVE) is as fast alone, but its spin takes the
-   cores from other processes; a SCHED_IDLE thread runs only when nothing else wants the core,
-   so two cybn processes sharing the cores were as fast as with PASSIVE (161-174 ms per step).
+   Why: under OMP_WAIT_POLICY=PASSIVE (cybn's default) an OpenMP thread sleeps as soon as it
+   waits, and the Python between two kernels (150-250 us) is long enough for its core to go
+   idle. On the 2-vCPU VM this was measured on, waking it again costs 50-140 us per region and
+   the work right after the wake runs slower: a 2-thread cnn7 step took 108 ms (median of 5
+   fresh processes) against 88 ms with OMP_WAIT_POLICY=ACTIVE. A spinning OpenMP runtime takes
+   the cores from other processes (two 2-thread processes side by side: 330 against 170 ms per
+   step); a SCHED_IDLE thread runs only when nothing else wants the core. With one spinner per
+   team thread, each yielding the core every microsecond (SCHED_IDLE still gets a slice of a
+   busy core now and then), the step took 88.8 ms, as with ACTIVE, and two processes side by
+   side 169-177 ms against 166-175 ms without spinners.
 
-   cybn_idle_spin_touch(k) asks for k spinners for the next CYBN_IDLE_SPIN_LINGER_NS; each
-   spins (pause) while its index is below the last request and the last touch is recent, then
-   sleeps on a condition variable until touched again. Linux only (SCHED_IDLE); elsewhere the
-   functions do nothing and report 0. The spinners never touch data: results are unchanged. */
+   cybn_idle_spin_touch(k) asks for k spinners; each spins while its index is below the last
+   request until it has spun CYBN_IDLE_SPIN_LINGER_NS (time it was descheduled, i.e. the core
+   was busy, does not count), then sleeps on a condition variable until touched again. Linux
+   only (SCHED_IDLE); elsewhere the functions do nothing and report 0. The spinners never
+   touch data: results are unchanged. */
 #ifndef CYBN_IDLE_SPIN_H
 #define CYBN_IDLE_SPIN_H
 
@@ -25,15 +28,10 @@
 #  include <sched.h>
 #  include <stdint.h>
 #  include <time.h>
-#  if defined(__x86_64__) || defined(__i386__)
-#    include <immintrin.h>
-#    define CYBN_PAUSE() _mm_pause()
-#  else
-#    define CYBN_PAUSE() __asm__ __volatile__("" ::: "memory")
-#  endif
+#  include "_common.h"  /* CYBN_PAUSE */
 
-/* Spin this long after the last kernel: covers the Python between kernels and the data
-   loading between training steps (~1 ms), not an idle program. */
+/* Idle time a spinner spins before it sleeps: covers the Python between kernels and the data
+   loading between training steps (~1 ms), not a program that has stopped calling kernels. */
 #define CYBN_IDLE_SPIN_LINGER_NS 5000000LL
 #define CYBN_IDLE_SPIN_MAX 64
 /* A pause loop of ~1 us that took longer than this was descheduled: the core was busy. */
@@ -72,6 +70,9 @@ static void *cybn_is_main(void *arg) {
            the linger does not send it to sleep just before the Python that follows. */
         int64_t prev = cybn_is_now(), idle_since = prev;
         while (index < __atomic_load_n(&cybn_is_wanted, __ATOMIC_RELAXED)) {
+            /* Yield each microsecond: SCHED_IDLE still gets a slice of a busy core now and
+               then (fair share), and a team thread must not wait for it to end. */
+            sched_yield();
             for (int i = 0; i < 64; i++)
                 CYBN_PAUSE();
             int64_t t = cybn_is_now(), last = __atomic_load_n(&cybn_is_last_ns, __ATOMIC_SEQ_CST);
