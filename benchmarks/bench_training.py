@@ -347,7 +347,8 @@ def main():
                                       "ratio torch-first/alone", "CPU ms alone", "CPU ms torch first",
                                       "OpenMP runtime (torch first)"], rows))
         print("\n(CPU = process time of all threads per step; above the wall time x threads' "
-              "useful share it is idle OpenMP workers spinning: torch's runtime was initialised "
+              "useful share it is threads spinning: at 2+ threads cybn's idle-priority spinners "
+              "(CYBN_IDLE_SPIN), and with torch first also torch's OpenMP runtime, initialised "
               "without cybn's OMP_WAIT_POLICY=PASSIVE default.)")
         if torch is not None:
             # In this process PyTorch runs on the OpenMP runtime cybn loaded, with cybn's wait

@@ -44,6 +44,7 @@ static int cybn_is_wanted;       /* spinners asked for by the last touch */
 static int cybn_is_hot;          /* 1 while spinners may spin; 0: they sleep */
 static int64_t cybn_is_last_ns;  /* CLOCK_MONOTONIC of the last touch */
 static int cybn_is_atfork;
+static int cybn_is_refused;      /* the OS refused SCHED_IDLE: no spinners at all */
 
 static inline int64_t cybn_is_now(void) {
     struct timespec t;
@@ -59,7 +60,11 @@ static int cybn_is_recent(void) {
 static void *cybn_is_main(void *arg) {
     int index = (int)(intptr_t)arg;
     struct sched_param none = {0};
-    pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);
+    if (pthread_setschedparam(pthread_self(), SCHED_IDLE, &none) != 0) {
+        /* at normal priority a spinner would take the cores from others: none then */
+        __atomic_store_n(&cybn_is_refused, 1, __ATOMIC_SEQ_CST);
+        return NULL;
+    }
     for (;;) {
         pthread_mutex_lock(&cybn_is_lock);
         while (!(cybn_is_hot && index < cybn_is_wanted))
@@ -104,6 +109,8 @@ static void cybn_is_after_fork(void) {
 
 /* Ask for k spinners (0 lets them sleep after the linger). Returns the spinners running. */
 static int cybn_idle_spin_touch(int k) {
+    if (__atomic_load_n(&cybn_is_refused, __ATOMIC_RELAXED))
+        return 0;
     if (k > CYBN_IDLE_SPIN_MAX) k = CYBN_IDLE_SPIN_MAX;
     __atomic_store_n(&cybn_is_last_ns, cybn_is_now(), __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&cybn_is_hot, __ATOMIC_SEQ_CST)
@@ -135,6 +142,8 @@ static int cybn_idle_spin_touch(int k) {
 
 /* Spinners currently allowed to spin (hot and asked for), for tests and show_config. */
 static int cybn_idle_spin_active(void) {
+    if (__atomic_load_n(&cybn_is_refused, __ATOMIC_RELAXED))
+        return 0;
     return __atomic_load_n(&cybn_is_hot, __ATOMIC_SEQ_CST) ? cybn_is_wanted : 0;
 }
 
