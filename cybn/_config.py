@@ -6,8 +6,8 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from ._kernels._openmp import openmp_enabled
-from ._threads import (ENV_VAR, IDLE_SPIN_VAR, available_cores, get_num_threads, idle_spin_enabled,
-                       kernel_threads)
+from ._threads import (ENV_VAR, IDLE_SPIN_VAR, available_cores, cpu_quota_limited, get_num_threads,
+                       idle_spin_enabled, kernel_threads)
 
 
 def config():
@@ -34,6 +34,7 @@ def config():
         "num_threads": get_num_threads(),
         "kernel_threads": kernel_threads(),
         "idle_spin": idle_spin_enabled(),
+        "cpu_quota": cpu_quota_limited(),
         "blas": blas,
         "openmp_runtimes": openmp_runtimes,
     }
@@ -52,7 +53,7 @@ def show_config(file=None):
         f"{c['cores_available']} cores available)",
     ]
     spin = ("on (SCHED_IDLE threads keep the team's cores awake between kernels)" if c["idle_spin"]
-            else "off")
+            else "off, under a CPU quota" if c["cpu_quota"] else "off")
     lines.append(f"idle spinners: {spin} ({IDLE_SPIN_VAR})")
     for path in c["openmp_runtimes"]:
         lines.append(f"OpenMP runtime: {path}")

@@ -21,7 +21,8 @@ and waking them costs more than the kernel gains on a VM. So before each multi-t
 few milliseconds: one is there on any core a team thread leaves idle. They run only when nothing
 else wants a core and yield it every microsecond, so they take next to nothing from the team or
 from other processes (``_kernels/_idle_spin.h`` has the measurements).
-``CYBN_IDLE_SPIN=0`` turns them off.
+``CYBN_IDLE_SPIN=0`` turns them off; under a cgroup CPU quota (a container's CPU limit) they are
+off unless ``CYBN_IDLE_SPIN=1``, as their time would count against the quota.
 """
 import contextlib
 import os
@@ -70,9 +71,39 @@ def _default_num_threads():
     return available_cores() if n is None else n
 
 
+def cpu_quota_limited(cgroup_file="/proc/self/cgroup", root="/sys/fs/cgroup"):
+    """True when this process's cgroup caps its CPU time (a container's CPU limit): spinner
+    time counts against the quota there and would throttle the team itself."""
+    try:
+        with open(cgroup_file) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        path = path.lstrip("/")
+        if controllers == "":  # cgroup v2: "max 100000" or "<quota> <period>"
+            candidates = [(os.path.join(root, path, "cpu.max"), "max")]
+        elif "cpu" in controllers.split(","):  # cgroup v1: -1 is no quota
+            candidates = [(os.path.join(root, d, path, "cpu.cfs_quota_us"), "-1")
+                          for d in ("cpu", "cpu,cpuacct")]
+        else:
+            continue
+        for file, unlimited in candidates:
+            try:
+                with open(file) as f:
+                    if f.read().split()[0] != unlimited:
+                        return True
+            except (OSError, IndexError):
+                pass
+    return False
+
+
 def idle_spin_enabled():
-    """Whether idle spinners are used: ``CYBN_IDLE_SPIN`` (1, the default, or 0) where they exist."""
-    wanted = _setting(IDLE_SPIN_VAR, choice, IDLE_SPIN_VAR, parse=str, choices=("0", "1")) != "0"
+    """Whether idle spinners are used where they exist: ``CYBN_IDLE_SPIN`` 1 or 0; unset, on
+    unless the process runs under a CPU quota."""
+    value = _setting(IDLE_SPIN_VAR, choice, IDLE_SPIN_VAR, parse=str, choices=("0", "1"))
+    wanted = not cpu_quota_limited() if value is None else value == "1"
     return wanted and idle_spin_available()
 
 

@@ -215,3 +215,19 @@ def test_bad_setting_is_a_one_line_cli_error(var, value, message):
     r = subprocess.run([sys.executable, "-m", "cybn", "config"], capture_output=True, text=True,
                        cwd=TESTS_DIR, env=dict(os.environ, **{var: value}))
     assert r.returncode == 2 and r.stderr.strip() == f"cybn: error: {message}"
+
+
+@pytest.mark.parametrize("cgroup,files,limited", [
+    ("0::/job\n", {"job/cpu.max": "max 100000\n"}, False),                 # v2, no limit
+    ("0::/job\n", {"job/cpu.max": "200000 100000\n"}, True),               # v2, 2 CPUs
+    ("4:memory:/m\n1:cpu,cpuacct:/c\n", {"cpu,cpuacct/c/cpu.cfs_quota_us": "-1\n"}, False),
+    ("4:memory:/m\n1:cpu,cpuacct:/c\n", {"cpu/c/cpu.cfs_quota_us": "150000\n"}, True),
+    ("0::/gone\n", {}, False),                                              # unreadable: no quota seen
+])
+def test_cpu_quota_detection(tmp_path, cgroup, files, limited):
+    from cybn._threads import cpu_quota_limited
+    (tmp_path / "cgroup").write_text(cgroup)
+    for rel, text in files.items():
+        (tmp_path / "fs" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fs" / rel).write_text(text)
+    assert cpu_quota_limited(str(tmp_path / "cgroup"), str(tmp_path / "fs")) is limited

@@ -32,7 +32,9 @@
 
 /* Idle time a spinner spins before it sleeps: covers the Python between kernels and the data
    loading between training steps (~1 ms), not a program that has stopped calling kernels. */
-#define CYBN_IDLE_SPIN_LINGER_NS 5000000LL
+#ifndef CYBN_IDLE_SPIN_LINGER_NS
+#  define CYBN_IDLE_SPIN_LINGER_NS 5000000LL
+#endif
 #define CYBN_IDLE_SPIN_MAX 64
 /* A pause loop of ~1 us that took longer than this was descheduled: the core was busy. */
 #define CYBN_IDLE_SPIN_GAP_NS 50000LL
