@@ -2,7 +2,11 @@
 
 One step = forward, softmax cross-entropy, backward and an SGD (momentum, weight decay) update
 on a batch of 128 32x32 images. PyTorch runs the same network (same layers, shapes, batch) in its
-default NCHW layout and in channels_last. Also measured, in the same run:
+default NCHW layout and in channels_last. The cases are interleaved (each round runs each case,
+rotated), and each runs twice in a row per round: the main table gives the second call, the step
+as a training loop sees it, and a second table the first call, which follows the other cases'
+steps (on a VM whose idle cores are slow to come back, that one is slower). Also measured, in
+the same run:
 - the GEMM peak: cybn's single-threaded sgemm inside its OpenMP split (a 1024^3 product
   through ``cybn.functional.linear``) at each thread count, against which the step's GFLOP/s
   is set;
@@ -305,13 +309,14 @@ def main():
           + ", ".join(f"{peak[n]:.0f} GFLOP/s at {n} thread{'s' if n > 1 else ''}" for n in counts))
     rows = []
     steps = {}
+    first_steps = {}
     for n in counts:
         with harness.threads(n):
             cases = {"cybn": cybn_step_fn(x, y), "data": lambda: loader.batch(1, 7)}
             if torch is not None:
                 cases["torch"] = torch_step_fn(torch, x, y, channels_last=False)
                 cases["torch_cl"] = torch_step_fn(torch, x, y, channels_last=True)
-            t = harness.measure(cases, repeats=args.repeats, warmup=2)
+            t, first_steps[n] = harness.measure_back_to_back(cases, repeats=args.repeats)
         step = steps[n] = t["cybn"]
         gflops = FLOP_PER_IMAGE * BATCH / step / 1e9
         row = [n, f"{1e3 * step:.1f}", f"{steps[counts[0]] / step:.2f}", f"{1e3 * t['data']:.2f}",
@@ -329,6 +334,17 @@ def main():
     print(harness.markdown_table(headers, rows))
     print(f"\nepoch estimate = {batches} batches x (step + data). Arithmetic floor: "
           f"{FLOP_PER_IMAGE / 1e6:.1f} MFLOP per training image.")
+    print("\nEach round runs every case twice in a row; the table times the second call (a "
+          "training loop's steady step). The first call of each pair, right after the other "
+          "cases' calls (medians, ms):\n")
+    names = [k for k in ("cybn", "torch", "torch_cl") if k in first_steps[counts[0]]]
+    first_rows = [[n] + [f"{1e3 * first_steps[n][k]:.1f}" for k in names]
+                  + [f"{first_steps[counts[0]]['cybn'] / first_steps[n]['cybn']:.2f}"]
+                  + ([f"{first_steps[n]['torch_cl'] / first_steps[n]['cybn']:.2f}"]
+                     if "torch_cl" in names else []) for n in counts]
+    print(harness.markdown_table(
+        ["threads"] + [f"{k} first ms" for k in names] + [f"cybn scaling vs {counts[0]}t"]
+        + (["ratio cl/cybn"] if "torch_cl" in names else []), first_rows))
 
     if not args.no_breakdown:
         print(f"\n### Per layer, timed inside real steps ({args.repeats} steps per thread count, "

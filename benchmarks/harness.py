@@ -239,6 +239,36 @@ def measure_stats(cases, repeats=30, warmup=3, min_sample=2e-4):
     return out
 
 
+def measure_back_to_back(cases, repeats=15, warmup=2):
+    """Medians of each case's second of two back-to-back calls, and of its first, interleaved.
+
+    Every round (rotated start, as in ``measure_stats``) runs each case twice in a row and times
+    both calls. The second call is the steady state of a loop of that case (a training loop's
+    step); the first follows the other cases' calls, so it also pays for whatever they left
+    behind (on a VM, idle cores that are slow to come back). Returns ({name: second},
+    {name: first}) in seconds."""
+    names = list(cases)
+    for _ in range(warmup):
+        for name in names:
+            cases[name]()
+    firsts = {name: [] for name in names}
+    seconds = {name: [] for name in names}
+    perf = time.perf_counter
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            fn = cases[name]
+            t0 = perf()
+            fn()
+            t1 = perf()
+            fn()
+            t2 = perf()
+            firsts[name].append(t1 - t0)
+            seconds[name].append(t2 - t1)
+    med = {name: statistics.median(v) for name, v in seconds.items()}
+    return med, {name: statistics.median(v) for name, v in firsts.items()}
+
+
 def measure(cases, repeats=30, warmup=3, min_sample=2e-4):
     """Median seconds per call of each case, run interleaved (see ``measure_stats``)."""
     return {k: v.median for k, v in measure_stats(cases, repeats, warmup, min_sample).items()}
