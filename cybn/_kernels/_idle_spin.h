@@ -36,6 +36,9 @@
 #  define CYBN_IDLE_SPIN_LINGER_NS 5000000LL
 #endif
 #define CYBN_IDLE_SPIN_MAX 64
+/* Whatever the idle time, a spinner sleeps this long after the last kernel (a machine kept
+   busy by other work gives it no idle time to count, only the odd slice it yields at once). */
+#define CYBN_IDLE_SPIN_MAX_WAIT_NS 1000000000LL
 /* A pause loop of ~1 us that took longer than this was descheduled: the core was busy. */
 #define CYBN_IDLE_SPIN_GAP_NS 50000LL
 
@@ -86,7 +89,7 @@ static void *cybn_is_main(void *arg) {
             if (t - prev > CYBN_IDLE_SPIN_GAP_NS || last > idle_since)
                 idle_since = t;
             prev = t;
-            if (t - idle_since > CYBN_IDLE_SPIN_LINGER_NS)
+            if (t - idle_since > CYBN_IDLE_SPIN_LINGER_NS || t - last > CYBN_IDLE_SPIN_MAX_WAIT_NS)
                 break;
         }
         pthread_mutex_lock(&cybn_is_lock);
