@@ -41,6 +41,7 @@ IDLE_SPIN_VAR = "CYBN_IDLE_SPIN"
 
 _num_threads = None  # resolved on first use
 _spinners = 0  # idle spinners a multi-threaded kernel asks for (set with the thread count)
+_quota_limited = None  # cpu_quota_limited() of this process, read on first need
 
 
 def available_cores():
@@ -80,8 +81,10 @@ def cpu_quota_limited(cgroup_file="/proc/self/cgroup", root="/sys/fs/cgroup"):
     except OSError:
         return False
     for line in lines:
-        _, controllers, path = line.split(":", 2)
-        path = path.lstrip("/")
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        controllers, path = parts[1], parts[2].lstrip("/")
         if controllers == "":  # cgroup v2: "max 100000" or "<quota> <period>"
             candidates = [(os.path.join(root, path, "cpu.max"), "max")]
         elif "cpu" in controllers.split(","):  # cgroup v1: -1 is no quota
@@ -102,8 +105,11 @@ def cpu_quota_limited(cgroup_file="/proc/self/cgroup", root="/sys/fs/cgroup"):
 def idle_spin_enabled():
     """Whether idle spinners are used where they exist: ``CYBN_IDLE_SPIN`` 1 or 0; unset, on
     unless the process runs under a CPU quota."""
+    global _quota_limited
     value = _setting(IDLE_SPIN_VAR, choice, IDLE_SPIN_VAR, parse=str, choices=("0", "1"))
-    wanted = not cpu_quota_limited() if value is None else value == "1"
+    if value is None and _quota_limited is None:
+        _quota_limited = cpu_quota_limited()  # read once: set_num_threads may be called often
+    wanted = not _quota_limited if value is None else value == "1"
     return wanted and idle_spin_available()
 
 
@@ -143,7 +149,8 @@ def set_num_threads(n):
 
 
 def kernel_threads():
-    """The ``num_threads`` to hand a kernel: the setting, or 1 when OpenMP is not compiled in."""
+    """The ``num_threads`` to hand a kernel: the setting, or 1 when OpenMP is not compiled in.
+    Every multi-threaded kernel asks here first, so this also keeps the idle spinners going."""
     n = get_num_threads()
     if _spinners:
         idle_spin_touch(_spinners)

@@ -223,6 +223,7 @@ def test_bad_setting_is_a_one_line_cli_error(var, value, message):
     ("4:memory:/m\n1:cpu,cpuacct:/c\n", {"cpu,cpuacct/c/cpu.cfs_quota_us": "-1\n"}, False),
     ("4:memory:/m\n1:cpu,cpuacct:/c\n", {"cpu/c/cpu.cfs_quota_us": "150000\n"}, True),
     ("0::/gone\n", {}, False),                                              # unreadable: no quota seen
+    ("garbage\n0::/job\n", {"job/cpu.max": "50000 100000\n"}, True),      # odd lines skipped
 ])
 def test_cpu_quota_detection(tmp_path, cgroup, files, limited):
     from cybn._threads import cpu_quota_limited
