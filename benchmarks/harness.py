@@ -206,6 +206,21 @@ def _calibrate(fn, min_sample):
     return number
 
 
+def _warmed_up(cases, warmup):
+    """The case names, after ``warmup`` untimed rounds of every case."""
+    names = list(cases)
+    for _ in range(warmup):
+        for name in names:
+            cases[name]()
+    return names
+
+
+def _rotated(names, r):
+    """Round ``r``'s order: starting at a different case each round, so none always runs first."""
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
 def measure_stats(cases, repeats=30, warmup=3, min_sample=2e-4):
     """Time each callable in ``cases`` (dict name -> zero-arg callable), interleaved.
 
@@ -213,16 +228,12 @@ def measure_stats(cases, repeats=30, warmup=3, min_sample=2e-4):
     a sample lasts >= ``min_sample`` s), rotating the start so no case always runs first.
     Returns {name: Stats} in seconds per call.
     """
-    names = list(cases)
-    for _ in range(warmup):
-        for name in names:
-            cases[name]()
+    names = _warmed_up(cases, warmup)
     numbers = {name: _calibrate(cases[name], min_sample) for name in names}
     samples = {name: [] for name in names}
     perf = time.perf_counter
     for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+        for name in _rotated(names, r):
             fn, number = cases[name], numbers[name]
             t0 = perf()
             for _ in range(number):
@@ -247,16 +258,12 @@ def measure_back_to_back(cases, repeats=15, warmup=2):
     step); the first follows the other cases' calls, so it also pays for whatever they left
     behind (on a VM, idle cores that are slow to come back). Returns ({name: second},
     {name: first}) in seconds."""
-    names = list(cases)
-    for _ in range(warmup):
-        for name in names:
-            cases[name]()
+    names = _warmed_up(cases, warmup)
     firsts = {name: [] for name in names}
     seconds = {name: [] for name in names}
     perf = time.perf_counter
     for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
+        for name in _rotated(names, r):
             fn = cases[name]
             t0 = perf()
             fn()

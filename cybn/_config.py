@@ -6,8 +6,8 @@ import numpy as np
 from threadpoolctl import threadpool_info
 
 from ._kernels._openmp import openmp_enabled
-from ._threads import (ENV_VAR, IDLE_SPIN_VAR, available_cores, cpu_quota_limited, get_num_threads,
-                       idle_spin_enabled, kernel_threads)
+from ._threads import (ENV_VAR, IDLE_SPIN_VAR, available_cores, get_num_threads, idle_spin_enabled,
+                       kernel_threads, under_cpu_quota)
 
 
 def config():
@@ -34,7 +34,7 @@ def config():
         "num_threads": get_num_threads(),
         "kernel_threads": kernel_threads(),
         "idle_spin": idle_spin_enabled(),
-        "cpu_quota": cpu_quota_limited(),
+        "cpu_quota": under_cpu_quota(),
         "blas": blas,
         "openmp_runtimes": openmp_runtimes,
     }

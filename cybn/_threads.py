@@ -102,14 +102,19 @@ def cpu_quota_limited(cgroup_file="/proc/self/cgroup", root="/sys/fs/cgroup"):
     return False
 
 
+def under_cpu_quota():
+    """``cpu_quota_limited()`` of this process, read once (set_num_threads may be called often)."""
+    global _quota_limited
+    if _quota_limited is None:
+        _quota_limited = cpu_quota_limited()
+    return _quota_limited
+
+
 def idle_spin_enabled():
     """Whether idle spinners are used where they exist: ``CYBN_IDLE_SPIN`` 1 or 0; unset, on
     unless the process runs under a CPU quota."""
-    global _quota_limited
     value = _setting(IDLE_SPIN_VAR, choice, IDLE_SPIN_VAR, parse=str, choices=("0", "1"))
-    if value is None and _quota_limited is None:
-        _quota_limited = cpu_quota_limited()  # read once: set_num_threads may be called often
-    wanted = not _quota_limited if value is None else value == "1"
+    wanted = not under_cpu_quota() if value is None else value == "1"
     return wanted and idle_spin_available()
 
 

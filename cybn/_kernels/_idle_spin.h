@@ -20,12 +20,11 @@
 #define CYBN_IDLE_SPIN_H
 
 #if defined(__linux__) && defined(__GNUC__)
-#  define CYBN_IDLE_SPIN_AVAILABLE 1
-#  ifndef _GNU_SOURCE
-#    define _GNU_SOURCE
-#  endif
 #  include <pthread.h>
-#  include <sched.h>
+#  include <sched.h>  /* SCHED_IDLE needs _GNU_SOURCE, which Python.h (included first) defines */
+#endif
+#if defined(__linux__) && defined(__GNUC__) && defined(SCHED_IDLE)
+#  define CYBN_IDLE_SPIN_AVAILABLE 1
 #  include <stdint.h>
 #  include <time.h>
 #  include "_common.h"  /* CYBN_PAUSE */
