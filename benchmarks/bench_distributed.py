@@ -147,8 +147,7 @@ def main():
     names = list(cases)
     results = {n: [] for n in names}
     for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
+        for name in harness.rotated(names, r):
             results[name].append(_run(cases[name], env))
             print(f"round {r + 1}/{args.rounds} {name}: step {results[name][-1]['step'] * 1e3:.1f} ms",
                   file=sys.stderr, flush=True)

@@ -137,7 +137,7 @@ def cpu_medians(cases, repeats):
         cases[name]()
     samples = {name: [] for name in names}
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in harness.rotated(names, r):
             t0 = time.process_time()
             cases[name]()
             samples[name].append(time.process_time() - t0)

@@ -2,10 +2,11 @@
 
 One step = forward, softmax cross-entropy, backward and an SGD (momentum, weight decay) update
 on a batch of 128 32x32 images. PyTorch runs the same network (same layers, shapes, batch) in its
-default NCHW layout and in channels_last. The cases are interleaved (each round runs each case,
-rotated), and each runs twice in a row per round: the main table gives the second call, the step
-as a training loop sees it, and a second table the first call, which follows the other cases'
-steps (on a VM whose idle cores are slow to come back, that one is slower). Also measured, in
+default NCHW layout and in channels_last. The cases and the thread counts are interleaved (each
+round runs each case at each thread count, rotated), and each runs twice in a row per round: the
+main table gives the second call, the step as a training loop sees it, and a second table the
+first call, which follows the other cases' steps (on a VM whose idle cores are slow to come
+back, that one is slower). Also measured, in
 the same run:
 - the GEMM peak: cybn's single-threaded sgemm inside its OpenMP split (a 1024^3 product
   through ``cybn.functional.linear``) at each thread count, against which the step's GFLOP/s
@@ -144,7 +145,7 @@ def layer_breakdown(x, y, counts, steps):
     timer.times.clear()
     step_times = {n: [] for n in counts}
     for r in range(steps):
-        for n in counts[r % len(counts):] + counts[:r % len(counts)]:
+        for n in harness.rotated(counts, r):
             timer.threads = n
             with cybn.num_threads(n):
                 t0 = time.perf_counter()
@@ -224,22 +225,21 @@ def import_order(counts, rounds, steps, torch_alone=False):
     show up here) per thread count with torch imported first and without, in alternated child
     processes; also which OpenMP runtime cybn ran on. ``torch_alone``: also PyTorch's
     channels_last step in a process without cybn (at PyTorch's own OpenMP defaults)."""
-    out = {}
     here = os.path.dirname(os.path.abspath(__file__))
-    for n in counts:
-        modes = ["torch-first", "cybn-only"] + (["torch-cl-alone"] if torch_alone else [])
-        samples = {m: [] for m in modes}
-        runtime = {}
-        for r in range(rounds):
-            for order in modes[r % len(modes):] + modes[:r % len(modes)]:
-                res = subprocess.run([sys.executable, "-c", ORDER_CHILD, order, str(n), str(steps), here],
-                                     capture_output=True, text=True, check=True)
-                wall, cpu, lib = res.stdout.split()
-                samples[order].append((float(wall), float(cpu)))
-                runtime[order] = lib
-        out[n] = {k: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v),
-                      runtime[k]) for k, v in samples.items()}
-    return out
+    modes = ["torch-first", "cybn-only"] + (["torch-cl-alone"] if torch_alone else [])
+    runs = [(n, m) for n in counts for m in modes]  # interleaved, as the main table's cases
+    samples = {run: [] for run in runs}
+    runtime = {}
+    for r in range(rounds):
+        for n, order in harness.rotated(runs, r):
+            res = subprocess.run([sys.executable, "-c", ORDER_CHILD, order, str(n), str(steps), here],
+                                 capture_output=True, text=True, check=True)
+            wall, cpu, lib = res.stdout.split()
+            samples[n, order].append((float(wall), float(cpu)))
+            runtime[n, order] = lib
+    return {n: {m: (statistics.median(w for w, _ in samples[n, m]),
+                    statistics.median(c for _, c in samples[n, m]), runtime[n, m]) for m in modes}
+            for n in counts}
 
 
 def peak_memory_mb(threads, steps=20, pool=True):
@@ -307,16 +307,25 @@ def main():
     peak = {n: gemm_peak_gflops(n) for n in counts}
     print("- GEMM peak (1024^3 sgemm as cybn runs it, single-threaded BLAS per OpenMP thread): "
           + ", ".join(f"{peak[n]:.0f} GFLOP/s at {n} thread{'s' if n > 1 else ''}" for n in counts))
+    # Every case at every thread count, interleaved in one rotation: the scaling ratios compare
+    # steps timed in the same minutes (a shared host's speed drifts from minute to minute).
+    cases, settings = {}, {}
+    for n in counts:
+        cases[f"cybn@{n}"] = cybn_step_fn(x, y)
+        cases[f"data@{n}"] = lambda: loader.batch(1, 7)
+        if torch is not None:
+            cases[f"torch@{n}"] = torch_step_fn(torch, x, y, channels_last=False)
+            cases[f"torch_cl@{n}"] = torch_step_fn(torch, x, y, channels_last=True)
+        settings.update({name: lambda n=n: harness.threads(n) for name in cases if name.endswith(f"@{n}")})
+    second, first = harness.measure_back_to_back(cases, repeats=args.repeats, settings=settings)
+
+    def at(times, n):
+        return {name[:-len(f"@{n}")]: v for name, v in times.items() if name.endswith(f"@{n}")}
     rows = []
     steps = {}
-    first_steps = {}
+    first_steps = {n: at(first, n) for n in counts}
     for n in counts:
-        with harness.threads(n):
-            cases = {"cybn": cybn_step_fn(x, y), "data": lambda: loader.batch(1, 7)}
-            if torch is not None:
-                cases["torch"] = torch_step_fn(torch, x, y, channels_last=False)
-                cases["torch_cl"] = torch_step_fn(torch, x, y, channels_last=True)
-            t, first_steps[n] = harness.measure_back_to_back(cases, repeats=args.repeats)
+        t = at(second, n)
         step = steps[n] = t["cybn"]
         gflops = FLOP_PER_IMAGE * BATCH / step / 1e9
         row = [n, f"{1e3 * step:.1f}", f"{steps[counts[0]] / step:.2f}", f"{1e3 * t['data']:.2f}",
@@ -353,7 +362,8 @@ def main():
 
     if args.order_rounds > 0:
         print(f"\n### Import order: `import torch` before `import cybn` vs cybn alone "
-              f"(child processes, {args.order_rounds} each, alternated; median step)\n")
+              f"(child processes, {args.order_rounds} each, alternated with the thread counts; median "
+              "step)\n")
         order = import_order(counts, args.order_rounds, steps=max(5, args.repeats // 2),
                              torch_alone=torch is not None)
         rows = [[n, f"{1e3 * a[0]:.1f}", f"{1e3 * t[0]:.1f}", f"{t[0] / a[0]:.2f}",
@@ -371,10 +381,12 @@ def main():
             # policy; alone, each runs at its own defaults.
             print(f"\n### Each alone, at its own defaults (child processes, {args.order_rounds} each, "
                   f"alternated with the above; median step)\n")
-            rows = [[n, f"{1e3 * o['cybn-only'][0]:.1f}", f"{1e3 * o['torch-cl-alone'][0]:.1f}",
+            base = order[counts[0]]["cybn-only"][0]
+            rows = [[n, f"{1e3 * o['cybn-only'][0]:.1f}", f"{base / o['cybn-only'][0]:.2f}",
+                     f"{1e3 * o['torch-cl-alone'][0]:.1f}",
                      f"{o['torch-cl-alone'][0] / o['cybn-only'][0]:.2f}"] for n, o in order.items()]
-            print(harness.markdown_table(["threads", "cybn ms", "PyTorch channels_last ms",
-                                          "ratio cl/cybn"], rows))
+            print(harness.markdown_table(["threads", "cybn ms", f"cybn scaling vs {counts[0]}t",
+                                          "PyTorch channels_last ms", "ratio cl/cybn"], rows))
 
     print(f"\ncybn peak memory while training (child process, {max(counts)} threads): "
           f"{peak_memory_mb(max(counts)):.0f} MB ({peak_memory_mb(max(counts), pool=False):.0f} MB "

@@ -206,16 +206,23 @@ def _calibrate(fn, min_sample):
     return number
 
 
-def _warmed_up(cases, warmup):
-    """The case names, after ``warmup`` untimed rounds of every case."""
+def _warmed_up(cases, warmup, settings=None):
+    """The case names, after ``warmup`` untimed rounds of every case (each in its setting)."""
     names = list(cases)
     for _ in range(warmup):
         for name in names:
-            cases[name]()
+            with _setting(settings, name):
+                cases[name]()
     return names
 
 
-def _rotated(names, r):
+def _setting(settings, name):
+    """The context a case runs in: ``settings[name]()`` if given (e.g. its thread count)."""
+    make = (settings or {}).get(name)
+    return make() if make is not None else contextlib.nullcontext()
+
+
+def rotated(names, r):
     """Round ``r``'s order: starting at a different case each round, so none always runs first."""
     k = r % len(names)
     return names[k:] + names[:k]
@@ -233,7 +240,7 @@ def measure_stats(cases, repeats=30, warmup=3, min_sample=2e-4):
     samples = {name: [] for name in names}
     perf = time.perf_counter
     for r in range(repeats):
-        for name in _rotated(names, r):
+        for name in rotated(names, r):
             fn, number = cases[name], numbers[name]
             t0 = perf()
             for _ in range(number):
@@ -250,26 +257,29 @@ def measure_stats(cases, repeats=30, warmup=3, min_sample=2e-4):
     return out
 
 
-def measure_back_to_back(cases, repeats=15, warmup=2):
+def measure_back_to_back(cases, repeats=15, warmup=2, settings=None):
     """Medians of each case's second of two back-to-back calls, and of its first, interleaved.
 
     Every round (rotated start, as in ``measure_stats``) runs each case twice in a row and times
     both calls. The second call is the steady state of a loop of that case (a training loop's
     step); the first follows the other cases' calls, so it also pays for whatever they left
-    behind (on a VM, idle cores that are slow to come back). Returns ({name: second},
-    {name: first}) in seconds."""
-    names = _warmed_up(cases, warmup)
+    behind (on a VM, idle cores that are slow to come back). ``settings`` (name -> context
+    manager factory) puts a case's pairs in their own setting, e.g. a thread count: cases at
+    different thread counts then interleave too, so a drift of the machine's speed during the
+    run cannot bias their ratio. Returns ({name: second}, {name: first}) in seconds."""
+    names = _warmed_up(cases, warmup, settings)
     firsts = {name: [] for name in names}
     seconds = {name: [] for name in names}
     perf = time.perf_counter
     for r in range(repeats):
-        for name in _rotated(names, r):
+        for name in rotated(names, r):
             fn = cases[name]
-            t0 = perf()
-            fn()
-            t1 = perf()
-            fn()
-            t2 = perf()
+            with _setting(settings, name):
+                t0 = perf()
+                fn()
+                t1 = perf()
+                fn()
+                t2 = perf()
             firsts[name].append(t1 - t0)
             seconds[name].append(t2 - t1)
     med = {name: statistics.median(v) for name, v in seconds.items()}
