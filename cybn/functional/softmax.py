@@ -8,7 +8,7 @@ Validation follows the ``cybn._validation`` policy (TypeError for non-arrays / w
 ValueError naming shapes, non-contiguous input copied) and is lean: the label range is checked
 in one compiled pass instead of NumPy min/max/mask temporaries. Rows go to one thread below
 ``_dispatch.PARALLEL_MIN`` elements per thread (the rule every elementwise op follows).
-Measured at (128, 10): ~1 us of validation in a ~10 us forward.
+Measured at (128, 10): ~1 us of validation in a ~7 us forward.
 """
 import numpy as np
 
