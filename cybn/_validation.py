@@ -56,6 +56,8 @@ def _found(v):
 
 def is_integer(v):
     """True for a Python / NumPy integer; False for bools (``True`` is not a count) and floats."""
+    if type(v) is int:  # the common case, without the ABC check (~1 us between kernels)
+        return True
     return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
 
 

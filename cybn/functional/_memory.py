@@ -33,6 +33,7 @@ ALIGN = 64  # blocks are rounded up to a cache line, views start at the block's 
 
 _lock = threading.Lock()
 _blocks = []  # uint8 arrays, least recently used first
+_sizes = []  # their sizes in bytes: the best-fit scan reads these ints, not the cold array objects
 _state = {"limit": DEFAULT_LIMIT}
 _local = threading.local()
 
@@ -52,10 +53,9 @@ def _free_blocks():
 def _best_fit(nbytes):
     """Index of the smallest free block of nbytes to 2*nbytes bytes, or -1: one pass, counting
     references only of the blocks that fit (called for every pooled array, ~47 per cnn7 step)."""
-    best, best_size = -1, 0
-    for i in range(len(_blocks)):
-        size = _blocks[i].nbytes
-        if nbytes <= size <= 2 * nbytes and (best < 0 or size < best_size) \
+    best, best_size, most = -1, 0, 2 * nbytes
+    for i, size in enumerate(_sizes):
+        if nbytes <= size <= most and (best < 0 or size < best_size) \
                 and _refcount(_blocks, i) == _FREE_REFS:
             best, best_size = i, size
     return best
@@ -73,27 +73,28 @@ def _evict(needed):
         room += _blocks[i].nbytes
         dropped.append(i)
     for i in reversed(dropped):
-        del _blocks[i]
+        del _blocks[i], _sizes[i]
     return room >= 0
 
 
 def empty(shape, dtype):
     """An uninitialised C-contiguous array, like ``numpy.empty``, recycled when large."""
     dtype = np.dtype(dtype)
-    shape = tuple(int(n) for n in shape)
+    shape = tuple(map(int, shape))
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES or getattr(_local, "unpooled", False):
         return np.empty(shape, dtype)
     with _lock:
         i = _best_fit(nbytes)
         if i >= 0:
-            block = _blocks.pop(i)
+            block, size = _blocks.pop(i), _sizes.pop(i)
         else:
             size = -(-nbytes // ALIGN) * ALIGN
             if not _evict(size):
                 return np.empty(shape, dtype)
             block = np.empty(size, np.uint8)
         _blocks.append(block)  # most recently used last
+        _sizes.append(size)
         return block[:nbytes].view(dtype).reshape(shape)
 
 
@@ -144,4 +145,4 @@ def limit():
 
 def pooled_bytes():
     """Bytes of the blocks the pool holds, live or free."""
-    return sum(b.nbytes for b in _blocks)
+    return sum(_sizes)

@@ -82,7 +82,7 @@ def _stat(v, name, C, nonnegative=False):
     v = float_array(v, name, ndim=1)
     shape_is(v, (C,), f"{name} (one value per channel)")
     v = v.astype(np.float64, copy=False)
-    if nonnegative and np.any(v < 0):
+    if nonnegative and (v < 0).any():
         raise ValueError(f"{name} must be non-negative, found {v[v < 0][0]}")
     return v
 
