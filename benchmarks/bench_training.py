@@ -6,8 +6,7 @@ default NCHW layout and in channels_last. The cases and the thread counts are in
 round runs each case at each thread count, rotated), and each runs twice in a row per round: the
 main table gives the second call, the step as a training loop sees it, and a second table the
 first call, which follows the other cases' steps (on a VM whose idle cores are slow to come
-back, that one is slower). Also measured, in
-the same run:
+back, that one is slower). Also measured, in the same run:
 - the GEMM peak: cybn's single-threaded sgemm inside its OpenMP split (a 1024^3 product
   through ``cybn.functional.linear``) at each thread count, against which the step's GFLOP/s
   is set;
