@@ -310,16 +310,18 @@ def main():
     # steps timed in the same minutes (a shared host's speed drifts from minute to minute).
     cases, settings = {}, {}
     for n in counts:
-        cases[f"cybn@{n}"] = cybn_step_fn(x, y)
-        cases[f"data@{n}"] = lambda: loader.batch(1, 7)
+        at_n = {"cybn": cybn_step_fn(x, y), "data": lambda: loader.batch(1, 7)}
         if torch is not None:
-            cases[f"torch@{n}"] = torch_step_fn(torch, x, y, channels_last=False)
-            cases[f"torch_cl@{n}"] = torch_step_fn(torch, x, y, channels_last=True)
-        settings.update({name: lambda n=n: harness.threads(n) for name in cases if name.endswith(f"@{n}")})
+            at_n["torch"] = torch_step_fn(torch, x, y, channels_last=False)
+            at_n["torch_cl"] = torch_step_fn(torch, x, y, channels_last=True)
+        for name, fn in at_n.items():
+            cases[f"{name}@{n}"] = fn
+            settings[f"{name}@{n}"] = lambda n=n: harness.threads(n)
+    names = list(at_n)
     second, first = harness.measure_back_to_back(cases, repeats=args.repeats, settings=settings)
 
     def at(times, n):
-        return {name[:-len(f"@{n}")]: v for name, v in times.items() if name.endswith(f"@{n}")}
+        return {name: times[f"{name}@{n}"] for name in names}
     rows = []
     steps = {}
     first_steps = {n: at(first, n) for n in counts}

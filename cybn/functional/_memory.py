@@ -70,7 +70,7 @@ def _evict(needed):
     for i in _free_blocks():
         if room >= 0:
             break
-        room += _blocks[i].nbytes
+        room += _sizes[i]
         dropped.append(i)
     for i in reversed(dropped):
         del _blocks[i], _sizes[i]
