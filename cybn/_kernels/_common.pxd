@@ -8,6 +8,7 @@ ctypedef fused floating:
 cdef extern from "_common.h":
     bint CYBN_OPENMP_ENABLED
     double CYBN_WTIME() nogil
+    void CYBN_PREFETCH_AHEAD(const void* p, Py_ssize_t bytes) noexcept nogil
     ctypedef struct cybn_team:
         int flag
     void cybn_team_init(cybn_team* t) noexcept nogil

@@ -29,7 +29,7 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memset, memcpy
 
 from cybn._kernels._blas cimport gemm_rm
-from cybn._kernels._common cimport (floating, CYBN_WTIME, cybn_team, cybn_team_init,
+from cybn._kernels._common cimport (floating, CYBN_WTIME, CYBN_PREFETCH_AHEAD, cybn_team, cybn_team_init,
                                     cybn_claim, cybn_claim1, cybn_team_barrier, cybn_team_end)
 
 
@@ -799,7 +799,9 @@ cdef void _wino_input(const floating* x, floating* U, floating* Z, floating* tmp
     """
     cdef int alpha = m + 2, WZ = m * TW + 2
     cdef int c, th, a, k, ih
-    cdef Py_ssize_t CT = _stream(<Py_ssize_t>C * Tg)
+    cdef Py_ssize_t CT = _stream(<Py_ssize_t>C * Tg), line
+    cdef Py_ssize_t ahead_bytes = <Py_ssize_t>m * W * sizeof(floating)
+    cdef const char* ahead
     cdef const floating* r[6]
     cdef floating* ta
     cdef floating* u
@@ -809,6 +811,11 @@ cdef void _wino_input(const floating* x, floating* U, floating* Z, floating* tmp
             for k in range(alpha):
                 ih = m * th - ph + k
                 r[k] = x + (<Py_ssize_t>c * H + ih) * W if 0 <= ih < H else Z
+            # The row pass waits on its loads: fetch the rows that tile row th + 4 adds (past a
+            # plane's end, the next plane's, which follow in memory; a prefetch never faults).
+            ahead = <const char*>(x + (<Py_ssize_t>c * H + m * (th + 3) - ph + alpha) * W)
+            for line in range(0, ahead_bytes, 64):
+                CYBN_PREFETCH_AHEAD(ahead, line)
             u = U + <Py_ssize_t>c * Tg + t0 + th * TW
             # B^T along the rows (unit stride), then B along the columns of each tile
             if m == 4:
