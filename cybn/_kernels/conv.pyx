@@ -762,6 +762,25 @@ cdef extern from *:
     }
     CYBN_WINO4_DW(float, cybn_wino4_dw_f)
     CYBN_WINO4_DW(double, cybn_wino4_dw_d)
+    /* acc[k] = the sum over blocks b = 0..nblocks-1, in that order, of p[b*stride + k] (k < n),
+       in double: one row of the dW partials. The rows of consecutive blocks are short and
+       far apart, which the hardware prefetcher does not follow: the row eight blocks ahead is
+       fetched by hand. With it, and AVX-512 code, the sum's share of a 1-thread cnn7 step in
+       perf samples went from 3.2 to 2.6% (it still waits on its loads). */
+    #define CYBN_BLOCK_SUM(T, NAME)                                                      \
+    CYBN_CLONES static void NAME(const T* p, long stride, int nblocks, double* __restrict acc, \
+                                 long n) {                                              \
+        for (long k = 0; k < n; ++k) acc[k] = p[k];                                     \
+        for (int b = 1; b < nblocks; ++b) {                                             \
+            const T* __restrict q = p + b * stride;                                     \
+            if (b + 8 < nblocks)                                                        \
+                for (long k = 0; k < n * (long)sizeof(T); k += 64)                      \
+                    CYBN_PREFETCH_AHEAD(q + 8 * stride, k);                             \
+            for (long k = 0; k < n; ++k) acc[k] += q[k];                                \
+        }                                                                               \
+    }
+    CYBN_BLOCK_SUM(float, cybn_block_sum_f)
+    CYBN_BLOCK_SUM(double, cybn_block_sum_d)
     """
     void cybn_wino4_rows_f(const float* const* r, float* t, int W, int pw, int WZ) nogil
     void cybn_wino4_rows_d(const double* const* r, double* t, int W, int pw, int WZ) nogil
@@ -781,6 +800,8 @@ cdef extern from *:
                          long FT) nogil
     void cybn_wino4_dw_f(const double* dv, float* dw, int F, int C, int c) nogil
     void cybn_wino4_dw_d(const double* dv, double* dw, int F, int C, int c) nogil
+    void cybn_block_sum_f(const float* p, long stride, int nblocks, double* acc, long n) nogil
+    void cybn_block_sum_d(const double* p, long stride, int nblocks, double* acc, long n) nogil
 
 
 cdef inline Py_ssize_t _stream(Py_ssize_t n) noexcept nogil:
@@ -1031,14 +1052,13 @@ cdef void _wino_dw_combine(const floating* dv_part, int nblocks, double* acc, fl
     """Input channel c of dW: its 36 rows (xi, c) of the (nblocks, 36, C, F) partials added in
     block order in double, then G^T dV G of its kernels."""
     cdef Py_ssize_t o, stride = <Py_ssize_t>36 * F * C
-    cdef int xi, f, b
+    cdef int xi
     for xi in range(36):
         o = (<Py_ssize_t>xi * C + c) * F
-        for f in range(F):
-            acc[o + f] = dv_part[o + f]
-        for b in range(1, nblocks):
-            for f in range(F):
-                acc[o + f] += dv_part[b * stride + o + f]
+        if floating is float:
+            cybn_block_sum_f(dv_part + o, stride, nblocks, acc + o, F)
+        else:
+            cybn_block_sum_d(dv_part + o, stride, nblocks, acc + o, F)
     if floating is float:
         cybn_wino4_dw_f(acc, dweight, F, C, c)
     else:
