@@ -25,13 +25,15 @@ from other processes (``_kernels/_idle_spin.h`` has the measurements).
 off unless ``CYBN_IDLE_SPIN=1``, as their time would count against the quota.
 """
 import contextlib
+import ctypes
+import itertools
 import os
 import threading
 import warnings
 
 # Loads the BLAS that the kernels call (scipy's), so the controller below sees it.
 import scipy.linalg.cython_blas  # noqa: F401
-from threadpoolctl import ThreadpoolController, threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ._kernels._openmp import idle_spin_available, idle_spin_touch, openmp_enabled
 from ._validation import choice, from_text, positive_int
@@ -124,16 +126,17 @@ def _apply(n):
     with _hold_lock:
         _num_threads = n
         _spinners = spinners
+        held = {blas.filepath for blas in _held_blas}
+        for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+            if lib.filepath not in held:  # loaded after cybn
+                lib.set_num_threads(n)
         if _hold_users:
-            # a kernel is running with BLAS held at 1: restore to n when the last one leaves,
-            # and cap now only what is not held (changing a held library mid-call is unsafe)
+            # a kernel is running with BLAS held at 1: restore to n when the last one leaves
+            # (changing a held library mid-call is unsafe)
             _hold_restore[:] = [n] * len(_held_blas)
-            held = {lib.filepath for lib in _held_blas}
-            for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
-                if lib.filepath not in held:
-                    lib.set_num_threads(n)
         else:
-            threadpool_limits(limits=n, user_api="blas")  # applied on construction; nothing restores it
+            for blas in _held_blas:
+                blas.set_num_threads(n)
 
 
 def get_num_threads():
@@ -173,9 +176,35 @@ def num_threads(n):
         _apply(previous)
 
 
+class _Blas:
+    """One BLAS library's thread count, set from any Python thread.
+
+    threadpoolctl >= 3.8 lets only the first Python thread that limits a pthreads OpenBLAS
+    change it later; in any other thread its ``set_num_threads`` does nothing. cybn holds BLAS
+    at one thread in whichever thread runs a kernel (a server thread calling ``infer``, say),
+    so for OpenBLAS it calls the library's own setter: through threadpoolctl, an ``infer`` in
+    a second thread ran its GEMMs on OpenBLAS's 2-thread pool, beside cybn's OpenMP team, and
+    differed from the same call in the main thread in the last bits (2026-12-03).
+    """
+
+    def __init__(self, controller):
+        self.filepath = controller.filepath
+        self.get_num_threads = controller.get_num_threads
+        self.set_num_threads = controller.set_num_threads
+        if controller.internal_api == "openblas" and controller.threading_layer != "openmp":
+            dll = ctypes.CDLL(controller.filepath)  # the loaded library again (dlopen counts)
+            for prefix, suffix in itertools.product(("", "scipy_"), ("", "64_", "_64")):
+                setter = getattr(dll, f"{prefix}openblas_set_num_threads{suffix}", None)
+                getter = getattr(dll, f"{prefix}openblas_get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    setter.argtypes, setter.restype = [ctypes.c_int], None
+                    self.set_num_threads, self.get_num_threads = setter, getter
+                    break
+
+
 # The BLAS libraries loaded at import (threadpoolctl's controller creation scans every loaded
 # library, ~ms: done once); holding one at a thread is then one C call per library.
-_held_blas = ThreadpoolController().select(user_api="blas").lib_controllers
+_held_blas = [_Blas(lib) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
 _hold_lock = threading.Lock()
 _hold_users = 0  # calls in flight, from any Python thread, that need BLAS at one thread
 _hold_restore = []  # the limits to restore when the last of them leaves

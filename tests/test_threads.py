@@ -101,6 +101,31 @@ def test_single_threaded_blas_holds_and_restores():
         cybn.set_num_threads(before)
 
 
+def test_blas_hold_and_setting_work_from_any_python_thread():
+    """threadpoolctl >= 3.8 ignores OpenBLAS limits set from a Python thread other than the
+    first one that set any; cybn's hold and setting must still apply there (an ``infer`` in a
+    server thread would otherwise run OpenBLAS's own pool beside the OpenMP team)."""
+    import threading
+    from cybn._threads import single_threaded_blas
+    before = cybn.get_num_threads()
+    seen = []
+
+    def work():
+        with single_threaded_blas:
+            seen.append(blas_threads())
+        seen.append(blas_threads())
+        cybn.set_num_threads(1)
+        seen.append(blas_threads())
+    try:
+        cybn.set_num_threads(2)
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+        assert seen == [{1}, {2}, {1}]
+    finally:
+        cybn.set_num_threads(before)
+
+
 def test_set_num_threads_during_a_blas_hold_is_not_undone():
     """A set_num_threads from another Python thread while a kernel holds BLAS at 1 is applied
     when the hold ends (the old conv code restored the limits it found on entry)."""
