@@ -118,6 +118,9 @@ def header(torch="auto"):
         where = os.path.join(*os.path.normpath(b["filepath"] or "?").split(os.sep)[-2:])
         lines.append(f"- BLAS: {b['internal_api']} {b['version']}, kernel {b['architecture']}, "
                      f"{b['num_threads']} threads ({where})")
+    if c["blas_environment"]:
+        lines.append("- BLAS settings from the environment: "
+                     + ", ".join(f"{k}={v}" for k, v in c["blas_environment"].items()))
     try:
         loads = os.getloadavg()
         busy = (f" (above the {info['cores_available']} cores: other processes compete for the CPU)"

@@ -1,4 +1,5 @@
 """``cybn.show_config()``: what a bug report or a benchmark needs to know about this install."""
+import os
 import platform
 import sys
 
@@ -36,6 +37,9 @@ def config():
         "idle_spin": idle_spin_enabled(),
         "cpu_quota": under_cpu_quota(),
         "blas": blas,
+        # e.g. OPENBLAS_CORETYPE picks OpenBLAS's kernel instead of its CPU detection: on an
+        # AVX-512 machine "Haswell" (AVX2) made the cnn7 step 1.34x slower (2026-12-03)
+        "blas_environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith("OPENBLAS_")},
         "openmp_runtimes": openmp_runtimes,
     }
 
@@ -62,4 +66,7 @@ def show_config(file=None):
     for b in c["blas"]:
         lines.append(f"BLAS: {b['internal_api']} {b['version']}, kernel {b['architecture']}, "
                      f"{b['num_threads']} threads ({b['filepath']})")
+    if c["blas_environment"]:
+        lines.append("BLAS settings from the environment: "
+                     + ", ".join(f"{k}={v}" for k, v in c["blas_environment"].items()))
     print("\n".join(lines), file=out)

@@ -69,6 +69,15 @@ def test_show_config_reports_everything():
         assert "OpenMP runtime: " in text
 
 
+def test_show_config_names_the_blas_settings_of_the_environment():
+    """OPENBLAS_* variables can choose OpenBLAS's kernel (OPENBLAS_CORETYPE): a report says so.
+    OPENBLAS_VERBOSE=0 is OpenBLAS's default, so this subprocess runs as every other."""
+    r = run_python("import cybn; cybn.show_config()", OPENBLAS_VERBOSE="0")
+    assert r.returncode == 0, r.stderr
+    line = next(s for s in r.stdout.splitlines() if s.startswith("BLAS settings from the environment: "))
+    assert "OPENBLAS_VERBOSE=0" in line
+
+
 def test_cli_version_and_config():
     r = subprocess.run([sys.executable, "-m", "cybn", "config"], capture_output=True, text=True,
                        cwd=TESTS_DIR)
