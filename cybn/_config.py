@@ -40,7 +40,8 @@ def config():
         # e.g. OPENBLAS_CORETYPE picks OpenBLAS's kernel instead of its CPU detection: on an
         # AVX-512 machine "Haswell" (AVX2) took the 1-thread cnn7 step from ~100 to ~170 ms
         # (two benchmark runs six minutes apart, 2026-12-03)
-        "blas_environment": {k: v for k, v in sorted(os.environ.items()) if k.startswith("OPENBLAS_")},
+        "blas_environment": {k: v for k, v in sorted(os.environ.items())
+                             if k.startswith("OPENBLAS_")},
         "openmp_runtimes": openmp_runtimes,
     }
 

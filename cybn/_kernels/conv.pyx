@@ -29,8 +29,9 @@ from cython.parallel cimport parallel, prange, threadid
 from libc.string cimport memset, memcpy
 
 from cybn._kernels._blas cimport gemm_rm
-from cybn._kernels._common cimport (floating, CYBN_WTIME, CYBN_PREFETCH_AHEAD, cybn_team, cybn_team_init,
-                                    cybn_claim, cybn_claim1, cybn_team_barrier, cybn_team_end)
+from cybn._kernels._common cimport (floating, CYBN_WTIME, CYBN_PREFETCH_AHEAD, cybn_team,
+                                    cybn_team_init, cybn_claim, cybn_claim1, cybn_team_barrier,
+                                    cybn_team_end)
 
 
 cdef inline void _valid_cols(int W, int kw_j, int sw, int pw, int Wo, int* ow0, int* ow1) noexcept nogil:
