@@ -8,8 +8,11 @@ main table gives the second call, the step as a training loop sees it, and a sec
 first call, which follows the other cases' steps (on a VM whose idle cores are slow to come
 back, that one is slower). Also measured, in the same run:
 - the GEMM peak: cybn's single-threaded sgemm inside its OpenMP split (a 1024^3 product
-  through ``cybn.functional.linear``) at each thread count, against which the step's GFLOP/s
-  is set;
+  through ``cybn.functional.linear``) at each thread count, timed in the same rotation as the
+  steps, against which the step's GFLOP/s is set: its 1 -> n thread scaling is what the host's
+  cores gave pure arithmetic in those minutes, the yardstick for the step's scaling (on a VM
+  whose other tenants take a core at times it falls well below n), with the share of CPU time
+  the hypervisor reported stolen;
 - where the time goes: each layer's forward and backward timed inside real steps (the steps of
   the different thread counts interleaved), with each layer's 1 -> n thread scaling;
 - import order: the step in child processes with ``import torch`` before ``import cybn`` (cybn
@@ -60,14 +63,15 @@ def cybn_step_fn(x, y, model=None):
     return step
 
 
-def gemm_peak_gflops(threads, n=1024, repeats=5):
-    """GFLOP/s of an n^3 sgemm as cybn runs it: single-threaded BLAS in its OpenMP split."""
+GEMM_N = 1024
+
+
+def gemm_fn():
+    """An n^3 sgemm as cybn runs it (single-threaded BLAS in its OpenMP split), n = GEMM_N."""
     rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n)).astype(np.float32)
-    b = rng.standard_normal((n, n)).astype(np.float32)
-    with cybn.num_threads(threads):
-        t = harness.measure({"gemm": lambda: F.linear(a, b)}, repeats=repeats, warmup=1)["gemm"]
-    return 2.0 * n ** 3 / t / 1e9
+    a = rng.standard_normal((GEMM_N, GEMM_N)).astype(np.float32)
+    b = rng.standard_normal((GEMM_N, GEMM_N)).astype(np.float32)
+    return lambda: F.linear(a, b)
 
 
 def _layer_name(i, layer):
@@ -303,14 +307,12 @@ def main():
     for info in threadpool_info():
         if info["user_api"] == "openmp":
             print(f"- OpenMP runtime: {info['internal_api']} {info['filepath']}")
-    peak = {n: gemm_peak_gflops(n) for n in counts}
-    print("- GEMM peak (1024^3 sgemm as cybn runs it, single-threaded BLAS per OpenMP thread): "
-          + ", ".join(f"{peak[n]:.0f} GFLOP/s at {n} thread{'s' if n > 1 else ''}" for n in counts))
     # Every case at every thread count, interleaved in one rotation: the scaling ratios compare
     # steps timed in the same minutes (a shared host's speed drifts from minute to minute).
     cases, settings = {}, {}
+    gemm = gemm_fn()
     for n in counts:
-        at_n = {"cybn": cybn_step_fn(x, y), "data": lambda: loader.batch(1, 7)}
+        at_n = {"cybn": cybn_step_fn(x, y), "data": lambda: loader.batch(1, 7), "gemm": gemm}
         if torch is not None:
             at_n["torch"] = torch_step_fn(torch, x, y, channels_last=False)
             at_n["torch_cl"] = torch_step_fn(torch, x, y, channels_last=True)
@@ -318,7 +320,16 @@ def main():
             cases[f"{name}@{n}"] = fn
             settings[f"{name}@{n}"] = lambda n=n: harness.threads(n)
     names = list(at_n)
+    ticks = harness.cpu_ticks()
     second, first = harness.measure_back_to_back(cases, repeats=args.repeats, settings=settings)
+    stolen = harness.steal_share(ticks, harness.cpu_ticks())
+    peak = {n: 2.0 * GEMM_N ** 3 / second[f"gemm@{n}"] / 1e9 for n in counts}
+    print(f"- GEMM peak ({GEMM_N}^3 sgemm as cybn runs it, single-threaded BLAS per OpenMP thread, "
+          "timed in the rounds below): "
+          + ", ".join(f"{peak[n]:.0f} GFLOP/s at {n} thread{'s' if n > 1 else ''}" for n in counts)
+          + "".join(f"; scaling {peak[n] / peak[counts[0]]:.2f} at {n}" for n in counts[1:]))
+    if stolen is not None:
+        print(f"- CPU time the hypervisor reported stolen during those rounds: {100 * stolen:.1f} %")
 
     def at(times, n):
         return {name: times[f"{name}@{n}"] for name in names}
@@ -344,6 +355,10 @@ def main():
     print(harness.markdown_table(headers, rows))
     print(f"\nepoch estimate = {batches} batches x (step + data). Arithmetic floor: "
           f"{FLOP_PER_IMAGE / 1e6:.1f} MFLOP per training image.")
+    for n in counts[1:]:
+        relative = (steps[counts[0]] / steps[n]) / (peak[n] / peak[counts[0]])
+        print(f"The step's scaling at {n} threads is {relative:.2f} of the GEMM peak's in the same "
+              "rounds.")
     print("\nEach round runs every case twice in a row; the table times the second call (a "
           "training loop's steady step). The first call of each pair, right after the other "
           "cases' calls (medians, ms):\n")

@@ -295,6 +295,27 @@ def measure(cases, repeats=30, warmup=3, min_sample=2e-4):
 
 
 # ----------------------------------------------------------------------------- machine rates
+def cpu_ticks():
+    """(steal, total) clock ticks of all CPUs so far, from Linux's /proc/stat, or None elsewhere.
+    Steal is time the hypervisor gave this VM's vCPUs to something else while they had work."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:9]]  # user .. steal; guest time is inside user
+    return ticks[7], sum(ticks)
+
+
+def steal_share(before, after):
+    """The share of CPU time stolen between two ``cpu_ticks()`` readings, or None."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def memory_bandwidth_gbs(nbytes=256 * 2**20, repeats=7, nthreads=1):
     """Measured copy bandwidth in GB/s (1e9 B/s), counting read + write (2 * nbytes per copy).
 

@@ -60,3 +60,14 @@ def test_benchmarks_use_the_installed_cybn_or_an_inplace_build(source_tree):
             shutil.copy(so, source_tree / "cybn" / "_kernels")
     for cwd in (source_tree / "benchmarks", source_tree):
         assert _cybn_seen_by_harness(source_tree, cwd) == (source_tree / "cybn" / "__init__.py").resolve()
+
+
+def test_harness_steal_share(tmp_path):
+    # The benchmarks' steal figure: ticks from /proc/stat (None off Linux), and their share.
+    code = (f"import sys; sys.path.insert(0, {str(REPO / 'benchmarks')!r}); import harness; "
+            "t = harness.cpu_ticks(); print(t is None or 0 <= t[0] <= t[1]); "
+            "print(harness.steal_share((10, 1000), (30, 2000)), harness.steal_share(None, (1, 2)), "
+            "harness.steal_share((5, 10), (5, 10)))")
+    r = _python(code, cwd=tmp_path, pythonpath=INSTALLED)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "0.02", "None", "None"]
